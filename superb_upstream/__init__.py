@@ -1,0 +1,1 @@
+"""s3prl upstream `mamclap` over the hear_mamclap encoder."""

@@ -1,0 +1,1 @@
+"""mamclap training side: offline sound kit, CLAP teacher, pretraining, evaluation harnesses and the CLI."""
