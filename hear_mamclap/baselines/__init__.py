@@ -1,0 +1,1 @@
+"""Baseline HEAR modules scored by the same harness as mamclap checkpoints."""

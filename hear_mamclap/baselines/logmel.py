@@ -1,0 +1,72 @@
+"""Naive log-mel baseline as a HEAR 2021 module (`python -m heareval.embeddings.runner
+hear_mamclap.baselines.logmel`).
+
+No learned weights: timestamp embeddings are 128-bin log-mel frames (25 ms window) pooled to a 40 ms hop;
+scene embeddings are the mean and standard deviation of those frames over the clip. It tells how much of a
+task a frozen spectrogram already solves, so any learned model should sit well above it.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torchaudio
+
+SAMPLE_RATE = 16000
+N_MELS = 128
+WIN_LENGTH = 400  # 25 ms
+FRAME_HOP = 160  # 10 ms analysis hop
+POOL = 4  # frames per embedding -> 40 ms timestamp hop (HEAR asks for <= 50 ms)
+HOP_MS = 1000.0 * FRAME_HOP * POOL / SAMPLE_RATE
+
+
+class LogMel(nn.Module):
+    sample_rate = SAMPLE_RATE
+    timestamp_embedding_size = N_MELS
+    scene_embedding_size = 2 * N_MELS
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=SAMPLE_RATE, n_fft=1024, win_length=WIN_LENGTH, hop_length=FRAME_HOP,
+            n_mels=N_MELS, center=True, power=2.0)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        """(B, N) 16 kHz audio -> (B, T, 128) log-mel embeddings at a 40 ms hop."""
+        logmel = torch.log(self.mel(audio) + 1e-6).transpose(1, 2)  # (B, frames, n_mels)
+        frames = logmel.shape[1]
+        pad = (-frames) % POOL
+        logmel = nn.functional.pad(logmel, (0, 0, 0, pad), mode="replicate")
+        return logmel.reshape(logmel.shape[0], -1, POOL, N_MELS).mean(2)  # (B, T, n_mels)
+
+
+def _check_audio(audio: torch.Tensor) -> None:
+    if not isinstance(audio, torch.Tensor) or audio.ndim != 2:
+        raise ValueError(f"expected audio as a 2-D torch.Tensor (n_sounds, n_samples), got "
+                         f"{getattr(audio, 'shape', type(audio))}")
+    if not audio.is_floating_point():
+        raise ValueError(f"expected floating-point audio in [-1, 1], got dtype {audio.dtype}")
+    if audio.shape[1] < WIN_LENGTH:
+        raise ValueError(f"expected at least {WIN_LENGTH} samples (one 25 ms frame), got {audio.shape[1]}")
+    if not torch.isfinite(audio).all():
+        raise ValueError("audio contains NaN or Inf")
+
+
+def load_model(model_file_path: str = "") -> LogMel:
+    """The baseline has no weights; a model path is accepted and ignored for API compatibility."""
+    return LogMel().eval()
+
+
+@torch.no_grad()
+def get_timestamp_embeddings(audio: torch.Tensor, model: LogMel) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_audio(audio)
+    emb = model(audio.to(torch.float32))
+    # With center=True, analysis frame i is centred at i * 10 ms; a pooled window covers POOL of them.
+    frame_ms = 1000.0 * FRAME_HOP / SAMPLE_RATE
+    timestamps = torch.arange(emb.shape[1], dtype=torch.float32) * HOP_MS + frame_ms * (POOL - 1) / 2
+    return emb, timestamps.expand(emb.shape[0], -1).to(emb.device)
+
+
+@torch.no_grad()
+def get_scene_embeddings(audio: torch.Tensor, model: LogMel) -> torch.Tensor:
+    emb, _ = get_timestamp_embeddings(audio, model)
+    return torch.cat([emb.mean(1), emb.std(1, unbiased=False)], dim=1)
