@@ -1,0 +1,741 @@
+"""The mini HEAR suite: nine tasks built from the source bank, in the layout hearpreprocess writes.
+
+Each task is a folder ``<task>-v1.0-full/`` that heareval 2021.1.3 reads unchanged:
+
+    task_metadata.json      hearpreprocess's task config (task_name, version, embedding_type, prediction_type,
+                            split_mode, sample_duration, evaluation, default_mode, mode, splits, nfolds, ...)
+    labelvocabulary.csv     idx,label (labels sorted, as hearpreprocess writes them)
+    <split>.json            scene: {"file.wav": [label, ...]}; event: {"file.wav": [{"label", "start", "end"}]}
+                            with start and end in milliseconds
+    16000/<split>/*.wav     16 kHz mono 16-bit PCM, every clip exactly sample_duration long
+
+Tasks (speech, music, environment), and what their test material holds out:
+
+    mini_speech_commands    10 words + _unknown_ + _silence_, 1 s        held-out voices
+    mini_speaker_id         one class per speaker, 2 s                   held-out words of each speaker
+    mini_language_id        one class per language, 2 s                  held-out words of each language
+    mini_nsynth_pitch       MIDI 21-108, 4 s, pitch_acc and chroma_acc   held-out soundfonts
+    mini_instrument_family  instrument family, 4 s                       held-out soundfonts
+    mini_drum_stroke        kick, snare, hi-hat, ..., 1 s                held-out kits
+    mini_esc                environmental classes, 5 s, 5 folds          held-out source files per fold
+    mini_mixtures           multilabel mixtures of 1-3 sources, 5 s, mAP held-out source files
+    mini_dcase              events over a background bed, onsets in ms   held-out source files
+
+Sources are varied with gain, speed (pitch with tempo), reverb and background beds, so a size can hold more
+clips than the bank has. Every clip is rendered from a seeded generator: the same bank, size and seed give
+the same suite.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import soundfile as sf
+from scipy.signal import fftconvolve, resample_poly
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+VERSION = "v1.0"
+MODE = "full"
+SPLITS = ["train", "test", "valid"]  # hearpreprocess's order, which heareval copies into metadata["splits"]
+NFOLDS = 5
+KWS_WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
+UNKNOWN, SILENCE = "_unknown_", "_silence_"
+PITCH_RANGE = (21, 108)
+SIZES = ("tiny", "small", "medium")
+
+# Clips to render, per size. Multiclass tasks: clips per class for (train, valid, test); mini_esc: clips per
+# class and fold; mini_mixtures and mini_dcase: clips per split (train, valid, test). "classes" caps the
+# speaker and language tasks; "event_seconds" is the length of a mini_dcase clip.
+COUNTS: dict[str, dict[str, tuple[int, ...]]] = {
+    "tiny": {
+        "mini_speech_commands": (6, 2, 3), "mini_speaker_id": (4, 2, 2), "mini_language_id": (4, 2, 2),
+        "mini_nsynth_pitch": (1, 1, 1), "mini_instrument_family": (4, 2, 2), "mini_drum_stroke": (4, 2, 2),
+        "mini_esc": (2,), "mini_mixtures": (24, 8, 8), "mini_dcase": (8, 4, 4),
+        "classes": (8,), "event_seconds": (10,),
+    },
+    "small": {
+        "mini_speech_commands": (40, 8, 12), "mini_speaker_id": (20, 5, 5), "mini_language_id": (30, 8, 8),
+        "mini_nsynth_pitch": (8, 2, 3), "mini_instrument_family": (40, 10, 10), "mini_drum_stroke": (40, 10, 10),
+        "mini_esc": (8,), "mini_mixtures": (300, 60, 60), "mini_dcase": (40, 10, 10),
+        "classes": (20,), "event_seconds": (20,),
+    },
+    "medium": {
+        "mini_speech_commands": (400, 50, 100), "mini_speaker_id": (60, 15, 15),
+        "mini_language_id": (200, 40, 50), "mini_nsynth_pitch": (40, 8, 10),
+        "mini_instrument_family": (300, 60, 60), "mini_drum_stroke": (300, 60, 60),
+        "mini_esc": (40,), "mini_mixtures": (2000, 300, 300), "mini_dcase": (200, 40, 40),
+        "classes": (50,), "event_seconds": (30,),
+    },
+}
+
+
+@dataclass
+class Clip:
+    """One rendered task clip and where its material came from."""
+
+    audio: np.ndarray  # (N,) float32, exactly the task's sample_duration
+    labels: list  # scene: [label, ...]; event: [{"label", "start", "end"}] in ms
+    sources: list[str]  # bank ids mixed into the clip
+    units: list[str]  # the generalisation units (voice, soundfont, kit, source file, or class:text)
+
+
+@dataclass
+class TaskData:
+    """A built task before it is written: clips per split and what the manifest reports."""
+
+    splits: dict[str, list[Clip]]
+    vocabulary: list
+    held_out_by: str
+    dropped_classes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bank audio
+
+
+class BankAudio:
+    """Reads bank clips once and keeps them; an unreadable clip is skipped and counted, never fatal."""
+
+    def __init__(self, records: list[dict], bank_dir: Path | None) -> None:
+        self.bank_dir = Path(bank_dir) if bank_dir is not None else None
+        self.by_id = {r["id"]: r for r in records}
+        self.cache: dict[str, np.ndarray | None] = {}
+        self.skipped: dict[str, str] = {}
+
+    def path(self, rec: dict) -> Path:
+        path = Path(rec["path"])
+        if path.is_absolute():
+            return path
+        if self.bank_dir is None:
+            raise ValueError(f"record {rec['id']!r} has a relative path {rec['path']!r}: pass bank_dir= "
+                             "(the folder holding index.jsonl) or records with absolute paths")
+        return self.bank_dir / path
+
+    def load(self, rec: dict) -> np.ndarray | None:
+        """(N,) float32 audio at 16 kHz, or None when the file is unreadable or not 16 kHz mono."""
+        rid = rec["id"]
+        if rid not in self.cache:
+            audio = None
+            try:
+                data, sr = sf.read(self.path(rec), dtype="float32", always_2d=True)
+                if sr != SAMPLE_RATE:
+                    raise ValueError(f"expected {SAMPLE_RATE} Hz, got {sr}")
+                audio = data.mean(axis=1)
+                if len(audio) < 160 or not np.isfinite(audio).all() or np.abs(audio).max() == 0:
+                    raise ValueError("shorter than 10 ms, silent or not finite")
+            except Exception as err:  # one bad file must not stop a build: skip it and say why
+                self.skipped[rid] = f"{type(err).__name__}: {err}"
+                log.warning("skipping bank clip %s: %s", rid, self.skipped[rid])
+            self.cache[rid] = audio
+        return self.cache[rid]
+
+    def usable(self, recs: list[dict]) -> list[dict]:
+        return [r for r in recs if self.load(r) is not None]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Signal helpers: the few operations every recipe needs
+
+
+def db_gain(x: np.ndarray, db: float) -> np.ndarray:
+    return x * np.float32(10.0 ** (db / 20.0))
+
+
+def change_speed(x: np.ndarray, factor: float) -> np.ndarray:
+    """Tape-style speed change: factor > 1 is faster and higher."""
+    if abs(factor - 1.0) < 1e-3:
+        return x
+    up = 1000
+    down = int(round(up * factor))
+    return resample_poly(x, up, down).astype(np.float32)
+
+
+def add_reverb(x: np.ndarray, rng: np.random.Generator, rt60: float, wet: float) -> np.ndarray:
+    """Convolve with an exponentially decaying noise tail (a diffuse room of reverberation time rt60 s)."""
+    n = int(rt60 * SAMPLE_RATE)
+    t = np.arange(n) / SAMPLE_RATE
+    ir = rng.standard_normal(n) * np.exp(-6.9 * t / rt60)  # -60 dB at rt60
+    ir[0] = 0.0
+    ir /= np.sqrt((ir ** 2).sum()) + 1e-9
+    tail = fftconvolve(x, ir)[: len(x)]
+    return ((1.0 - wet) * x + wet * tail).astype(np.float32)
+
+
+def rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(x.astype(np.float64) ** 2)) + 1e-12)
+
+
+def place(dst: np.ndarray, src: np.ndarray, offset: int) -> tuple[int, int]:
+    """Add src into dst at offset (cropped to dst); returns the (start, end) samples written."""
+    start = max(0, offset)
+    end = min(len(dst), offset + len(src))
+    if end > start:
+        dst[start:end] += src[start - offset:end - offset]
+    return start, max(start, end)
+
+
+def loop_to(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """A random n-sample stretch of x, looped when x is shorter."""
+    if len(x) < n:
+        x = np.tile(x, n // len(x) + 1)
+    start = int(rng.integers(0, len(x) - n + 1))
+    return x[start:start + n].copy()
+
+
+def active_span(x: np.ndarray, threshold_db: float = -35.0) -> tuple[int, int]:
+    """First and last sample above threshold_db of the peak (20 ms frames): where an event sounds."""
+    frame = SAMPLE_RATE // 50
+    n = len(x) // frame
+    if n == 0:
+        return 0, len(x)
+    energy = np.sqrt((x[: n * frame].reshape(n, frame) ** 2).mean(1))  # (frames,)
+    on = np.flatnonzero(energy > energy.max() * 10 ** (threshold_db / 20))
+    return int(on[0] * frame), int((on[-1] + 1) * frame)
+
+
+def finish(x: np.ndarray, rng: np.random.Generator, peak_db: tuple[float, float] = (-12.0, -1.0)) -> np.ndarray:
+    """Scale to a random peak level below full scale, so the 16-bit file never clips."""
+    peak = np.abs(x).max()
+    if peak == 0:
+        return x.astype(np.float32)
+    return (x / peak * 10 ** (rng.uniform(*peak_db) / 20)).astype(np.float32)
+
+
+def vary(x: np.ndarray, rng: np.random.Generator, speed: float, reverb_p: float) -> np.ndarray:
+    """Random gain, speed within +-speed and, with probability reverb_p, a small room."""
+    if speed > 0:
+        x = change_speed(x, float(rng.uniform(1 - speed, 1 + speed)))
+    if rng.random() < reverb_p:
+        x = add_reverb(x, rng, rt60=float(rng.uniform(0.15, 0.6)), wet=float(rng.uniform(0.1, 0.35)))
+    return db_gain(x, float(rng.uniform(-6.0, 0.0)))
+
+
+def with_background(x: np.ndarray, beds: list[np.ndarray], rng: np.random.Generator,
+                    snr_db: tuple[float, float], p: float) -> np.ndarray:
+    """Add a random stretch of a background bed at a random SNR, with probability p."""
+    if not beds or rng.random() >= p:
+        return x
+    bed = loop_to(beds[int(rng.integers(len(beds)))], len(x), rng)
+    snr = float(rng.uniform(*snr_db))
+    return x + bed * np.float32(rms(x) / rms(bed) * 10 ** (-snr / 20))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Held-out splits
+
+
+def split_units(units: list[str], rng: np.random.Generator, what: str) -> tuple[list[str], list[str], list[str]]:
+    """Hold out whole units (voices, soundfonts, kits, files): about 20% for test and 10% for valid.
+
+    With only two units, test holds one out and valid shares train's units (different clips of them).
+    """
+    pool = sorted(set(units))
+    if len(pool) < 2:
+        raise ValueError(f"{what}: needs at least 2 distinct units to hold one out for test, found {pool}")
+    rng.shuffle(pool)
+    n_test = max(1, round(0.2 * len(pool)))
+    n_valid = max(1, round(0.1 * len(pool))) if len(pool) >= 3 else 0
+    test, valid, train = pool[:n_test], pool[n_test:n_test + n_valid], pool[n_test + n_valid:]
+    return train, valid, test
+
+
+def pools_by_unit(recs: list[dict], unit: Callable[[dict], str], rng: np.random.Generator,
+                  what: str) -> dict[str, list[dict]]:
+    """Partition records into train/valid/test pools so that no test unit appears in train.
+
+    When there are too few units for a held-out valid set, valid takes a fifth of the train records.
+    """
+    train_u, valid_u, test_u = split_units([unit(r) for r in recs], rng, what)
+    pools = {"train": [r for r in recs if unit(r) in train_u],
+             "valid": [r for r in recs if unit(r) in valid_u],
+             "test": [r for r in recs if unit(r) in test_u]}
+    if not valid_u:
+        train = list(pools["train"])
+        rng.shuffle(train)
+        n_valid = max(1, len(train) // 5) if len(train) > 1 else 0
+        pools["valid"], pools["train"] = train[:n_valid], train[n_valid:]
+    return pools
+
+
+def per_class_pools(recs: list[dict], cls: Callable[[dict], str], unit: Callable[[dict], str],
+                    rng: np.random.Generator, task: str) -> tuple[dict[str, dict[str, list[dict]]], list[str]]:
+    """pools_by_unit within each class; classes with fewer than 2 units are dropped (and returned)."""
+    by_class: dict[str, list[dict]] = defaultdict(list)
+    for r in recs:
+        by_class[cls(r)].append(r)
+    pools, dropped = {}, []
+    for c in sorted(by_class):
+        try:
+            pools[c] = pools_by_unit(by_class[c], unit, rng, f"{task}/{c}")
+        except ValueError:
+            dropped.append(c)
+    return pools, dropped
+
+
+class Cycler:
+    """Draws records of one pool in shuffled rounds, so every source is used before any repeats."""
+
+    def __init__(self, recs: list[dict], rng: np.random.Generator) -> None:
+        self.recs, self.rng, self.queue = list(recs), rng, []
+
+    def __bool__(self) -> bool:
+        return bool(self.recs)
+
+    def next(self) -> dict:
+        if not self.queue:
+            self.queue = [self.recs[i] for i in self.rng.permutation(len(self.recs))]
+        return self.queue.pop()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Task specifications
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    embedding_type: str  # scene | event
+    prediction_type: str  # multiclass | multilabel
+    split_mode: str  # trainvaltest | presplit_kfold
+    sample_duration: float  # seconds
+    evaluation: tuple[str, ...]  # heareval score names; the first one selects models
+    extra: tuple[tuple[str, object], ...] = ()  # more task_metadata keys (pitch range, ...)
+
+    @property
+    def folder(self) -> str:
+        return f"{self.name}-{VERSION}-{MODE}"
+
+    @property
+    def splits(self) -> list[str]:
+        if self.split_mode == "trainvaltest":
+            return list(SPLITS)
+        return [f"fold{i:02d}" for i in range(NFOLDS)]
+
+    def metadata(self, extra: dict) -> dict:
+        """task_metadata.json as hearpreprocess's runner writes it (config after the mode is applied)."""
+        meta = {"task_name": self.name, "version": VERSION, "embedding_type": self.embedding_type,
+                "prediction_type": self.prediction_type, "split_mode": self.split_mode,
+                "sample_duration": self.sample_duration, "evaluation": list(self.evaluation)}
+        meta.update(dict(self.extra))
+        meta["default_mode"] = MODE
+        if self.split_mode == "trainvaltest":
+            meta["max_task_duration_by_split"] = {"train": None, "valid": None, "test": None}
+        else:
+            meta["nfolds"] = NFOLDS
+            meta["max_task_duration_by_fold"] = None
+        meta.update({"mode": MODE, "splits": self.splits})
+        meta.update(extra)
+        return meta
+
+
+def specs(size: str) -> dict[str, TaskSpec]:
+    event_seconds = float(COUNTS[size]["event_seconds"][0])
+    return {s.name: s for s in [
+        TaskSpec("mini_speech_commands", "scene", "multiclass", "trainvaltest", 1.0, ("top1_acc",)),
+        TaskSpec("mini_speaker_id", "scene", "multiclass", "trainvaltest", 2.0, ("top1_acc",)),
+        TaskSpec("mini_language_id", "scene", "multiclass", "trainvaltest", 2.0, ("top1_acc",)),
+        TaskSpec("mini_nsynth_pitch", "scene", "multiclass", "trainvaltest", 4.0, ("pitch_acc", "chroma_acc"),
+                 (("pitch_range_min", PITCH_RANGE[0]), ("pitch_range_max", PITCH_RANGE[1]))),
+        TaskSpec("mini_instrument_family", "scene", "multiclass", "trainvaltest", 4.0, ("top1_acc",)),
+        TaskSpec("mini_drum_stroke", "scene", "multiclass", "trainvaltest", 1.0, ("top1_acc",)),
+        TaskSpec("mini_esc", "scene", "multiclass", "presplit_kfold", 5.0,
+                 ("top1_acc", "mAP", "d_prime", "aucroc")),
+        TaskSpec("mini_mixtures", "scene", "multilabel", "trainvaltest", 5.0, ("mAP", "d_prime", "aucroc")),
+        TaskSpec("mini_dcase", "event", "multilabel", "trainvaltest", event_seconds,
+                 ("event_onset_200ms_fms", "segment_1s_er")),
+    ]}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Recipes: one per task, each returning TaskData
+
+
+class Builder:
+    """Holds the bank, the background beds per split and the generator shared by the recipes."""
+
+    def __init__(self, records: list[dict], bank_dir: Path | None, size: str, seed: int) -> None:
+        if size not in COUNTS:
+            raise ValueError(f"size must be one of {SIZES}, got {size!r}")
+        self.audio = BankAudio(records, bank_dir)
+        self.size, self.seed = size, seed
+        self.records = records
+        self.kind = {k: [r for r in records if r.get("kind") == k] for k in ("speech", "music", "drum", "env", "noise")}
+        beds = self.audio.usable(self.kind["noise"])
+        rng = np.random.default_rng([seed, 0])
+        if len({r["group"] for r in beds}) >= 2:
+            # Background beds are held out too: test clips sit on beds that training clips never use.
+            bed_pools = pools_by_unit(beds, lambda r: r["group"], rng, "background beds")
+        else:
+            bed_pools = {s: beds for s in SPLITS}
+        bed_pools["all"] = beds
+        self.bed_recs = bed_pools  # split -> bed records, aligned with self.beds
+        self.beds = {s: [self.audio.load(r) for r in rs] for s, rs in bed_pools.items()}
+
+    def rng(self, task: str) -> np.random.Generator:
+        """A generator per task, so one task's clips do not depend on which other tasks were built."""
+        return np.random.default_rng([self.seed, int(hashlib.sha1(task.encode()).hexdigest()[:8], 16)])
+
+    def counts(self, task: str) -> tuple[int, ...]:
+        return COUNTS[self.size][task]
+
+    def fit(self, x: np.ndarray, n: int, rng: np.random.Generator, offset: tuple[float, float]) -> np.ndarray:
+        """Place x in n samples of silence at a random offset (seconds range), cropping what overflows."""
+        out = np.zeros(n, np.float32)
+        lo, hi = int(offset[0] * SAMPLE_RATE), int(offset[1] * SAMPLE_RATE)
+        slack = n - len(x)
+        if slack >= 0:
+            at = int(rng.integers(min(lo, slack), min(hi, slack) + 1))
+        else:  # longer than the clip: take a random window of it
+            at = -int(rng.integers(0, -slack + 1))
+        place(out, x, at)
+        return out
+
+    def multiclass(self, task: str, spec: TaskSpec, pools: dict[str, dict[str, list[dict]]],
+                   render: Callable[[dict, str, np.random.Generator], np.ndarray],
+                   unit: Callable[[dict], str], rng: np.random.Generator) -> dict[str, list[Clip]]:
+        """Render counts[split] clips per class from that class's pool of each split."""
+        n = int(spec.sample_duration * SAMPLE_RATE)
+        splits: dict[str, list[Clip]] = {s: [] for s in SPLITS}
+        for si, split in enumerate(["train", "valid", "test"]):
+            for label in sorted(pools, key=str):
+                cyc = Cycler(self.audio.usable(pools[label][split]), rng)
+                if not cyc:
+                    continue
+                for _ in range(self.counts(task)[si]):
+                    rec = cyc.next()
+                    audio = render(rec, split, rng)
+                    splits[split].append(Clip(finish(audio[:n], rng), [label], [rec["id"]], [unit(rec)]))
+        return splits
+
+    # -- speech ----------------------------------------------------------------------------------------
+
+    def speech_commands(self, spec: TaskSpec) -> TaskData:
+        task, rng = spec.name, self.rng(spec.name)
+        n = SAMPLE_RATE
+        words = [r for r in self.kind["speech"] if (r["labels"].get("word") or "")]
+        kws = [r for r in words if r["labels"]["word"].lower() in KWS_WORDS]
+        other = [r for r in words if r["labels"]["word"].lower() not in KWS_WORDS]
+        if not kws or not other:
+            raise ValueError(f"{task}: the bank needs speech records whose labels.word is one of {KWS_WORDS} "
+                             "and others for _unknown_")
+        train_v, valid_v, test_v = split_units([r["group"] for r in kws], rng, f"{task} voices")
+        split_of = {**{v: "train" for v in train_v}, **{v: "valid" for v in valid_v}, **{v: "test" for v in test_v}}
+        pools: dict[str, dict[str, list[dict]]] = defaultdict(lambda: {s: [] for s in SPLITS})
+        for r in words:
+            word = r["labels"]["word"].lower()
+            label = word if word in KWS_WORDS else UNKNOWN
+            # Voices that never say a keyword only serve _unknown_; they train.
+            pools[label][split_of.get(r["group"], "train")].append(r)
+        if not valid_v:
+            for label in pools:
+                train = pools[label]["train"]
+                rng.shuffle(train)
+                k = len(train) // 5
+                pools[label]["valid"], pools[label]["train"] = train[:k], train[k:]
+
+        def render(rec: dict, split: str, g: np.random.Generator) -> np.ndarray:
+            x = vary(self.audio.load(rec), g, speed=0.08, reverb_p=0.3)
+            x = self.fit(x, n, g, (0.0, 0.4))
+            return with_background(x, self.beds[split], g, (5.0, 30.0), p=0.8)
+
+        splits = self.multiclass(task, spec, pools, render, lambda r: r["group"], rng)
+        # _silence_: one-second stretches of background beds, as in Speech Commands.
+        for si, split in enumerate(["train", "valid", "test"]):
+            which = split if self.beds[split] else "all"
+            beds, bed_recs = self.beds[which], self.bed_recs[which]
+            for _ in range(self.counts(task)[si] if beds else 0):
+                i = int(rng.integers(len(beds)))
+                x = loop_to(beds[i], n, rng) * np.float32(rng.uniform(0.05, 1.0))
+                rec = bed_recs[i]
+                splits[split].append(Clip(finish(x, rng, (-30.0, -6.0)), [SILENCE], [rec["id"]], [rec["group"]]))
+        vocab = sorted({c.labels[0] for clips in splits.values() for c in clips})
+        return TaskData(splits, vocab, "voice")
+
+    def _by_text(self, spec: TaskSpec, cls: Callable[[dict], str | None], min_texts: int) -> TaskData:
+        """Speaker or language ID: classes hold out whole words (texts) for valid and test."""
+        task, rng = spec.name, self.rng(spec.name)
+        n = int(spec.sample_duration * SAMPLE_RATE)
+        recs = [r for r in self.audio.usable(self.kind["speech"]) if cls(r) and r["labels"].get("text")]
+        by_class: dict[str, list[dict]] = defaultdict(list)
+        for r in recs:
+            by_class[cls(r)].append(r)
+        texts = {c: {r["labels"]["text"] for r in rs} for c, rs in by_class.items()}
+        eligible = sorted((c for c in by_class if len(texts[c]) >= min_texts), key=lambda c: (-len(texts[c]), c))
+        keep = sorted(eligible[: self.counts("classes")[0]])
+        if len(keep) < 2:
+            raise ValueError(f"{task}: needs at least 2 classes with >= {min_texts} distinct texts, found {keep}")
+
+        def unit(r: dict) -> str:
+            return f"{cls(r)}:{r['labels']['text']}"
+
+        pools = {c: pools_by_unit(by_class[c], unit, rng, f"{task}/{c}") for c in keep}
+
+        def render(rec: dict, split: str, g: np.random.Generator) -> np.ndarray:
+            x = vary(self.audio.load(rec), g, speed=0.0, reverb_p=0.2)
+            x = self.fit(x, n, g, (0.0, 1.0))
+            return with_background(x, self.beds[split], g, (15.0, 40.0), p=0.5)
+
+        splits = self.multiclass(task, spec, pools, render, unit, rng)
+        dropped = sorted(set(by_class) - set(keep))
+        return TaskData(splits, keep, "text", dropped)
+
+    def speaker_id(self, spec: TaskSpec) -> TaskData:
+        return self._by_text(spec, lambda r: r["labels"].get("speaker"), min_texts=3)
+
+    def language_id(self, spec: TaskSpec) -> TaskData:
+        return self._by_text(spec, lambda r: r["labels"].get("language"), min_texts=3)
+
+    # -- music -----------------------------------------------------------------------------------------
+
+    def _by_soundfont(self, spec: TaskSpec, recs: list[dict], label: Callable[[dict], object],
+                      speed: float, offset: tuple[float, float]) -> dict[str, list[Clip]]:
+        task, rng = spec.name, self.rng(spec.name)
+        n = int(spec.sample_duration * SAMPLE_RATE)
+        recs = self.audio.usable(recs)
+        unit_pools = pools_by_unit(recs, lambda r: r["group"], rng, f"{task} groups")
+        pools: dict = defaultdict(lambda: {s: [] for s in SPLITS})
+        for split, rs in unit_pools.items():
+            for r in rs:
+                pools[label(r)][split].append(r)
+
+        def render(rec: dict, split: str, g: np.random.Generator) -> np.ndarray:
+            x = vary(self.audio.load(rec), g, speed=speed, reverb_p=0.3)
+            x = self.fit(x, n, g, offset)
+            return with_background(x, self.beds[split], g, (20.0, 45.0), p=0.3)
+
+        return self.multiclass(task, spec, pools, render, lambda r: r["group"], rng)
+
+    def nsynth_pitch(self, spec: TaskSpec) -> TaskData:
+        lo, hi = PITCH_RANGE
+        notes = [r for r in self.kind["music"]
+                 if isinstance(r["labels"].get("midi_pitch"), int) and lo <= r["labels"]["midi_pitch"] <= hi]
+        # No speed change: it would move the pitch off its label.
+        splits = self._by_soundfont(spec, notes, lambda r: r["labels"]["midi_pitch"], 0.0, (0.0, 0.0))
+        # The whole contiguous range, so that heareval's chroma_acc (class index mod 12) is the pitch class.
+        return TaskData(splits, list(range(lo, hi + 1)), "soundfont")
+
+    def instrument_family(self, spec: TaskSpec) -> TaskData:
+        notes = [r for r in self.kind["music"] if r["labels"].get("family")]
+        splits = self._by_soundfont(spec, notes, lambda r: r["labels"]["family"], 0.03, (0.0, 0.3))
+        vocab = sorted({c.labels[0] for clips in splits.values() for c in clips})
+        return TaskData(splits, vocab, "soundfont")
+
+    def drum_stroke(self, spec: TaskSpec) -> TaskData:
+        hits = [r for r in self.kind["drum"] if r["labels"].get("stroke")]
+        splits = self._by_soundfont(spec, hits, lambda r: r["labels"]["stroke"], 0.05, (0.0, 0.1))
+        vocab = sorted({c.labels[0] for clips in splits.values() for c in clips})
+        return TaskData(splits, vocab, "kit")
+
+    # -- environment -----------------------------------------------------------------------------------
+
+    def esc(self, spec: TaskSpec) -> TaskData:
+        """ESC-like 5-fold task: each source file lives in exactly one fold."""
+        task, rng = spec.name, self.rng(spec.name)
+        n = int(spec.sample_duration * SAMPLE_RATE)
+        by_class: dict[str, list[dict]] = defaultdict(list)
+        for r in self.audio.usable(self.kind["env"]):
+            by_class[r["labels"]["class"]].append(r)
+        classes = sorted(c for c, rs in by_class.items() if len({r["group"] for r in rs}) >= NFOLDS)
+        if len(classes) < 2:
+            raise ValueError(f"{task}: needs at least 2 env classes with >= {NFOLDS} source files (groups) each")
+        folds = spec.splits
+        splits: dict[str, list[Clip]] = {f: [] for f in folds}
+        for c in classes:
+            groups = sorted({r["group"] for r in by_class[c]})
+            rng.shuffle(groups)
+            fold_of = {g: folds[i % NFOLDS] for i, g in enumerate(groups)}
+            for fold in folds:
+                cyc = Cycler([r for r in by_class[c] if fold_of[r["group"]] == fold], rng)
+                for _ in range(self.counts(task)[0]):
+                    rec = cyc.next()
+                    x = vary(self.audio.load(rec), rng, speed=0.06, reverb_p=0.3)
+                    if len(x) < n // 3 and rng.random() < 0.5:  # short sounds often repeat in ESC clips
+                        gap = np.zeros(int(rng.uniform(0.1, 0.8) * SAMPLE_RATE), np.float32)
+                        x = np.concatenate([x, gap, x])
+                    x = with_background(self.fit(x, n, rng, (0.0, 2.0)), self.beds["all"], rng, (10.0, 35.0), 0.7)
+                    splits[fold].append(Clip(finish(x, rng), [c], [rec["id"]], [rec["group"]]))
+        dropped = sorted(set(by_class) - set(classes))
+        return TaskData(splits, classes, "source file", dropped)
+
+    def _source_pools(self, task: str, rng: np.random.Generator) -> tuple[dict[str, dict[str, list[dict]]], list[str]]:
+        """Sound classes for mixtures and events: env classes, plus speech and music as classes of their own."""
+        def cls(r: dict) -> str:
+            return r["labels"]["class"] if r["kind"] == "env" else r["kind"]
+
+        recs = self.audio.usable(self.kind["env"]) + self.audio.usable(self.kind["speech"]) \
+            + self.audio.usable(self.kind["music"])
+        pools, dropped = per_class_pools(recs, cls, lambda r: r["group"], rng, task)
+        if len(pools) < 2:
+            raise ValueError(f"{task}: needs at least 2 sound classes with >= 2 source files each")
+        return pools, dropped
+
+    def mixtures(self, spec: TaskSpec) -> TaskData:
+        task, rng = spec.name, self.rng(spec.name)
+        n = int(spec.sample_duration * SAMPLE_RATE)
+        pools, dropped = self._source_pools(task, rng)
+        classes = sorted(pools)
+        splits: dict[str, list[Clip]] = {s: [] for s in SPLITS}
+        for si, split in enumerate(["train", "valid", "test"]):
+            cyclers = {c: Cycler(pools[c][split], rng) for c in classes}
+            present = [c for c in classes if cyclers[c]]
+            for _ in range(self.counts(task)[si]):
+                k = int(rng.integers(1, min(3, len(present)) + 1))
+                chosen = sorted(rng.choice(present, size=k, replace=False).tolist())
+                x = np.zeros(n, np.float32)
+                recs = [cyclers[c].next() for c in chosen]
+                for rec in recs:
+                    src = vary(self.audio.load(rec), rng, speed=0.05, reverb_p=0.3)
+                    src = src / np.float32(rms(src))  # equal loudness before the per-source gain
+                    x += self.fit(db_gain(src, float(rng.uniform(-10, 0))), n, rng, (0.0, 3.0))
+                x = with_background(x, self.beds[split], rng, (10.0, 30.0), p=0.7)
+                splits[split].append(Clip(finish(x, rng), chosen, [r["id"] for r in recs], [r["group"] for r in recs]))
+        return TaskData(splits, classes, "source file", dropped)
+
+    def dcase(self, spec: TaskSpec) -> TaskData:
+        """DCASE 2016 task 2-like: isolated events over a background bed, with onsets and offsets in ms."""
+        task, rng = spec.name, self.rng(spec.name)
+        n = int(spec.sample_duration * SAMPLE_RATE)
+        pools, dropped = self._source_pools(task, rng)
+        classes = sorted(pools)
+        splits: dict[str, list[Clip]] = {s: [] for s in SPLITS}
+        for si, split in enumerate(["train", "valid", "test"]):
+            cyclers = {c: Cycler(pools[c][split], rng) for c in classes}
+            present = [c for c in classes if cyclers[c]]
+            for _ in range(self.counts(task)[si]):
+                x = np.zeros(n, np.float32)
+                events, recs = [], []
+                t = int(rng.uniform(0.2, 1.5) * SAMPLE_RATE)
+                while t < n - SAMPLE_RATE // 2:
+                    c = present[int(rng.integers(len(present)))]
+                    rec = cyclers[c].next()
+                    src = vary(self.audio.load(rec), rng, speed=0.05, reverb_p=0.2)
+                    src = src[: int(rng.uniform(2.0, 4.0) * SAMPLE_RATE)]  # events last at most a few seconds
+                    src = db_gain(src / np.float32(np.abs(src).max() + 1e-9), float(rng.uniform(-8, 0)))
+                    on, off = active_span(src)
+                    start, end = place(x, src, t)
+                    on, off = min(t + on, n), min(t + off, n)
+                    if off - on >= SAMPLE_RATE // 20:  # at least 50 ms audible inside the clip
+                        events.append({"label": c, "start": 1000.0 * on / SAMPLE_RATE,
+                                       "end": 1000.0 * off / SAMPLE_RATE})
+                        recs.append(rec)
+                    t = end + int(rng.uniform(0.3, 2.5) * SAMPLE_RATE)  # gaps between events, as in DCASE 2016
+                beds = self.beds[split] or self.beds["all"]
+                if beds:
+                    bed = loop_to(beds[int(rng.integers(len(beds)))], n, rng)
+                    x = x + bed * np.float32(rms(x) / rms(bed) * 10 ** (-rng.uniform(12, 25) / 20))
+                scale = 10 ** (rng.uniform(-6, -1) / 20) / (np.abs(x).max() + 1e-9)
+                splits[split].append(Clip((x * scale).astype(np.float32), events,
+                                          [r["id"] for r in recs], [r["group"] for r in recs]))
+        return TaskData(splits, classes, "source file", dropped)
+
+
+RECIPES: dict[str, Callable[[Builder, TaskSpec], TaskData]] = {
+    "mini_speech_commands": Builder.speech_commands,
+    "mini_speaker_id": Builder.speaker_id,
+    "mini_language_id": Builder.language_id,
+    "mini_nsynth_pitch": Builder.nsynth_pitch,
+    "mini_instrument_family": Builder.instrument_family,
+    "mini_drum_stroke": Builder.drum_stroke,
+    "mini_esc": Builder.esc,
+    "mini_mixtures": Builder.mixtures,
+    "mini_dcase": Builder.dcase,
+}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Writing
+
+
+def clip_name(task: str, split: str, index: int, clip: Clip) -> str:
+    """A stable hashed file name, like hearpreprocess's, so names carry no label."""
+    key = f"{task}/{split}/{index}/{'+'.join(clip.sources)}"
+    return hashlib.sha1(key.encode()).hexdigest()[:16] + ".wav"
+
+
+def write_task(spec: TaskSpec, data: TaskData, out_dir: Path, extra_meta: dict) -> None:
+    """Write one task folder under a temporary name beside out_dir, then rename it into place."""
+    n = int(round(spec.sample_duration * SAMPLE_RATE))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Beside out_dir, not inside: heareval treats every entry of the tasks folder as a task.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{spec.folder}.", dir=out_dir.parent))
+    try:
+        for split in spec.splits:
+            audio_dir = tmp / str(SAMPLE_RATE) / split
+            audio_dir.mkdir(parents=True)
+            labels = {}
+            for i, clip in enumerate(data.splits.get(split, [])):
+                if len(clip.audio) != n:
+                    raise AssertionError(f"{spec.name}: clip of {len(clip.audio)} samples, expected {n}")
+                name = clip_name(spec.name, split, i, clip)
+                sf.write(audio_dir / name, clip.audio, SAMPLE_RATE, subtype="PCM_16")
+                labels[name] = clip.labels
+            if not labels:
+                raise ValueError(f"{spec.name}: split {split} is empty; the bank lacks material for it")
+            (tmp / f"{split}.json").write_text(json.dumps(labels, indent=True))
+        vocab_lines = ["idx,label"] + [f"{i},{label}" for i, label in enumerate(data.vocabulary)]
+        (tmp / "labelvocabulary.csv").write_text("\n".join(vocab_lines) + "\n")
+        (tmp / "task_metadata.json").write_text(json.dumps(spec.metadata(extra_meta), indent=True))
+        final = out_dir / spec.folder
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def manifest_entry(spec: TaskSpec, data: TaskData) -> dict:
+    """Bank ids and generalisation units per split or fold, and which units are held out."""
+    entry: dict = {}
+    units: dict[str, list[str]] = {}
+    for split in spec.splits:
+        clips = data.splits.get(split, [])
+        entry[split] = sorted({s for c in clips for s in c.sources})
+        units[split] = sorted({u for c in clips for u in c.units})
+    if spec.split_mode == "trainvaltest":
+        heldout = sorted(set(units["test"]) - set(units["train"]))
+    else:  # every unit sits in exactly one fold, so each fold's units are held out from the others
+        heldout = sorted({u for us in units.values() for u in us})
+    entry.update({"units": units, "heldout_groups": heldout, "held_out_by": data.held_out_by,
+                  "clips": {s: len(data.splits.get(s, [])) for s in spec.splits},
+                  "classes": len(data.vocabulary), "dropped_classes": data.dropped_classes})
+    return entry
+
+
+def build_hear_suite(records: list[dict], out_dir: Path, size: str, seed: int,
+                     bank_dir: Path | None = None, tasks: list[str] | None = None) -> dict:
+    """Write out_dir/<task>-v1.0-full/ for every task; returns the manifest per task.
+
+    The manifest maps each task to its bank ids per split (or fold), "units" per split, "heldout_groups",
+    clip and class counts; its key "skipped_bank_clips" lists unreadable bank clips with the reason.
+
+    records: bank index records (load_bank); their paths are absolute or relative to bank_dir.
+    tasks: a subset of task names (default: all nine).
+    """
+    out_dir = Path(out_dir)
+    builder = Builder(records, bank_dir, size, seed)
+    all_specs = specs(size)
+    names = list(all_specs) if tasks is None else tasks
+    unknown = sorted(set(names) - set(all_specs))
+    if unknown:
+        raise ValueError(f"unknown tasks {unknown}; expected some of {list(all_specs)}")
+    manifest: dict = {}
+    for name in names:
+        spec = all_specs[name]
+        data = RECIPES[name](builder, spec)
+        extra = {"mamclap": {"size": size, "seed": seed, "held_out_by": data.held_out_by}}
+        write_task(spec, data, out_dir, extra)
+        manifest[name] = manifest_entry(spec, data)
+        log.info("%s: %s clips, %d classes", name, manifest[name]["clips"], manifest[name]["classes"])
+    manifest["skipped_bank_clips"] = dict(builder.audio.skipped)
+    return manifest
