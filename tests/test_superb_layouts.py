@@ -1,0 +1,132 @@
+"""SUPERB layouts: Speech Commands v0.01 and VoxCeleb1 as s3prl 0.4.18's own dataset classes read them.
+
+Needs the source bank (``mamclap data bank``; $MAMCLAP_DATA/bank, default <repo>/data/bank).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from training.kit.hear_suite import KWS_WORDS, SAMPLE_RATE
+from training.kit.superb_layouts import build_superb, s3prl_dev_percentage
+
+CLASSES_12 = set(KWS_WORDS) | {"_unknown_", "_silence_"}
+BANK = Path(os.environ.get("MAMCLAP_DATA", Path(__file__).resolve().parents[1] / "data")) / "bank"
+
+
+def load_index(bank_dir: Path) -> list[dict]:
+    index = bank_dir / "index.jsonl"
+    if not index.is_file():
+        pytest.skip(f"no source bank at {bank_dir}: build it with `mamclap data bank`")
+    return [json.loads(line) for line in index.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def records() -> list[dict]:
+    return load_index(BANK)
+
+
+@pytest.fixture(scope="session")
+def superb(records, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("superb")
+    return out, build_superb(records, out, "tiny", seed=0, bank_dir=BANK)
+
+
+def test_speech_commands_layout(superb):
+    out, _ = superb
+    train, test = out / "speech_commands" / "train", out / "speech_commands" / "test"
+    assert {p.name for p in test.iterdir()} == CLASSES_12
+    assert set(KWS_WORDS) | {"_background_noise_"} <= {p.name for p in train.iterdir()}
+    names = [p for p in train.glob("*/*.wav") if p.parent.name != "_background_noise_"]
+    assert names
+    for p in names:
+        m = re.fullmatch(r"([0-9a-f]{8})_nohash_(\d+)\.wav", p.name)
+        assert m, p.name
+        # s3prl drops prefixes hashing to 10-20% (its unused test share): none of ours may land there.
+        assert not 10 <= s3prl_dev_percentage(m.group(1)) < 20, p.name
+    for p in list(train.glob("*/*.wav"))[:20] + list(test.glob("*/*.wav"))[:20]:
+        info = sf.info(str(p))
+        assert (info.samplerate, info.channels, info.subtype) == (SAMPLE_RATE, 1, "PCM_16")
+        if p.parent.name != "_background_noise_":
+            assert info.frames == SAMPLE_RATE
+    beds = list((train / "_background_noise_").glob("*.wav"))
+    assert beds and all(sf.info(str(b)).frames > SAMPLE_RATE for b in beds)
+
+
+def test_voxceleb1_layout(superb):
+    out, manifest = superb
+    root = out / "voxceleb1"
+    lines = (root / "iden_split.txt").read_text().split("\n")[:-1]
+    assert lines
+    for line in lines:
+        m = re.fullmatch(r"([123]) (id1\d{4})/([0-9a-f]{11})/(\d{5})\.wav", line)
+        assert m, line
+        assert (root / "dev" / "wav" / line.split()[1]).is_file()
+    speakers = sorted({line.split()[1].split("/")[0] for line in lines})
+    assert speakers == [f"id{10001 + i}" for i in range(len(speakers))]  # s3prl: label = int(id) - 10001
+    assert Counter(line[0] for line in lines).keys() == {"1", "2", "3"}
+
+
+def test_superb_test_material_is_held_out(superb, records):
+    """Test voices never speak in the Speech Commands train root; VoxCeleb1 test texts are held out."""
+    _, manifest = superb
+    by_id = {r["id"]: r for r in records}
+    sc = manifest["speech_commands"]
+    voices = {s: {by_id[i]["group"] for i in sc[s] if by_id[i]["kind"] == "speech"} for s in ("train", "test")}
+    assert voices["test"] and not voices["test"] & voices["train"]
+    vox = manifest["voxceleb1"]
+    texts = {s: {(by_id[i]["labels"]["speaker"], by_id[i]["labels"]["text"]) for i in vox[s]}
+             for s in ("train", "test")}
+    assert texts["test"] and not texts["test"] & texts["train"]
+
+
+def test_s3prl_speech_commands_reads_the_layout(superb):
+    compat = pytest.importorskip("hear_mamclap.compat")
+    pytest.importorskip("s3prl")
+    compat.prepare_s3prl()
+    from s3prl.downstream.speech_commands.dataset import (CLASSES, SpeechCommandsDataset,
+                                                          SpeechCommandsTestingDataset)
+    from s3prl.downstream.speech_commands.expert import split_dataset
+
+    out, _ = superb
+    root = out / "speech_commands"
+    train_list, valid_list = split_dataset(root / "train")
+    assert train_list and valid_list
+    train = SpeechCommandsDataset(train_list, speech_commands_root=str(root / "train"))
+    dev = SpeechCommandsDataset(valid_list, speech_commands_root=str(root / "train"))
+    test = SpeechCommandsTestingDataset(speech_commands_test_root=str(root / "test"))
+    assert {c for c, _ in train.data} == set(CLASSES) == CLASSES_12
+    assert {c for c, _ in dev.data} == CLASSES_12
+    assert {c for c, _ in test.data} == CLASSES_12
+    wav, label, _ = train[0]
+    assert wav.ndim == 1 and len(wav) == SAMPLE_RATE and 0 <= label < 12
+    wav, label, _ = test[len(test) - 1]
+    assert len(wav) == SAMPLE_RATE
+
+
+def test_s3prl_voxceleb1_reads_the_layout(superb, tmp_path, monkeypatch):
+    compat = pytest.importorskip("hear_mamclap.compat")
+    pytest.importorskip("s3prl")
+    compat.prepare_s3prl()
+    import s3prl.downstream.voxceleb1.dataset as vox
+
+    # s3prl caches its file lists under its own package folder; point that cache at a fresh folder.
+    monkeypatch.setattr(vox, "CACHE_PATH", str(tmp_path) + "/")
+    out, manifest = superb
+    root = out / "voxceleb1"
+    n_speakers = len(manifest["voxceleb1"]["speaker_ids"])
+    lines = (root / "iden_split.txt").read_text().split("\n")[:-1]
+    for mode, code in (("train", "1"), ("dev", "2"), ("test", "3")):
+        ds = vox.SpeakerClassifiDataset(mode, root, str(root / "iden_split.txt"), max_timestep=SAMPLE_RATE * 3)
+        assert len(ds) == sum(line.startswith(code + " ") for line in lines)
+        assert set(ds.label) <= set(range(n_speakers))
+        if mode == "train":
+            assert set(ds.label) == set(range(n_speakers))
+    wav, label, name = ds[0]
+    assert wav.ndim == 1 and len(wav) > SAMPLE_RATE // 4 and 0 <= label < n_speakers
