@@ -1,0 +1,227 @@
+"""Masked audio modelling with CLAP distillation and a supervised branch: one wrapper, four presets.
+
+`MAMPretrainer` wraps a plain `MAMCLAPEncoder` (lucidrains' mae.py layout) and owns everything that exists
+only for pretraining: random masking, the decoder and the loss heads. The four variants of the paper are
+presets of one `PretrainConfig`, differing only in loss weights:
+
+  mam          reconstruction of masked patches (AudioMAE)
+  mam_clap     + prediction of the CLAP teacher's features on visible and masked positions
+  supmam       + multi-label classification of the clip (lambda_cls)
+  supmam_clap  both (the paper's best)
+
+Losses. Reconstruction: MSE between the decoder's patch prediction and the (per-patch normalised, when
+norm_pix_loss) log-mel patch, on masked patches only. Distillation: teacher features (B, N, teacher_dim)
+aligned to the patch grid in the encoder's time-major patch order are normalised per position with a
+parameter-free LayerNorm (data2vec's choice: scale-free targets, so the loss weight means the same for any
+teacher), and separate linear heads on the decoder output predict them with MSE, averaged over visible
+positions for one term and masked positions for the other. Classification: binary cross-entropy with
+logits on a linear head over the encoder output of the visible patches (mean of the patch tokens, or the
+CLS token), so the supervised branch costs no second, unmasked pass.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hear_mamclap.model import Block, EncoderConfig, MAMCLAPEncoder, init_weights, patchify, sincos_pos_embed_2d
+
+VARIANTS = ("mam", "mam_clap", "supmam", "supmam_clap")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig.preset("base"))
+    mask_ratio: float = 0.8                # share of patches hidden from the encoder (AudioMAE)
+    decoder_width: int = 512
+    decoder_depth: int = 8                 # global attention throughout (MAE's default)
+    decoder_heads: int = 16
+    norm_pix_loss: bool = True             # reconstruct per-patch normalised log-mel
+    recon_weight: float = 1.0              # 0 removes the reconstruction head
+    teacher_dim: int = 768                 # teacher feature size (LAION-CLAP HTS-AT: 768)
+    distill_visible_weight: float = 0.0    # teacher prediction on visible positions; 0 = off
+    distill_masked_weight: float = 0.0     # ... on masked positions; 0 = off
+    lambda_cls: float = 0.0                # multi-label classification; 0 = off
+    n_classes: int = 527                   # AudioSet
+    cls_pooling: Literal["mean", "cls"] = "mean"  # encoder output pooled for classification
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        weights = (self.recon_weight, self.distill_visible_weight, self.distill_masked_weight, self.lambda_cls)
+        if min(weights) < 0 or max(weights) == 0:
+            raise ValueError(f"loss weights must be >= 0 with at least one > 0, got recon, distill_visible, "
+                             f"distill_masked, lambda_cls = {weights}")
+        if self.cls_pooling not in ("mean", "cls"):
+            raise ValueError(f"cls_pooling must be 'mean' or 'cls', got {self.cls_pooling!r}")
+        if self.cls_pooling == "cls" and self.lambda_cls > 0 and not self.encoder.cls_token:
+            raise ValueError("cls_pooling='cls' needs an encoder with cls_token=True")
+        if self.decoder_width % self.decoder_heads or self.decoder_width % 4:
+            raise ValueError(f"decoder_width {self.decoder_width} must be divisible by decoder_heads "
+                             f"{self.decoder_heads} and by 4")
+
+    @property
+    def uses_decoder(self) -> bool:
+        return self.recon_weight > 0 or self.distill_visible_weight > 0 or self.distill_masked_weight > 0
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.distill_visible_weight > 0 or self.distill_masked_weight > 0
+
+    @property
+    def uses_labels(self) -> bool:
+        return self.lambda_cls > 0
+
+    @classmethod
+    def preset(cls, variant: str, size: str = "base", **overrides) -> PretrainConfig:
+        """One of VARIANTS with an encoder preset (tiny | small | base); keyword overrides on top.
+
+        Test-sized decoders come with size="tiny"; lambda_cls 0.5 sits in the paper's range (0.1 .. 1.0).
+        """
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown pretraining variant {variant!r}; expected one of {VARIANTS}")
+        cfg = cls(encoder=EncoderConfig.preset(size))
+        if size == "tiny":
+            cfg = replace(cfg, decoder_width=32, decoder_depth=2, decoder_heads=4, teacher_dim=24, n_classes=10)
+        if variant.endswith("_clap"):
+            cfg = replace(cfg, distill_visible_weight=1.0, distill_masked_weight=1.0)
+        if variant.startswith("sup"):
+            cfg = replace(cfg, lambda_cls=0.5)
+        return replace(cfg, **overrides)
+
+    def to_dict(self) -> dict:
+        return asdict(self)  # plain, nested: loads with torch.load(weights_only=True) and dumps to JSON
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PretrainConfig:
+        known = {f.name for f in fields(cls)}
+        if set(d) - known:
+            raise ValueError(f"unknown pretraining config keys {sorted(set(d) - known)}")
+        d = dict(d)
+        d["encoder"] = EncoderConfig.from_dict(d["encoder"]) if "encoder" in d else EncoderConfig.preset("base")
+        return cls(**d)
+
+
+def random_masking(batch: int, n_patches: int, mask_ratio: float, device: torch.device | str = "cpu",
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MAE masking by argsort of uniform noise: each clip keeps round((1 - mask_ratio) * n_patches) (>= 1)
+    random patches.
+
+    Returns ids_keep (B, L) (kept patch indices, in shuffle order), ids_restore (B, N) (position of each patch
+    in the shuffled order, so gathering [kept tokens, mask tokens] with it restores patch order), and mask
+    (B, N) float, 1 = masked.
+    """
+    n_keep = max(1, round((1.0 - mask_ratio) * n_patches))
+    noise = torch.rand(batch, n_patches, device=device, generator=generator)  # (B, N)
+    ids_shuffle = torch.argsort(noise, dim=1)  # ascending: the smallest n_keep noises are kept
+    ids_restore = torch.argsort(ids_shuffle, dim=1)  # inverse permutation
+    ids_keep = ids_shuffle[:, :n_keep]  # (B, L)
+    mask = torch.ones(batch, n_patches, device=device)
+    mask[:, :n_keep] = 0
+    return ids_keep, ids_restore, torch.gather(mask, 1, ids_restore)  # mask in patch order
+
+
+def _masked_mean(per_patch: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Mean of per_patch (B, N) over positions with weight 1."""
+    return (per_patch * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+class MAMPretrainer(nn.Module):
+    """Encoder + masking + decoder + heads. forward(mel, teacher, labels) -> dict of losses."""
+
+    def __init__(self, cfg: PretrainConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = MAMCLAPEncoder(cfg.encoder)
+        enc = cfg.encoder
+        pt, pf = enc.patch_size
+        if cfg.uses_decoder:
+            self.decoder_embed = nn.Linear(enc.width, cfg.decoder_width)
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_width))
+            self.register_buffer("decoder_pos_embed", sincos_pos_embed_2d(cfg.decoder_width, enc.grid),
+                                 persistent=False)  # (N, decoder_width), fixed
+            self.decoder_blocks = nn.ModuleList(Block(cfg.decoder_width, cfg.decoder_heads, enc.mlp_ratio, enc.norm_eps)
+                                                for _ in range(cfg.decoder_depth))
+            self.decoder_norm = nn.LayerNorm(cfg.decoder_width, eps=enc.norm_eps)
+        # Heads exist only for losses that are on, so every parameter always receives a gradient.
+        self.recon_head = nn.Linear(cfg.decoder_width, pt * pf) if cfg.recon_weight > 0 else None
+        self.visible_head = nn.Linear(cfg.decoder_width, cfg.teacher_dim) if cfg.distill_visible_weight > 0 else None
+        self.masked_head = nn.Linear(cfg.decoder_width, cfg.teacher_dim) if cfg.distill_masked_weight > 0 else None
+        self.cls_head = nn.Linear(enc.width, cfg.n_classes) if cfg.uses_labels else None
+        for name, module in self.named_children():
+            if name != "encoder":
+                module.apply(init_weights)
+        if cfg.uses_decoder:
+            nn.init.normal_(self.mask_token, std=0.02)
+
+    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """Encoder tokens (B, [1 +] L, D) of the kept patches -> decoder output (B, N, decoder_width) in patch
+        order (CLS, if any, takes part in attention and is then dropped)."""
+        x = self.decoder_embed(latent)  # (B, [1 +] L, Dd)
+        skip = 1 if self.encoder.cls_token is not None else 0
+        cls, kept = x[:, :skip], x[:, skip:]
+        B, N = ids_restore.shape
+        x = torch.cat([kept, self.mask_token.expand(B, N - kept.shape[1], -1)], dim=1)  # (B, N, Dd) shuffled
+        x = torch.gather(x, 1, ids_restore[..., None].expand(-1, -1, x.shape[2]))  # (B, N, Dd) patch order
+        x = torch.cat([cls, x + self.decoder_pos_embed[:N]], dim=1)  # (B, [1 +] N, Dd)
+        for block in self.decoder_blocks:
+            x = block(x)
+        return self.decoder_norm(x)[:, skip:]  # (B, N, Dd)
+
+    def reconstruction_loss(self, mel: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """MSE between predicted and true patches (B, N, pt * pf), on masked patches."""
+        target = patchify(mel, self.cfg.encoder.patch_size)  # (B, N, pt * pf)
+        if self.cfg.norm_pix_loss:
+            mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
+            target = (target - mean) / (var + 1e-6).sqrt()
+        return _masked_mean((pred - target).pow(2).mean(-1), mask)
+
+    def forward(self, mel: torch.Tensor, teacher: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Normalised log-mel (B, T, n_mels) (T a multiple of the patch time, normally target_frames),
+        teacher features (B, N, teacher_dim) on the patch grid (needed when distillation is on), multi-hot
+        labels (B, n_classes) (needed when lambda_cls > 0) -> {"loss": weighted sum (with grad)} plus each
+        active term detached ("recon", "distill_visible", "distill_masked", "cls"; call float() to log).
+        """
+        cfg = self.cfg
+        B, T, _ = mel.shape
+        n_patches = (T // cfg.encoder.patch_size[0]) * cfg.encoder.grid[1]
+        if cfg.uses_teacher:
+            if teacher is None:
+                raise ValueError("this config distills a teacher (distill_*_weight > 0): pass teacher features "
+                                 f"(batch, {n_patches}, {cfg.teacher_dim})")
+            if teacher.shape != (B, n_patches, cfg.teacher_dim):
+                raise ValueError(f"expected teacher features (batch, patches, teacher_dim) = "
+                                 f"{(B, n_patches, cfg.teacher_dim)}, got {tuple(teacher.shape)}")
+        if cfg.uses_labels:
+            if labels is None:
+                raise ValueError(f"this config has a classification loss (lambda_cls > 0): pass labels "
+                                 f"(batch, {cfg.n_classes})")
+            if labels.shape != (B, cfg.n_classes):
+                raise ValueError(f"expected labels (batch, n_classes) = {(B, cfg.n_classes)}, got "
+                                 f"{tuple(labels.shape)}")
+
+        ids_keep, ids_restore, mask = random_masking(B, n_patches, cfg.mask_ratio, mel.device)
+        latent, _ = self.encoder.forward_features(mel, ids_keep=ids_keep)  # (B, [1 +] L, D)
+        terms: dict[str, tuple[float, torch.Tensor]] = {}
+        if cfg.uses_decoder:
+            decoded = self.forward_decoder(latent, ids_restore)  # (B, N, Dd)
+        if self.recon_head is not None:
+            terms["recon"] = cfg.recon_weight, self.reconstruction_loss(mel, self.recon_head(decoded), mask)
+        if cfg.uses_teacher:
+            target = F.layer_norm(teacher.float(), teacher.shape[-1:])  # (B, N, teacher_dim), per position
+            for name, head, weight, where in (("distill_visible", self.visible_head, cfg.distill_visible_weight,
+                                               1.0 - mask),
+                                              ("distill_masked", self.masked_head, cfg.distill_masked_weight, mask)):
+                if head is not None:
+                    terms[name] = weight, _masked_mean((head(decoded) - target).pow(2).mean(-1), where)
+        if self.cls_head is not None:
+            skip = 1 if self.encoder.cls_token is not None else 0
+            pooled = latent[:, 0] if cfg.cls_pooling == "cls" else latent[:, skip:].mean(1)  # (B, D)
+            terms["cls"] = cfg.lambda_cls, F.binary_cross_entropy_with_logits(self.cls_head(pooled), labels.float())
+        out = {"loss": sum(weight * value for weight, value in terms.values())}
+        out.update({name: value.detach() for name, (_, value) in terms.items()})
+        return out
