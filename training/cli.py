@@ -13,6 +13,7 @@ import sys
 # (module, help) for each top-level subcommand; the module defines register(subparsers).
 COMMANDS = [
     ("training.kit.cli", "data"),
+    ("training.pretrain", "pretrain"),
 ]
 
 

@@ -1,0 +1,294 @@
+"""`mamclap pretrain`: MAM, MAM-CLAP, SupMAM and SupMAM-CLAP pretraining.
+
+A linear loop in the nanoGPT manner: torchrun is detected from the environment (one process otherwise),
+DDP over gloo on CPU or NCCL on GPU, bf16 autocast on GPU, optional torch.compile, AdamW with linear
+warm-up and cosine decay, gradient accumulation and clipping, rank-0 logging (progress bar, TensorBoard,
+a JSON-lines log), periodic atomic checkpoints, exact `--resume`, and an encoder-only export at the end.
+
+The front end (log-mel) and the teacher run on the device inside the step, on the batch of raw waveforms
+the loader gives, so data loading stays cheap and a teacher never sees different audio than the student.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from training import checkpointing
+from training.data import AudioClips, StepBatches
+
+log = logging.getLogger("mamclap.pretrain")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    preset: str = "supmam_clap"      # mam | mam_clap | supmam | supmam_clap
+    size: str = "tiny"               # encoder preset: tiny | small | base
+    data: str = ""                   # shards folder, AudioSet CSV, or audio folder
+    out_dir: str = "runs/pretrain"
+    teacher: str = ""                # LAION-layout CLAP checkpoint (needed by *_clap presets)
+    steps: int = 200
+    batch_size: int = 8              # per process and micro-batch
+    accum: int = 1                   # micro-batches per optimizer step
+    base_lr: float = 2e-4            # scaled by global batch / 256 (AudioMAE)
+    weight_decay: float = 1e-4
+    warmup_steps: int = 20
+    clip_grad: float = 1.0           # 0 disables clipping
+    ckpt_every: int = 50
+    log_every: int = 10
+    seed: int = 0
+    workers: int = 2
+    compile: bool = False
+    device: str = "auto"             # auto | cpu | cuda
+    overrides: tuple[tuple[str, str], ...] = ()  # PretrainConfig field overrides (name, value)
+
+
+def lr_at(step: int, cfg: TrainConfig, peak: float) -> float:
+    """Linear warm-up to peak, then cosine decay to zero at cfg.steps."""
+    if step < cfg.warmup_steps:
+        return peak * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return 0.5 * peak * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment, or a single process."""
+    if "RANK" not in os.environ:
+        return 0, 1, 0
+    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _parse_value(text: str):
+    """A --set value: JSON (numbers, true/false, lists) when it parses, else the plain string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _build(cfg: TrainConfig, n_classes: int):
+    """The pretraining wrapper and, for presets that distil, the frozen teacher."""
+    from training.mam import MAMPretrainer, PretrainConfig
+
+    overrides = {k: _parse_value(v) for k, v in cfg.overrides}
+    pcfg = PretrainConfig.preset(cfg.preset, size=cfg.size, **overrides)
+    if pcfg.uses_labels:
+        pcfg = dataclasses.replace(pcfg, n_classes=n_classes)
+    teacher = None
+    if pcfg.uses_teacher:
+        if not cfg.teacher:
+            raise ValueError(f"preset {cfg.preset!r} distils a CLAP teacher: pass --teacher CKPT (a "
+                             "LAION-layout checkpoint, e.g. one from `mamclap teacher train`)")
+        from training.teacher import load_teacher
+        teacher = load_teacher(cfg.teacher, grid=pcfg.encoder.grid,
+                               clip_seconds=n_samples_for(pcfg.encoder) / pcfg.encoder.sample_rate)
+        pcfg = dataclasses.replace(pcfg, teacher_dim=teacher.dim)
+    return MAMPretrainer(pcfg), teacher
+
+
+def n_samples_for(enc) -> int:
+    """Samples giving exactly target_frames Kaldi frames (snip_edges): window + hop * (frames - 1)."""
+    hop = round(enc.sample_rate * enc.frame_shift_ms / 1000)
+    window = round(enc.sample_rate * enc.frame_length_ms / 1000)
+    return window + hop * (enc.target_frames - 1)
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict:
+    """Run (or resume) pretraining; returns a summary dict. Works under torchrun or as one process."""
+    rank, world, local_rank = _distributed()
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    out_dir = Path(cfg.out_dir)
+    ckpt_path = out_dir / "checkpoint.pt"
+
+    start_step, state = 0, None
+    if resume:
+        if not ckpt_path.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
+        state = checkpointing.load(ckpt_path)
+        saved = TrainConfig(**{**state["train_config"], "overrides": tuple(
+            tuple(kv) for kv in state["train_config"]["overrides"])})
+        cfg = dataclasses.replace(saved, steps=cfg.steps, out_dir=cfg.out_dir, workers=cfg.workers,
+                                  device=cfg.device, compile=cfg.compile, data=cfg.data or saved.data,
+                                  teacher=cfg.teacher or saved.teacher)
+        start_step = state["step"]
+    torch.manual_seed(cfg.seed)
+
+    dataset = AudioClips(cfg.data, n_samples=1, require_labels=cfg.preset.startswith("sup"))
+    model, teacher = _build(cfg, dataset.n_classes)
+    dataset.n_samples = n_samples_for(model.cfg.encoder)
+    model.to(device)
+    if teacher is not None:
+        teacher.to(device)
+
+    peak_lr = cfg.base_lr * cfg.batch_size * cfg.accum * world / 256
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or name.endswith(".bias") else decay).append(p)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=peak_lr, betas=(0.9, 0.95), fused=use_cuda)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        checkpointing.set_rng_state(state["rng"][rank] if isinstance(state["rng"], list)
+                                    else state["rng"])
+    ddp_model = DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None) \
+        if world > 1 else model
+    step_fn = torch.compile(ddp_model) if cfg.compile else ddp_model
+
+    sampler = StepBatches(len(dataset), cfg.batch_size, cfg.accum, world, rank, cfg.seed,
+                          start_step, cfg.steps)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers,
+                        pin_memory=use_cuda, persistent_workers=False)
+
+    writer = None
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(out_dir / "tb"))
+        log_file = open(out_dir / "log.jsonl", "a")
+
+    def save(step: int) -> None:
+        rngs = [None] * world
+        if world > 1:
+            dist.all_gather_object(rngs, checkpointing.rng_state())
+        else:
+            rngs = [checkpointing.rng_state()]
+        if rank == 0:
+            checkpointing.save_atomic({
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "step": step, "rng": rngs, "config": model.cfg.to_dict(),
+                "train_config": dataclasses.asdict(cfg),
+                "vocabulary": [list(v) for v in dataset.vocabulary]}, ckpt_path)
+
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if use_cuda else torch.autocast("cpu", enabled=False)
+    step, skipped, t0, last_losses = start_step, 0, time.perf_counter(), {}
+    progress = None
+    if rank == 0:
+        from tqdm import tqdm
+        progress = tqdm(total=cfg.steps, initial=start_step, desc=f"pretrain {cfg.preset}", unit="step")
+    micro = 0
+    sums: dict[str, float] = {}
+    for wav, labels, n_skipped in loader:
+        skipped += int(n_skipped.sum())
+        wav = wav.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        with torch.no_grad():
+            mel = model.encoder.frontend(wav)                                  # (B, T, n_mels)
+            targets = teacher(wav) if teacher is not None else None            # (B, n_patches, D)
+        sync = micro == cfg.accum - 1
+        ctx = ddp_model.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
+        with ctx:
+            with amp:
+                out = step_fn(mel, teacher=targets, labels=labels if model.cfg.uses_labels else None)
+            (out["loss"] / cfg.accum).backward()
+        for k, v in out.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.accum
+        micro += 1
+        if not sync:
+            continue
+        micro = 0
+        loss_value = sums["loss"]
+        if world > 1:
+            t = torch.tensor([loss_value], device=device)
+            dist.all_reduce(t)
+            loss_value = t.item() / world
+        if not math.isfinite(loss_value):
+            msg = (f"loss is {loss_value} at step {step}: stopping. The last good checkpoint "
+                   f"(step {checkpointing.load(ckpt_path)['step'] if ckpt_path.exists() else 'none'}) "
+                   f"is kept at {ckpt_path}; lower --base-lr or check the data.")
+            if rank == 0:
+                progress.close()
+            raise FloatingPointError(msg)
+        lr = lr_at(step, cfg, peak_lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                                   cfg.clip_grad if cfg.clip_grad > 0 else float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        last_losses = {**sums, "loss": loss_value}
+        sums = {}
+        if rank == 0:
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss_value:.4f}")
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                elapsed = time.perf_counter() - t0
+                record = {"step": step, "lr": lr, "grad_norm": float(grad_norm), "skipped": skipped,
+                          **{k: float(v) for k, v in last_losses.items()}, "elapsed_s": elapsed}
+                log_file.write(json.dumps(record) + "\n")
+                log_file.flush()
+                for k, v in record.items():
+                    if k != "step":
+                        writer.add_scalar(f"train/{k}", v, step)
+        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            save(step)
+    if rank == 0:
+        progress.close()
+        writer.close()
+        log_file.close()
+        from hear_mamclap.checkpoint import export_encoder
+        export_encoder(model.encoder, out_dir / "encoder")
+    if world > 1:
+        dist.barrier()
+    return {"step": step, "losses": last_losses, "skipped": skipped}
+
+
+
+def register(subparsers) -> None:
+    """`mamclap pretrain`: flags mirror TrainConfig's fields."""
+    p = subparsers.add_parser("pretrain", help="pretrain MAM / MAM-CLAP / SupMAM / SupMAM-CLAP",
+                              description=__doc__.splitlines()[0])
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "overrides":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        value = getattr(defaults, f.name)
+        if isinstance(value, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
+        else:
+            p.add_argument(flag, type=type(value), default=value)
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a PretrainConfig field, e.g. --set lambda_cls=0.1 --set "
+                        "distill_visible_weight=0 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/checkpoint.pt")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    overrides = []
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects FIELD=VALUE, got {item!r}")
+        overrides.append((key.strip(), value.strip()))
+    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "overrides"}
+    cfg = TrainConfig(**fields, overrides=tuple(overrides))
+    if not cfg.data and not args.resume:
+        raise SystemExit("--data is required: a folder of shards, an AudioSet CSV or a folder of audio")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    summary = train(cfg, resume=args.resume)
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(json.dumps(summary, indent=1, default=float))
+    return 0
