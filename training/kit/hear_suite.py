@@ -27,6 +27,7 @@ the same suite.
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
@@ -682,8 +683,10 @@ def write_task(spec: TaskSpec, data: TaskData, out_dir: Path, extra_meta: dict) 
             if not labels:
                 raise ValueError(f"{spec.name}: split {split} is empty; the bank lacks material for it")
             (tmp / f"{split}.json").write_text(json.dumps(labels, indent=True))
-        vocab_lines = ["idx,label"] + [f"{i},{label}" for i, label in enumerate(data.vocabulary)]
-        (tmp / "labelvocabulary.csv").write_text("\n".join(vocab_lines) + "\n")
+        with (tmp / "labelvocabulary.csv").open("w", newline="") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(["idx", "label"])
+            writer.writerows(enumerate(data.vocabulary))
         (tmp / "task_metadata.json").write_text(json.dumps(spec.metadata(extra_meta), indent=True))
         final = out_dir / spec.folder
         if final.exists():
