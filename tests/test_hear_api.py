@@ -1,0 +1,115 @@
+"""Contracts of the HEAR 2021 module over a tiny encoder: shapes, timestamps, batch and chunk invariance,
+checkpoint formats, and clear errors for bad input."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import hear_mamclap as hear
+from hear_mamclap.checkpoint import export_encoder
+from hear_mamclap.model import EncoderConfig, MAMCLAPEncoder
+
+
+@pytest.fixture(scope="module")
+def encoder() -> MAMCLAPEncoder:
+    torch.manual_seed(0)
+    return MAMCLAPEncoder(EncoderConfig.preset("tiny")).eval()
+
+
+@pytest.fixture(scope="module")
+def model(encoder) -> hear.HearModel:
+    return hear.HearModel(encoder)
+
+
+def audio(n_sounds: int, seconds: float, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return 0.1 * torch.randn(n_sounds, int(seconds * hear.SAMPLE_RATE), generator=g)
+
+
+def test_shapes_and_regular_timestamps(model):
+    x = audio(3, 2.5)
+    emb, ts = hear.get_timestamp_embeddings(x, model)
+    assert emb.shape[:2] == ts.shape and emb.shape[0] == 3
+    assert emb.shape[2] == model.timestamp_embedding_size
+    hops = ts[0, 1:] - ts[0, :-1]
+    assert torch.allclose(hops, torch.full_like(hops, hear.TIMESTAMP_HOP_MS)) and hops[0] <= 50
+    assert ts[0, -1] <= 2500 and ts[0, 0] >= 0
+    scene = hear.get_scene_embeddings(x, model)
+    assert scene.shape == (3, model.scene_embedding_size)
+    assert torch.isfinite(emb).all() and torch.isfinite(scene).all()
+
+
+def test_slice_of_batch_equals_batch(model):
+    x = audio(4, 1.7)
+    emb, _ = hear.get_timestamp_embeddings(x, model)
+    emb_slice, _ = hear.get_timestamp_embeddings(x[1:3], model)
+    torch.testing.assert_close(emb_slice, emb[1:3], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(hear.get_scene_embeddings(x[2:3], model),
+                               hear.get_scene_embeddings(x, model)[2:3], atol=1e-5, rtol=1e-5)
+
+
+def test_clip_alone_equals_clip_padded_beside_longer_clips(encoder):
+    short, long = audio(1, 1.0, seed=1), audio(1, 3.0, seed=2)
+    batch = torch.zeros(2, long.shape[1])
+    batch[0, :short.shape[1]], batch[1] = short[0], long[0]
+    alone = encoder(short)
+    together = encoder(batch, lengths=torch.tensor([short.shape[1], long.shape[1]]))
+    n = int(alone.n_frames[0])
+    torch.testing.assert_close(together.frames[0, :n], alone.frames[0, :n], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(together.clip[0], alone.clip[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("options", [dict(layers="last"), dict(layers="mean", last_k=2),
+                                     dict(layers="concat", last_k=3, scene_pooling="meanmax")])
+def test_grouping_of_windows_does_not_change_features(encoder, options):
+    # Audio spanning several encoder windows: one window per forward vs all at once.
+    x = audio(2, 4.3 * encoder.cfg.target_frames / 100)
+    one = hear.HearModel(encoder, windows_per_forward=1, **options)
+    many = hear.HearModel(encoder, windows_per_forward=64, **options)
+    torch.testing.assert_close(one.patch_features(x), many.patch_features(x), atol=1e-5, rtol=1e-5)
+    # ...and both equal the encoder's own whole-clip processing for the last layer.
+    if options["layers"] == "last":
+        torch.testing.assert_close(one.patch_features(x), encoder(x).frames, atol=1e-5, rtol=1e-5)
+    emb, _ = hear.get_timestamp_embeddings(x, one)
+    assert emb.shape[2] == one.timestamp_embedding_size
+
+
+def test_load_model_from_export_and_training_checkpoint(encoder, tmp_path):
+    export_encoder(encoder, tmp_path / "export")
+    torch.save({"model": {f"encoder.{k}": v for k, v in encoder.state_dict().items()},
+                "config": {"encoder": encoder.cfg.to_dict()}, "step": 3}, tmp_path / "ckpt.pt")
+    x = audio(1, 1.0)
+    ref = hear.get_scene_embeddings(x, hear.HearModel(encoder))
+    for path in (tmp_path / "export", tmp_path / "export" / "encoder.safetensors", tmp_path / "ckpt.pt"):
+        torch.testing.assert_close(hear.get_scene_embeddings(x, hear.load_model(str(path))), ref)
+
+
+def test_empty_path_warns_and_gives_random_base_encoder():
+    with pytest.warns(UserWarning, match="randomly initialised"):
+        m = hear.load_model("")
+    assert m.encoder.cfg.width == 768 and m.sample_rate == 16000
+
+
+@pytest.mark.parametrize("bad, message", [
+    (torch.zeros(16000), "rank 2"),
+    (torch.zeros(1, 1, 16000), "mono"),
+    (torch.zeros(2, 2, 16000), "mono"),
+    (torch.zeros(1, 16000, dtype=torch.int16), "floating-point"),
+    (torch.full((1, 16000), float("nan")), "NaN or Inf"),
+    (torch.full((1, 16000), float("inf")), "NaN or Inf"),
+    (torch.zeros(1, 0), "at least 400 samples"),
+    (torch.zeros(1, 399), "at least 400 samples"),
+    (torch.zeros(0, 16000), "at least one sound"),
+    ([[0.0] * 16000], "torch.Tensor"),
+])
+def test_bad_input_gives_clear_error(model, bad, message):
+    for fn in (hear.get_scene_embeddings, hear.get_timestamp_embeddings):
+        with pytest.raises(ValueError, match=message):
+            fn(bad, model)
+
+
+@pytest.mark.parametrize("option", [dict(layers="sum"), dict(last_k=0), dict(freq_reduce="max"),
+                                    dict(scene_pooling="attention"), dict(timestamp_hop_ms=80)])
+def test_bad_options_are_refused(encoder, option):
+    with pytest.raises(ValueError):
+        hear.HearModel(encoder, **option)
