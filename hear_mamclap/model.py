@@ -130,6 +130,16 @@ class EncoderConfig:
     def n_patches(self) -> int:
         return self.grid[0] * self.grid[1]
 
+    def patch_times(self, n_time_patches: int) -> torch.Tensor:
+        """Centre time in seconds of each of the first n_time_patches time patches: the middle of the span
+        from its first frame's window start to its last frame's window end (0.0875 s + 0.16 s * i by default).
+        Teachers align their features to the patch grid with it; HEAR timestamps come from it."""
+        hop = int(self.sample_rate * self.frame_shift_ms / 1000)  # as LogMelFrontend computes them
+        window = int(self.sample_rate * self.frame_length_ms / 1000)
+        first = torch.arange(n_time_patches, dtype=torch.float64) * self.patch_size[0] * hop  # first sample
+        end = first + (self.patch_size[0] - 1) * hop + window  # one past the last sample of its last window
+        return (first + end) / 2 / self.sample_rate
+
     @classmethod
     def preset(cls, name: str, **overrides) -> EncoderConfig:
         """Named sizes: tiny (tests), small (ViT-S), base (ViT-B/16); keyword overrides on top."""
@@ -244,12 +254,8 @@ class MAMCLAPEncoder(nn.Module):
         return self.cfg.width * (self.cfg.grid[1] if freq_reduce == "concat" else 1)
 
     def frame_times(self, n_frames: int) -> torch.Tensor:
-        """Centre time in seconds of each of the first n_frames time patches (its frames' window span)."""
-        pt = self.cfg.patch_size[0]
-        hop, win = self.frontend.hop_length, self.frontend.window_length
-        first = torch.arange(n_frames, dtype=torch.float64) * pt * hop  # first sample of the patch
-        last = first + (pt - 1) * hop + win  # one past the last sample of its last window
-        return (first + last) / 2 / self.cfg.sample_rate
+        """Centre time in seconds of each of the first n_frames runtime frames (time patches)."""
+        return self.cfg.patch_times(n_frames)
 
     def forward(self, audio: torch.Tensor, lengths: torch.Tensor | None = None,
                 freq_reduce: Literal["concat", "mean"] = "concat", hidden_states: bool = False) -> EncoderOutput:

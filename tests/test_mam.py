@@ -174,3 +174,7 @@ def test_full_checkpoint_round_trip(tmp_path) -> None:
     assert torch.equal(loaded(x).frames, model.encoder(x).frames)
     mel = model.encoder.mel(x)[0][:, :128]
     assert torch.equal(loaded.forward_features(mel)[0], model.encoder.forward_features(mel)[0])
+    # A state dict saved from a DDP- or torch.compile-wrapped model loads the same.
+    ckpt["model"] = {"module." + k: v for k, v in ckpt["model"].items()}
+    torch.save(ckpt, tmp_path / "ddp.pt")
+    assert torch.equal(load_encoder(tmp_path / "ddp.pt")(x).frames, model.encoder(x).frames)

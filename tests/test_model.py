@@ -91,7 +91,7 @@ def test_runtime_shapes_and_timestamps() -> None:
     mean = enc(x, freq_reduce="mean")
     assert mean.frames.shape == (2, 19, 64)
     torch.testing.assert_close(mean.clip, mean.frames.mean(1))
-    times = enc.frame_times(3)
+    times = enc.cfg.patch_times(3)
     torch.testing.assert_close(times, torch.tensor([0.0875, 0.2475, 0.4075], dtype=torch.float64))
     with pytest.raises(ValueError, match="freq_reduce"):
         enc(x, freq_reduce="max")
