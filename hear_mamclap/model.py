@@ -235,8 +235,8 @@ class MAMCLAPEncoder(nn.Module):
     # ---- runtime interface: raw audio in, features out ----
 
     def mel(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, N) audio, optional valid sample counts (B,) -> normalised log-mel (B, T, n_mels) with frames past
-        each clip's end set to 0, and the valid frame counts (B,)."""
+        """(B, N) audio, optional valid sample counts (B,) -> normalised log-mel (B, T, n_mels) and the valid
+        frame counts (B,) (Kaldi's count for each clip's own length)."""
         mel = self.frontend(audio)  # (B, T, n_mels)
         B, T, _ = mel.shape
         if lengths is None:
@@ -245,9 +245,7 @@ class MAMCLAPEncoder(nn.Module):
         if lengths.shape != (B,) or (lengths > audio.shape[1]).any() or (lengths < self.frontend.window_length).any():
             raise ValueError(f"expected lengths (batch,) between {self.frontend.window_length} and {audio.shape[1]} "
                              f"samples, got {lengths.tolist()}")
-        n_frames = (lengths - self.frontend.window_length) // self.frontend.hop_length + 1  # Kaldi snip_edges
-        valid = torch.arange(T, device=mel.device)[None] < n_frames[:, None]  # (B, T)
-        return mel * valid[..., None], n_frames
+        return mel, (lengths - self.frontend.window_length) // self.frontend.hop_length + 1  # Kaldi snip_edges
 
     def feature_dim(self, freq_reduce: Literal["concat", "mean"] = "concat") -> int:
         """Size of a frame (and clip) feature: width x frequency patches for concat, width for mean."""
@@ -280,7 +278,9 @@ class MAMCLAPEncoder(nn.Module):
         chunk_patches, n_freq = self.cfg.grid
         B, T, _ = mel.shape
         n_patches = math.ceil(T / pt)
-        mel = F.pad(mel, (0, 0, 0, n_patches * pt - T))  # (B, n_patches * pt, n_mels), 0 = dataset mean
+        # Frames past each clip's end become 0 (the dataset mean), as the patch padding of a clip alone.
+        mel = mel * (torch.arange(T, device=mel.device)[None] < n_frames[:, None])[..., None]  # (B, T, n_mels)
+        mel = F.pad(mel, (0, 0, 0, n_patches * pt - T))  # (B, n_patches * pt, n_mels)
         valid_patches = torch.div(n_frames + pt - 1, pt, rounding_mode="floor")  # (B,) ceil(n_frames / pt)
         skip_cls = 1 if self.cls_token is not None else 0
 

@@ -132,6 +132,19 @@ def test_shorter_input_uses_its_own_grid() -> None:
     assert torch.isfinite(out["loss"])
 
 
+@pytest.mark.parametrize("patch_size,frames", [((8, 32), 64), ((32, 8), 96)])
+def test_other_patch_shapes_and_lengths(patch_size: tuple[int, int], frames: int) -> None:
+    enc = EncoderConfig.preset("tiny", patch_size=patch_size, target_frames=frames)
+    cfg = PretrainConfig.preset("supmam_clap", size="tiny", encoder=enc)
+    assert enc.grid == (frames // patch_size[0], enc.n_mels // patch_size[1])
+    model = MAMPretrainer(cfg)
+    mel, teacher, labels = batch(cfg)
+    assert teacher.shape[1] == enc.grid[0] * enc.grid[1]
+    out = model(mel, teacher=teacher, labels=labels)
+    out["loss"].backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
 def test_loss_falls_on_a_fixed_batch() -> None:
     torch.manual_seed(0)
     cfg = PretrainConfig.preset("supmam_clap", size="tiny")
