@@ -40,7 +40,9 @@ from typing import Callable
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import fftconvolve, resample_poly
+
+from training.kit import augment as aug
+from training.kit.augment import AugmentConfig
 
 log = logging.getLogger(__name__)
 
@@ -123,17 +125,14 @@ class BankAudio:
         return self.bank_dir / path
 
     def load(self, rec: dict) -> np.ndarray | None:
-        """(N,) float32 audio at 16 kHz, or None when the file is unreadable or not 16 kHz mono."""
+        """(N,) float32 audio at 16 kHz, or None when the file is unreadable, not 16 kHz mono, or silent."""
         rid = rec["id"]
         if rid not in self.cache:
             audio = None
             try:
-                data, sr = sf.read(self.path(rec), dtype="float32", always_2d=True)
-                if sr != SAMPLE_RATE:
-                    raise ValueError(f"expected {SAMPLE_RATE} Hz, got {sr}")
-                audio = data.mean(axis=1)
-                if len(audio) < 160 or not np.isfinite(audio).all() or np.abs(audio).max() == 0:
-                    raise ValueError("shorter than 10 ms, silent or not finite")
+                audio = aug.load_clip(self.path(rec))
+                if len(audio) < 160 or np.abs(audio).max() == 0:
+                    raise ValueError("shorter than 10 ms or silent")
             except Exception as err:  # one bad file must not stop a build: skip it and say why
                 self.skipped[rid] = f"{type(err).__name__}: {err}"
                 log.warning("skipping bank clip %s: %s", rid, self.skipped[rid])
@@ -145,52 +144,29 @@ class BankAudio:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Signal helpers: the few operations every recipe needs
+# Signal helpers over augment.py
+
+# How each kind of source is varied (augment.vary ranges). Each keeps its task's label: no pitch change on
+# pitch labels, none on voices whose identity is the label; gain is cut only, the clip is peak-normalised last.
+FX: dict[str, AugmentConfig] = {
+    "word": AugmentConfig(gain_db=(-6.0, 0.0), speed_p=0.3, speed=(0.92, 1.08), pitch_p=0.3,
+                          pitch_semitones=(-1.5, 1.5), stretch_p=0.3, stretch=(0.85, 1.15), reverb_p=0.3,
+                          rt60=(0.2, 0.8), noise_p=0.1),
+    "voice": AugmentConfig(gain_db=(-6.0, 0.0), speed_p=0.0, pitch_p=0.0, stretch_p=0.3, stretch=(0.9, 1.1),
+                           reverb_p=0.2, rt60=(0.2, 0.6), noise_p=0.1),
+    "note": AugmentConfig(gain_db=(-6.0, 0.0), speed_p=0.0, pitch_p=0.0, stretch_p=0.0, reverb_p=0.3,
+                          rt60=(0.2, 1.0), noise_p=0.1),
+    "instrument": AugmentConfig(gain_db=(-6.0, 0.0), speed_p=0.0, pitch_p=0.3, pitch_semitones=(-1.0, 1.0),
+                                stretch_p=0.0, reverb_p=0.3, rt60=(0.2, 1.0), noise_p=0.1),
+    "drum": AugmentConfig(gain_db=(-6.0, 0.0), speed_p=0.3, speed=(0.95, 1.05), pitch_p=0.0, stretch_p=0.0,
+                          reverb_p=0.3, rt60=(0.2, 0.8), noise_p=0.1),
+    "sound": AugmentConfig(gain_db=(-6.0, 0.0), speed_p=0.3, speed=(0.9, 1.1), pitch_p=0.2, stretch_p=0.2,
+                           reverb_p=0.3, noise_p=0.1),
+}
 
 
-def db_gain(x: np.ndarray, db: float) -> np.ndarray:
-    return x * np.float32(10.0 ** (db / 20.0))
-
-
-def change_speed(x: np.ndarray, factor: float) -> np.ndarray:
-    """Tape-style speed change: factor > 1 is faster and higher."""
-    if abs(factor - 1.0) < 1e-3:
-        return x
-    up = 1000
-    down = int(round(up * factor))
-    return resample_poly(x, up, down).astype(np.float32)
-
-
-def add_reverb(x: np.ndarray, rng: np.random.Generator, rt60: float, wet: float) -> np.ndarray:
-    """Convolve with an exponentially decaying noise tail (a diffuse room of reverberation time rt60 s)."""
-    n = int(rt60 * SAMPLE_RATE)
-    t = np.arange(n) / SAMPLE_RATE
-    ir = rng.standard_normal(n) * np.exp(-6.9 * t / rt60)  # -60 dB at rt60
-    ir[0] = 0.0
-    ir /= np.sqrt((ir ** 2).sum()) + 1e-9
-    tail = fftconvolve(x, ir)[: len(x)]
-    return ((1.0 - wet) * x + wet * tail).astype(np.float32)
-
-
-def rms(x: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(x.astype(np.float64) ** 2)) + 1e-12)
-
-
-def place(dst: np.ndarray, src: np.ndarray, offset: int) -> tuple[int, int]:
-    """Add src into dst at offset (cropped to dst); returns the (start, end) samples written."""
-    start = max(0, offset)
-    end = min(len(dst), offset + len(src))
-    if end > start:
-        dst[start:end] += src[start - offset:end - offset]
-    return start, max(start, end)
-
-
-def loop_to(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """A random n-sample stretch of x, looped when x is shorter."""
-    if len(x) < n:
-        x = np.tile(x, n // len(x) + 1)
-    start = int(rng.integers(0, len(x) - n + 1))
-    return x[start:start + n].copy()
+def vary(x: np.ndarray, rng: np.random.Generator, fx: str) -> np.ndarray:
+    return aug.vary(x, rng, FX[fx])[0]
 
 
 def active_span(x: np.ndarray, threshold_db: float = -35.0) -> tuple[int, int]:
@@ -205,30 +181,17 @@ def active_span(x: np.ndarray, threshold_db: float = -35.0) -> tuple[int, int]:
 
 
 def finish(x: np.ndarray, rng: np.random.Generator, peak_db: tuple[float, float] = (-12.0, -1.0)) -> np.ndarray:
-    """Scale to a random peak level below full scale, so the 16-bit file never clips."""
-    peak = np.abs(x).max()
-    if peak == 0:
-        return x.astype(np.float32)
-    return (x / peak * 10 ** (rng.uniform(*peak_db) / 20)).astype(np.float32)
-
-
-def vary(x: np.ndarray, rng: np.random.Generator, speed: float, reverb_p: float) -> np.ndarray:
-    """Random gain, speed within +-speed and, with probability reverb_p, a small room."""
-    if speed > 0:
-        x = change_speed(x, float(rng.uniform(1 - speed, 1 + speed)))
-    if rng.random() < reverb_p:
-        x = add_reverb(x, rng, rt60=float(rng.uniform(0.15, 0.6)), wet=float(rng.uniform(0.1, 0.35)))
-    return db_gain(x, float(rng.uniform(-6.0, 0.0)))
+    """Normalise to a random peak level below full scale, so the 16-bit file never clips."""
+    return aug.normalize_peak(x, float(rng.uniform(*peak_db)))
 
 
 def with_background(x: np.ndarray, beds: list[np.ndarray], rng: np.random.Generator,
                     snr_db: tuple[float, float], p: float) -> np.ndarray:
-    """Add a random stretch of a background bed at a random SNR, with probability p."""
+    """With probability p, a random stretch of a random background bed at a random SNR."""
     if not beds or rng.random() >= p:
         return x
-    bed = loop_to(beds[int(rng.integers(len(beds)))], len(x), rng)
-    snr = float(rng.uniform(*snr_db))
-    return x + bed * np.float32(rms(x) / rms(bed) * 10 ** (-snr / 20))
+    bed = beds[int(rng.integers(len(beds)))]
+    return aug.add_noise(x, bed, float(rng.uniform(*snr_db)), rng)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -398,7 +361,7 @@ class Builder:
             at = int(rng.integers(min(lo, slack), min(hi, slack) + 1))
         else:  # longer than the clip: take a random window of it
             at = -int(rng.integers(0, -slack + 1))
-        place(out, x, at)
+        aug.place(out, x, at)
         return out
 
     def multiclass(self, task: str, spec: TaskSpec, pools: dict[str, dict[str, list[dict]]],
@@ -445,8 +408,7 @@ class Builder:
                 pools[label]["valid"], pools[label]["train"] = train[:k], train[k:]
 
         def render(rec: dict, split: str, g: np.random.Generator) -> np.ndarray:
-            x = vary(self.audio.load(rec), g, speed=0.08, reverb_p=0.3)
-            x = self.fit(x, n, g, (0.0, 0.4))
+            x = self.fit(vary(self.audio.load(rec), g, "word"), n, g, (0.0, 0.4))
             return with_background(x, self.beds[split], g, (5.0, 30.0), p=0.8)
 
         splits = self.multiclass(task, spec, pools, render, lambda r: r["group"], rng)
@@ -456,9 +418,8 @@ class Builder:
             beds, bed_recs = self.beds[which], self.bed_recs[which]
             for _ in range(self.counts(task)[si] if beds else 0):
                 i = int(rng.integers(len(beds)))
-                x = loop_to(beds[i], n, rng) * np.float32(rng.uniform(0.05, 1.0))
-                rec = bed_recs[i]
-                splits[split].append(Clip(finish(x, rng, (-30.0, -6.0)), [SILENCE], [rec["id"]], [rec["group"]]))
+                x = finish(aug.loop_to(beds[i], n, rng), rng, (-30.0, -6.0))
+                splits[split].append(Clip(x, [SILENCE], [bed_recs[i]["id"]], [bed_recs[i]["group"]]))
         vocab = sorted({c.labels[0] for clips in splits.values() for c in clips})
         return TaskData(splits, vocab, "voice")
 
@@ -482,8 +443,7 @@ class Builder:
         pools = {c: pools_by_unit(by_class[c], unit, rng, f"{task}/{c}") for c in keep}
 
         def render(rec: dict, split: str, g: np.random.Generator) -> np.ndarray:
-            x = vary(self.audio.load(rec), g, speed=0.0, reverb_p=0.2)
-            x = self.fit(x, n, g, (0.0, 1.0))
+            x = self.fit(vary(self.audio.load(rec), g, "voice"), n, g, (0.0, 1.0))
             return with_background(x, self.beds[split], g, (15.0, 40.0), p=0.5)
 
         splits = self.multiclass(task, spec, pools, render, unit, rng)
@@ -499,7 +459,7 @@ class Builder:
     # -- music -----------------------------------------------------------------------------------------
 
     def _by_soundfont(self, spec: TaskSpec, recs: list[dict], label: Callable[[dict], object],
-                      speed: float, offset: tuple[float, float]) -> dict[str, list[Clip]]:
+                      fx: str, offset: tuple[float, float]) -> dict[str, list[Clip]]:
         task, rng = spec.name, self.rng(spec.name)
         n = int(spec.sample_duration * SAMPLE_RATE)
         recs = self.audio.usable(recs)
@@ -510,8 +470,7 @@ class Builder:
                 pools[label(r)][split].append(r)
 
         def render(rec: dict, split: str, g: np.random.Generator) -> np.ndarray:
-            x = vary(self.audio.load(rec), g, speed=speed, reverb_p=0.3)
-            x = self.fit(x, n, g, offset)
+            x = self.fit(vary(self.audio.load(rec), g, fx), n, g, offset)
             return with_background(x, self.beds[split], g, (20.0, 45.0), p=0.3)
 
         return self.multiclass(task, spec, pools, render, lambda r: r["group"], rng)
@@ -520,20 +479,20 @@ class Builder:
         lo, hi = PITCH_RANGE
         notes = [r for r in self.kind["music"]
                  if isinstance(r["labels"].get("midi_pitch"), int) and lo <= r["labels"]["midi_pitch"] <= hi]
-        # No speed change: it would move the pitch off its label.
-        splits = self._by_soundfont(spec, notes, lambda r: r["labels"]["midi_pitch"], 0.0, (0.0, 0.0))
+        # "note" varies no pitch or speed: either would move the pitch off its label.
+        splits = self._by_soundfont(spec, notes, lambda r: r["labels"]["midi_pitch"], "note", (0.0, 0.0))
         # The whole contiguous range, so that heareval's chroma_acc (class index mod 12) is the pitch class.
         return TaskData(splits, list(range(lo, hi + 1)), "soundfont")
 
     def instrument_family(self, spec: TaskSpec) -> TaskData:
         notes = [r for r in self.kind["music"] if r["labels"].get("family")]
-        splits = self._by_soundfont(spec, notes, lambda r: r["labels"]["family"], 0.03, (0.0, 0.3))
+        splits = self._by_soundfont(spec, notes, lambda r: r["labels"]["family"], "instrument", (0.0, 0.3))
         vocab = sorted({c.labels[0] for clips in splits.values() for c in clips})
         return TaskData(splits, vocab, "soundfont")
 
     def drum_stroke(self, spec: TaskSpec) -> TaskData:
         hits = [r for r in self.kind["drum"] if r["labels"].get("stroke")]
-        splits = self._by_soundfont(spec, hits, lambda r: r["labels"]["stroke"], 0.05, (0.0, 0.1))
+        splits = self._by_soundfont(spec, hits, lambda r: r["labels"]["stroke"], "drum", (0.0, 0.1))
         vocab = sorted({c.labels[0] for clips in splits.values() for c in clips})
         return TaskData(splits, vocab, "kit")
 
@@ -559,7 +518,7 @@ class Builder:
                 cyc = Cycler([r for r in by_class[c] if fold_of[r["group"]] == fold], rng)
                 for _ in range(self.counts(task)[0]):
                     rec = cyc.next()
-                    x = vary(self.audio.load(rec), rng, speed=0.06, reverb_p=0.3)
+                    x = vary(self.audio.load(rec), rng, "sound")
                     if len(x) < n // 3 and rng.random() < 0.5:  # short sounds often repeat in ESC clips
                         gap = np.zeros(int(rng.uniform(0.1, 0.8) * SAMPLE_RATE), np.float32)
                         x = np.concatenate([x, gap, x])
@@ -592,13 +551,13 @@ class Builder:
             for _ in range(self.counts(task)[si]):
                 k = int(rng.integers(1, min(3, len(present)) + 1))
                 chosen = sorted(rng.choice(present, size=k, replace=False).tolist())
-                x = np.zeros(n, np.float32)
                 recs = [cyclers[c].next() for c in chosen]
+                parts = []
                 for rec in recs:
-                    src = vary(self.audio.load(rec), rng, speed=0.05, reverb_p=0.3)
-                    src = src / np.float32(rms(src))  # equal loudness before the per-source gain
-                    x += self.fit(db_gain(src, float(rng.uniform(-10, 0))), n, rng, (0.0, 3.0))
-                x = with_background(x, self.beds[split], rng, (10.0, 30.0), p=0.7)
+                    src = vary(self.audio.load(rec), rng, "sound")
+                    src = src / np.float32(aug.rms(src) + 1e-9)  # equal loudness before the per-source gain
+                    parts.append((self.fit(src, n, rng, (0.0, 3.0)), 0, float(rng.uniform(-10, 0))))
+                x = with_background(aug.mix(n, parts), self.beds[split], rng, (10.0, 30.0), p=0.7)
                 splits[split].append(Clip(finish(x, rng), chosen, [r["id"] for r in recs], [r["group"] for r in recs]))
         return TaskData(splits, classes, "source file", dropped)
 
@@ -619,23 +578,19 @@ class Builder:
                 while t < n - SAMPLE_RATE // 2:
                     c = present[int(rng.integers(len(present)))]
                     rec = cyclers[c].next()
-                    src = vary(self.audio.load(rec), rng, speed=0.05, reverb_p=0.2)
+                    src = vary(self.audio.load(rec), rng, "sound")
                     src = src[: int(rng.uniform(2.0, 4.0) * SAMPLE_RATE)]  # events last at most a few seconds
-                    src = db_gain(src / np.float32(np.abs(src).max() + 1e-9), float(rng.uniform(-8, 0)))
+                    src = aug.normalize_peak(src, float(rng.uniform(-8, 0)))
                     on, off = active_span(src)
-                    start, end = place(x, src, t)
+                    start, end = aug.place(x, src, t)
                     on, off = min(t + on, n), min(t + off, n)
                     if off - on >= SAMPLE_RATE // 20:  # at least 50 ms audible inside the clip
                         events.append({"label": c, "start": 1000.0 * on / SAMPLE_RATE,
                                        "end": 1000.0 * off / SAMPLE_RATE})
                         recs.append(rec)
                     t = end + int(rng.uniform(0.3, 2.5) * SAMPLE_RATE)  # gaps between events, as in DCASE 2016
-                beds = self.beds[split] or self.beds["all"]
-                if beds:
-                    bed = loop_to(beds[int(rng.integers(len(beds)))], n, rng)
-                    x = x + bed * np.float32(rms(x) / rms(bed) * 10 ** (-rng.uniform(12, 25) / 20))
-                scale = 10 ** (rng.uniform(-6, -1) / 20) / (np.abs(x).max() + 1e-9)
-                splits[split].append(Clip((x * scale).astype(np.float32), events,
+                x = with_background(x, self.beds[split] or self.beds["all"], rng, (12.0, 25.0), p=1.0)
+                splits[split].append(Clip(finish(x, rng, (-6.0, -1.0)), events,
                                           [r["id"] for r in recs], [r["group"] for r in recs]))
         return TaskData(splits, classes, "source file", dropped)
 

@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from training.kit import augment as aug
 from training.kit.hear_suite import (KWS_WORDS, SAMPLE_RATE, SILENCE, UNKNOWN, BankAudio, Cycler, finish,
-                                     loop_to, pools_by_unit, split_units, vary, with_background)
+                                     pools_by_unit, split_units, vary, with_background)
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def build_speech_commands(audio: BankAudio, records: list[dict], root: Path, siz
     bed_audio = {s: [audio.load(r) for r in rs] for s, rs in bed_pools.items()}
 
     def render(rec: dict, split: str) -> np.ndarray:
-        x = _fit(vary(audio.load(rec), rng, speed=0.08, reverb_p=0.3), SAMPLE_RATE, rng)
+        x = _fit(vary(audio.load(rec), rng, "word"), SAMPLE_RATE, rng)
         return finish(with_background(x, bed_audio[split], rng, (5.0, 30.0), p=0.8), rng)
 
     train_root, test_root = root / "train", root / "test"
@@ -118,7 +119,7 @@ def build_speech_commands(audio: BankAudio, records: list[dict], root: Path, siz
                     manifest[split].add(rec["id"])
     bed_seconds = COUNTS[size]["bed_seconds"][0]
     for i, rec in enumerate(bed_pools["train"]):
-        x = loop_to(audio.load(rec), bed_seconds * SAMPLE_RATE, rng)
+        x = aug.loop_to(audio.load(rec), bed_seconds * SAMPLE_RATE, rng)
         _write(train_root / "_background_noise_" / f"{_folder_safe(rec['group'])}_{i}.wav", finish(x, rng, (-6, -1)))
         manifest["train"].add(rec["id"])
     # Test root: the 12 classes from held-out voices (and held-out beds for _silence_).
@@ -137,7 +138,7 @@ def build_speech_commands(audio: BankAudio, records: list[dict], root: Path, siz
     test_beds = bed_pools["test"] or beds
     for k in range(test_per_class if test_beds else 0):
         rec = test_beds[int(rng.integers(len(test_beds)))]
-        x = loop_to(audio.load(rec), SAMPLE_RATE, rng) * np.float32(rng.uniform(0.05, 1.0))
+        x = aug.loop_to(audio.load(rec), SAMPLE_RATE, rng)
         _write(test_root / SILENCE / f"silence_{k}.wav", finish(x, rng, (-30.0, -6.0)))
         manifest["test"].add(rec["id"])
     out = {s: sorted(ids) for s, ids in manifest.items()}
@@ -176,7 +177,7 @@ def build_voxceleb1(audio: BankAudio, records: list[dict], root: Path, size: str
                 for _ in range(reps):
                     takes[sid, video] += 1
                     rel = f"{sid}/{video}/{takes[sid, video]:05d}.wav"
-                    x = vary(audio.load(rec), rng, speed=0.0, reverb_p=0.2)
+                    x = vary(audio.load(rec), rng, "voice")
                     pad = np.zeros(int(rng.uniform(0.1, 0.5) * SAMPLE_RATE), np.float32)
                     x = with_background(np.concatenate([pad, x, pad]), beds, rng, (15.0, 40.0), p=0.3)
                     _write(root / "dev" / "wav" / rel, finish(x, rng))
