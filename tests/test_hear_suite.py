@@ -186,7 +186,13 @@ def test_heareval_embeds_every_task_and_predicts_scene_and_event_tasks(suite, tm
     from training.hear_harness import embed, predict
 
     out, _ = suite
-    emb_dir = embed("hear_mamclap.baselines.logmel", None, out, tmp_path / "embeddings")
+    # A kit keeps a stage file beside its tasks; heareval alone would take it for a task.
+    tasks = tmp_path / "hear"
+    tasks.mkdir()
+    for folder in out.iterdir():
+        (tasks / folder.name).symlink_to(folder)
+    (tasks / "stage.json").write_text("{}")
+    emb_dir = embed("hear_mamclap.baselines.logmel", None, tasks, tmp_path / "embeddings")
     for task in TASKS:
         task_dir = emb_dir / f"{task}-v1.0-full"
         assert (task_dir / ".done.embeddings").exists(), task

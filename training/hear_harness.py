@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from hear_mamclap import compat
@@ -46,23 +47,42 @@ def _run(args: list[str], cwd: Path, what: str) -> None:
         raise RuntimeError(f"{what} failed with exit status {proc.returncode} (cwd {cwd}):\n{tail}")
 
 
-def embed(module: str, model: str | Path | None, tasks_dir: Path, out_dir: Path, task: str = "all",
+def task_folders(tasks_dir: Path) -> list[Path]:
+    """The HEAR task folders of tasks_dir (those holding task_metadata.json), sorted by name."""
+    return sorted(p for p in Path(tasks_dir).iterdir() if (p / "task_metadata.json").is_file())
+
+
+def embed(module: str, model: str | Path | None, tasks_dir: Path, out_dir: Path, tasks: list[str] | None = None,
           model_options: dict | None = None) -> Path:
-    """Embed every task of tasks_dir (or one task folder name) with a HEAR module; returns
+    """Embed the tasks of tasks_dir (all, or the folder names in tasks) with a HEAR module; returns
     out_dir/<module name>, which holds one folder of embeddings per task.
 
+    heareval takes every entry of --tasks-dir for a task, so it is given a view of symlinks to the task
+    folders only (a manifest or stage file beside them would otherwise stop it).
     model: the weights file passed as --model, or None for modules that need none.
     """
     tasks_dir, out_dir = Path(tasks_dir).resolve(), Path(out_dir).resolve()
     if not tasks_dir.is_dir():
         raise ValueError(f"tasks_dir {tasks_dir} is not a folder of HEAR tasks")
-    args = [sys.executable, "-m", "heareval.embeddings.runner", module, "--tasks-dir", str(tasks_dir),
-            "--embeddings-dir", str(out_dir), "--task", task]
-    if model is not None:
-        args += ["--model", str(Path(model).resolve())]
-    if model_options:
-        args += ["--model-options", json.dumps(model_options)]
-    _run(args, out_dir.parent, f"heareval embeddings of {module} on {tasks_dir}")
+    folders = task_folders(tasks_dir)
+    if tasks is not None:
+        missing = sorted(set(tasks) - {p.name for p in folders})
+        if missing:
+            raise ValueError(f"no task folders {missing} in {tasks_dir}")
+        folders = [p for p in folders if p.name in tasks]
+    if not folders:
+        raise ValueError(f"{tasks_dir} holds no task folder (a folder with task_metadata.json)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".tasks-view-", dir=out_dir.parent) as view:
+        for p in folders:
+            (Path(view) / p.name).symlink_to(p, target_is_directory=True)
+        args = [sys.executable, "-m", "heareval.embeddings.runner", module, "--tasks-dir", view,
+                "--embeddings-dir", str(out_dir)]
+        if model is not None:
+            args += ["--model", str(Path(model).resolve())]
+        if model_options:
+            args += ["--model-options", json.dumps(model_options)]
+        _run(args, out_dir.parent, f"heareval embeddings of {module} on {tasks_dir}")
     return out_dir / module if not model_options else next(out_dir.glob(f"{module}-*"))
 
 
