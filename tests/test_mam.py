@@ -147,7 +147,7 @@ def test_other_patch_shapes_and_lengths(patch_size: tuple[int, int], frames: int
 
 def test_loss_falls_on_a_fixed_batch() -> None:
     torch.manual_seed(0)
-    cfg = PretrainConfig.preset("supmam_clap", size="tiny")
+    cfg = PretrainConfig.preset("supmam_clap", size="tiny", teacher_dim=32, n_classes=8)
     model = MAMPretrainer(cfg)
     _, _, labels = batch(cfg, size=4)
     # Learnable structure: each clip repeats one smooth 16-frame texture, so a masked patch can be told from
