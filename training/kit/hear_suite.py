@@ -109,9 +109,8 @@ class TaskData:
 class BankAudio:
     """Reads bank clips once and keeps them; an unreadable clip is skipped and counted, never fatal."""
 
-    def __init__(self, records: list[dict], bank_dir: Path | None) -> None:
+    def __init__(self, bank_dir: Path | None) -> None:
         self.bank_dir = Path(bank_dir) if bank_dir is not None else None
-        self.by_id = {r["id"]: r for r in records}
         self.cache: dict[str, np.ndarray | None] = {}
         self.skipped: dict[str, str] = {}
 
@@ -330,9 +329,8 @@ class Builder:
     def __init__(self, records: list[dict], bank_dir: Path | None, size: str, seed: int) -> None:
         if size not in COUNTS:
             raise ValueError(f"size must be one of {SIZES}, got {size!r}")
-        self.audio = BankAudio(records, bank_dir)
+        self.audio = BankAudio(bank_dir)
         self.size, self.seed = size, seed
-        self.records = records
         self.kind = {k: [r for r in records if r.get("kind") == k] for k in ("speech", "music", "drum", "env", "noise")}
         beds = self.audio.usable(self.kind["noise"])
         rng = np.random.default_rng([seed, 0])

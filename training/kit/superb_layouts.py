@@ -198,7 +198,7 @@ def build_superb(records: list[dict], out_dir: Path, size: str, seed: int, bank_
         raise ValueError(f"size must be one of {list(COUNTS)}, got {size!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    audio = BankAudio(records, bank_dir)
+    audio = BankAudio(bank_dir)
     manifest = {}
     for name, build in (("speech_commands", build_speech_commands), ("voxceleb1", build_voxceleb1)):
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir))
