@@ -107,16 +107,21 @@ class PretrainConfig:
 
 
 def random_masking(batch: int, n_patches: int, mask_ratio: float, device: torch.device | str = "cpu",
-                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   generator: torch.Generator | None = None,
+                   noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """MAE masking by argsort of uniform noise: each clip keeps round((1 - mask_ratio) * n_patches) (>= 1)
-    random patches.
+    random patches. `noise` (B, N) may be given instead of drawn, so that a trainer can make each clip's
+    mask depend only on the clip's place in the global batch (the same on 1 or many processes).
 
     Returns ids_keep (B, L) (kept patch indices, in shuffle order), ids_restore (B, N) (position of each patch
     in the shuffled order, so gathering [kept tokens, mask tokens] with it restores patch order), and mask
     (B, N) float, 1 = masked.
     """
     n_keep = max(1, round((1.0 - mask_ratio) * n_patches))
-    noise = torch.rand(batch, n_patches, device=device, generator=generator)  # (B, N)
+    if noise is None:
+        noise = torch.rand(batch, n_patches, device=device, generator=generator)  # (B, N)
+    elif noise.shape != (batch, n_patches):
+        raise ValueError(f"expected masking noise (batch, patches) = {(batch, n_patches)}, got {tuple(noise.shape)}")
     ids_shuffle = torch.argsort(noise, dim=1)  # ascending: the smallest n_keep noises are kept
     ids_restore = torch.argsort(ids_shuffle, dim=1)  # inverse permutation
     ids_keep = ids_shuffle[:, :n_keep]  # (B, L)
@@ -181,10 +186,11 @@ class MAMPretrainer(nn.Module):
         return _masked_mean((pred - target).pow(2).mean(-1), mask)
 
     def forward(self, mel: torch.Tensor, teacher: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                labels: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Normalised log-mel (B, T, n_mels) (T a multiple of the patch time, normally target_frames),
         teacher features (B, N, teacher_dim) on the patch grid (needed when distillation is on), multi-hot
-        labels (B, n_classes) (needed when lambda_cls > 0) -> {"loss": weighted sum (with grad)} plus each
+        labels (B, n_classes) (needed when lambda_cls > 0), optional masking noise (B, N) (drawn when None)
+        -> {"loss": weighted sum (with grad)} plus each
         active term detached ("recon", "distill_visible", "distill_masked", "cls"; call float() to log).
         """
         cfg = self.cfg
@@ -205,7 +211,7 @@ class MAMPretrainer(nn.Module):
                 raise ValueError(f"expected labels (batch, n_classes) = {(B, cfg.n_classes)}, got "
                                  f"{tuple(labels.shape)}")
 
-        ids_keep, ids_restore, mask = random_masking(B, n_patches, cfg.mask_ratio, mel.device)
+        ids_keep, ids_restore, mask = random_masking(B, n_patches, cfg.mask_ratio, mel.device, noise=noise)
         latent, _ = self.encoder.forward_features(mel, ids_keep=ids_keep)  # (B, [1 +] L, D)
         terms: dict[str, tuple[float, torch.Tensor]] = {}
         if cfg.uses_decoder:

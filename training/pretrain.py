@@ -63,6 +63,14 @@ def lr_at(step: int, cfg: TrainConfig, peak: float) -> float:
     return 0.5 * peak * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def masking_noise(seed: int, step: int, global_batch: int, n_patches: int) -> torch.Tensor:
+    """(global_batch, n_patches) uniform noise for one optimizer step, a function of (seed, step) only:
+    each clip's mask depends on its place in the global batch, not on the number of processes, and a
+    resumed run draws the same masks."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return torch.rand(global_batch, n_patches, generator=g)
+
+
 def _distributed() -> tuple[int, int, int]:
     """(rank, world size, local rank) from torchrun's environment, or a single process."""
     if "RANK" not in os.environ:
@@ -139,7 +147,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if teacher is not None:
         teacher.to(device)
 
-    peak_lr = cfg.base_lr * cfg.batch_size * cfg.accum * world / 256
+    global_batch = cfg.batch_size * cfg.accum * world
+    peak_lr = cfg.base_lr * global_batch / 256
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.ndim < 2 or name.endswith(".bias") else decay).append(p)
@@ -196,10 +205,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             mel = model.encoder.frontend(wav)                                  # (B, T, n_mels)
             targets = teacher(wav) if teacher is not None else None            # (B, n_patches, D)
         sync = micro == cfg.accum - 1
+        noise = masking_noise(cfg.seed, step, global_batch, model.cfg.encoder.n_patches)
+        row = (micro * world + rank) * cfg.batch_size
+        noise = noise[row:row + wav.shape[0]].to(device)  # this micro-batch's rows of the global batch
         ctx = ddp_model.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
         with ctx:
             with amp:
-                out = step_fn(mel, teacher=targets, labels=labels if model.cfg.uses_labels else None)
+                out = step_fn(mel, teacher=targets, labels=labels if model.cfg.uses_labels else None,
+                              noise=noise)
             (out["loss"] / cfg.accum).backward()
         for k, v in out.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.accum
