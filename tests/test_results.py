@@ -1,0 +1,99 @@
+"""The shared results JSON: round trip, validation errors, merging and the seed summary."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from training.results import (FORMAT, ResultsError, error_entry, load_results, merge_results, new_results,
+                              save_results, summarize, task_entry, task_group, task_name)
+
+
+def doc(model: str = "m", seed: int = 0, score: float = 0.5, harness: str = "hear",
+        created: str | None = None) -> dict:
+    tasks = {"mini_esc": task_entry("environmental", "top1_acc", score, {"top1_acc": score, "d_prime": math.nan},
+                                    n_test=40, seed=seed, extra={"folds": 5}),
+             "mini_dcase": error_entry("environmental", "event_onset_200ms_fms", RuntimeError("boom"), seed=seed)}
+    return new_results(model, harness, tasks, checkpoint="/ckpt", command=["mamclap", "hear", "eval"],
+                       created=created or f"2026-11-25T23:0{seed}:00+00:00")
+
+
+def test_round_trip(tmp_path):
+    d = doc()
+    path = save_results(d, tmp_path / "sub" / "m.json")
+    back = load_results(path)
+    assert back == d and back["format"] == FORMAT
+    assert back["tasks"]["mini_esc"]["scores"]["d_prime"] is None  # NaN is not JSON: stored as null
+    assert back["tasks"]["mini_dcase"]["error"] == "RuntimeError: boom"
+    assert back["command"] == "mamclap hear eval" and "torch" in back["environment"]
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["m.json"]  # no temp file left
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.update(format="other"), "not a mamclap-results file"),
+    (lambda d: d.update(version=2), "version 2"),
+    (lambda d: d.update(harness="glue"), "harness must be one of"),
+    (lambda d: d.update(created="yesterday"), "ISO 8601"),
+    (lambda d: d["tasks"]["mini_esc"].update(group="animals"), "group must be one of"),
+    (lambda d: d["tasks"]["mini_esc"].update(score=None), "score must be a finite number"),
+    (lambda d: d["tasks"]["mini_esc"].update(score="0.5"), "score must be a finite number"),
+    (lambda d: d["tasks"]["mini_esc"].pop("n_test"), "missing keys \\['n_test'\\]"),
+    (lambda d: d["tasks"]["mini_esc"].update(seed=1.5), "seed must be an integer"),
+    (lambda d: d["tasks"]["mini_dcase"].update(score=0.1), "a task with an error has score null"),
+])
+def test_bad_documents_name_the_problem(tmp_path, change, message):
+    d = json.loads(json.dumps(doc()))
+    change(d)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(d))
+    with pytest.raises(ResultsError, match=message):
+        load_results(path)
+    with pytest.raises(ResultsError, match=message):
+        save_results(d, tmp_path / "never.json")
+    assert not (tmp_path / "never.json").exists()
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(ResultsError, match="no such results file"):
+        load_results(tmp_path / "missing.json")
+    (tmp_path / "trunc.json").write_text('{"format": "mamclap-res')
+    with pytest.raises(ResultsError, match="not valid JSON"):
+        load_results(tmp_path / "trunc.json")
+
+
+def test_merge_gathers_runs_per_task(tmp_path):
+    paths = [save_results(doc(seed=s, score=0.5 + 0.1 * s), tmp_path / f"s{s}.json") for s in range(3)]
+    superb = new_results("m", "superb", {"ks": task_entry("speech", "acc", 0.9, {"acc": 0.9}, 100, seed=0)},
+                         checkpoint="/ckpt")
+    merged = merge_results([*paths, superb])
+    assert set(merged["tasks"]) == {"mini_esc", "mini_dcase", "ks"}
+    runs = merged["tasks"]["mini_esc"]["runs"]
+    assert [r["seed"] for r in runs] == [0, 1, 2] and [r["harness"] for r in runs] == ["hear"] * 3
+    assert merged["tasks"]["ks"]["runs"][0]["harness"] == "superb"
+    s = summarize(runs)
+    assert s["n"] == 3 and s["mean"] == pytest.approx(0.6) and s["std"] == pytest.approx(0.1)
+    assert s["ci95"] == pytest.approx(4.303 * 0.1 / math.sqrt(3))
+    assert summarize(merged["tasks"]["mini_dcase"]["runs"]) == {"n": 0, "n_errors": 3, "mean": None, "std": None,
+                                                                 "ci95": None, "seeds": [0, 1, 2]}
+    one = summarize(runs[:1])
+    assert one["mean"] == pytest.approx(0.5) and one["ci95"] is None
+
+
+def test_merge_refuses_mismatches():
+    with pytest.raises(ResultsError, match="different models"):
+        merge_results([doc("a"), doc("b")])
+    with pytest.raises(ResultsError, match="repeats"):
+        merge_results([doc(seed=0), doc(seed=0)])
+    other = doc(seed=1)
+    other["tasks"]["mini_esc"]["metric"] = "mAP"
+    with pytest.raises(ResultsError, match="metric"):
+        merge_results([doc(seed=0), other])
+
+
+def test_task_names_and_groups():
+    assert task_name("/x/mini_esc-v1.0-full") == "mini_esc" and task_name("ks") == "ks"
+    assert task_group("mini_nsynth_pitch-v1.0-full") == "music"
+    assert task_group("anything", {"group": "speech"}) == "speech"
+    with pytest.raises(ResultsError, match="no group known"):
+        task_group("mystery_task")

@@ -1,0 +1,320 @@
+"""One results JSON per model and harness run, shared by the HEAR and SUPERB harnesses and the tables.
+
+    {"format": "mamclap-results", "version": 1,
+     "model": "mam-clap-base", "checkpoint": "/path/to/export" | null, "harness": "hear" | "superb",
+     "created": "2026-11-25T23:40:00+00:00", "command": "mamclap hear eval ...",
+     "environment": {"python": ..., "torch": ..., ...},
+     "tasks": {"mini_esc": {"group": "environmental", "metric": "top1_acc", "score": 0.61,
+                            "scores": {"top1_acc": 0.61, "mAP": 0.66}, "seed": 0, "n_test": 80,
+                            "extra": {...}},
+               "mini_dcase": {..., "score": null, "error": "RuntimeError: ..."}}}
+
+A task that failed keeps its entry with "score": null and an "error" message, so a long run reports what it
+could. `merge_results` gathers several such files of the same model (other seeds, other harnesses) into one
+list of runs per task, which is what the tables need for a mean and a 95% confidence interval over seeds
+(`summarize`).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any, Iterable
+
+FORMAT = "mamclap-results"
+VERSION = 1
+MERGED_FORMAT = "mamclap-results-merged"
+HARNESSES = ("hear", "superb")
+GROUPS = ("environmental", "music", "speech")
+
+# Task -> group, for tasks whose metadata does not name one. Task names are given without the hearpreprocess
+# folder suffix ("-v1.0-full"); the mini suite first, then the HEAR 2021 tasks, then SUPERB's.
+TASK_GROUPS: dict[str, str] = {
+    # mini HEAR suite (training/kit/hear_suite.py)
+    "mini_speech_commands": "speech", "mini_speaker_id": "speech", "mini_language_id": "speech",
+    "mini_nsynth_pitch": "music", "mini_instrument_family": "music", "mini_drum_stroke": "music",
+    "mini_esc": "environmental", "mini_mixtures": "environmental", "mini_dcase": "environmental",
+    # HEAR 2021 (hearpreprocess task names)
+    "dcase2016_task2": "environmental", "esc50": "environmental", "fsd50k": "environmental",
+    "gunshot_triangulation": "environmental", "tfds_crema_d": "speech", "libricount": "speech",
+    "speech_commands": "speech", "vocal_imitation": "speech", "vox_lingua_top10": "speech",
+    "tfds_gtzan": "music", "tfds_gtzan_music_speech": "music", "beijing_opera": "music",
+    "mridangam_stroke": "music", "mridangam_tonic": "music", "nsynth_pitch": "music", "maestro": "music",
+    # SUPERB (s3prl downstream names and the benchmark's abbreviations)
+    "voxceleb1": "speech", "ks": "speech", "sid": "speech", "superb_ks": "speech", "superb_sid": "speech",
+}
+
+# Packages whose versions a results file records, when installed.
+_PACKAGES = ("torch", "torchaudio", "numpy", "heareval", "pytorch-lightning", "s3prl", "scikit-learn")
+
+
+class ResultsError(ValueError):
+    """A results file or dict that does not follow the format above; the message says where and why."""
+
+
+def task_name(folder_or_task: str) -> str:
+    """`mini_esc-v1.0-full` (a hearpreprocess folder name) -> `mini_esc`; other names unchanged."""
+    name = Path(folder_or_task).name
+    parts = name.rsplit("-", 2)
+    if len(parts) == 3 and parts[1].startswith("v") and parts[2] in ("full", "5h", "50h", "small"):
+        return parts[0]
+    return name
+
+
+def task_group(task: str, metadata: dict | None = None) -> str:
+    """The group of a task: metadata["group"] when the task metadata has one, else TASK_GROUPS."""
+    if metadata is not None and metadata.get("group") is not None:
+        group = metadata["group"]
+    else:
+        name = task_name(task)
+        if name not in TASK_GROUPS:
+            raise ResultsError(f"no group known for task {name!r}: add it to training.results.TASK_GROUPS or "
+                               f"give its task_metadata.json a 'group' (one of {GROUPS})")
+        group = TASK_GROUPS[name]
+    if group not in GROUPS:
+        raise ResultsError(f"task {task!r}: group must be one of {GROUPS}, got {group!r}")
+    return group
+
+
+def environment() -> dict[str, str]:
+    """Versions of Python, the platform, the packages in _PACKAGES that are installed, and the git commit."""
+    env = {"python": platform.python_version(), "platform": platform.platform()}
+    for package in _PACKAGES:
+        try:
+            env[package] = importlib_metadata.version(package)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10)
+        if commit.returncode == 0:
+            env["git_commit"] = commit.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass  # not a git checkout (an installed wheel): the versions above still identify the code
+    return env
+
+
+def _finite_or_none(value: Any) -> float | None:
+    """A JSON-safe score: NaN and infinities (heareval's d_prime on one class, say) become null."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def task_entry(group: str, metric: str, score: float | None, scores: dict[str, Any], n_test: int,
+               seed: int | None = None, extra: dict | None = None, error: str | None = None) -> dict:
+    """One task's entry. score is the primary metric's test score; with error given, score may be None."""
+    entry = {"group": group, "metric": metric, "score": _finite_or_none(score),
+             "scores": {k: _finite_or_none(v) for k, v in scores.items()}, "seed": seed, "n_test": int(n_test),
+             "extra": dict(extra or {})}
+    if error is not None:
+        entry["error"] = str(error)
+    _check_task(entry, "<task entry>")
+    return entry
+
+
+def error_entry(group: str, metric: str, error: BaseException | str, n_test: int = 0, seed: int | None = None,
+                extra: dict | None = None) -> dict:
+    """The entry of a task that failed: no score, and the error's type and message."""
+    message = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
+    return task_entry(group, metric, None, {}, n_test, seed=seed, extra=extra, error=message)
+
+
+def new_results(model: str, harness: str, tasks: dict[str, dict], checkpoint: str | Path | None = None,
+                command: str | list[str] | None = None, created: str | None = None) -> dict:
+    """A results document (validated). command defaults to this process's command line."""
+    if command is None:
+        command = [Path(sys.argv[0]).name, *sys.argv[1:]]
+    if not isinstance(command, str):
+        command = shlex.join(str(c) for c in command)
+    doc = {"format": FORMAT, "version": VERSION, "model": model,
+           "checkpoint": str(checkpoint) if checkpoint is not None else None, "harness": harness,
+           "created": created or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "command": command, "environment": environment(), "tasks": dict(tasks)}
+    return validate_results(doc)
+
+
+# ------------------------------------------------------------------------------------------------ checking
+
+
+def _require(cond: bool, where: str, message: str) -> None:
+    if not cond:
+        raise ResultsError(f"{where}: {message}")
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _check_task(entry: Any, where: str) -> None:
+    _require(isinstance(entry, dict), where, f"expected a task object, got {type(entry).__name__}")
+    missing = sorted({"group", "metric", "score", "scores", "seed", "n_test", "extra"} - set(entry))
+    _require(not missing, where, f"missing keys {missing}")
+    _require(entry["group"] in GROUPS, where, f"group must be one of {GROUPS}, got {entry['group']!r}")
+    _require(isinstance(entry["metric"], str) and entry["metric"], where, "metric must be a non-empty string")
+    _require(isinstance(entry["scores"], dict), where, "scores must be an object {metric: number or null}")
+    for k, v in entry["scores"].items():
+        _require(v is None or (_is_number(v) and math.isfinite(v)), where,
+                 f"scores[{k!r}] must be a finite number or null, got {v!r}")
+    error = entry.get("error")
+    _require(error is None or (isinstance(error, str) and error), where, "error must be a non-empty string")
+    if error is None:
+        _require(_is_number(entry["score"]) and math.isfinite(entry["score"]), where,
+                 f"score must be a finite number (or null with an 'error'), got {entry['score']!r}")
+    else:
+        _require(entry["score"] is None, where, "a task with an error has score null")
+    _require(entry["seed"] is None or (isinstance(entry["seed"], int) and not isinstance(entry["seed"], bool)),
+             where, f"seed must be an integer or null, got {entry['seed']!r}")
+    _require(isinstance(entry["n_test"], int) and not isinstance(entry["n_test"], bool) and entry["n_test"] >= 0,
+             where, f"n_test must be a non-negative integer, got {entry['n_test']!r}")
+    _require(isinstance(entry["extra"], dict), where, "extra must be an object")
+
+
+def validate_results(doc: Any, source: str = "<results>") -> dict:
+    """doc itself when it follows the format; else ResultsError naming the first problem."""
+    _require(isinstance(doc, dict), source, f"expected a JSON object, got {type(doc).__name__}")
+    _require(doc.get("format") == FORMAT, source,
+             f"not a {FORMAT} file (format={doc.get('format')!r}); merged files load with load_merged")
+    _require(doc.get("version") == VERSION, source,
+             f"format version {doc.get('version')!r}, this code reads version {VERSION}")
+    for key in ("model", "created", "command"):
+        _require(isinstance(doc.get(key), str) and doc[key], source, f"{key!r} must be a non-empty string")
+    _require("checkpoint" in doc and (doc["checkpoint"] is None or isinstance(doc["checkpoint"], str)), source,
+             "'checkpoint' must be a path string or null")
+    _require(doc.get("harness") in HARNESSES, source,
+             f"harness must be one of {HARNESSES}, got {doc.get('harness')!r}")
+    try:
+        datetime.datetime.fromisoformat(doc["created"])
+    except ValueError:
+        raise ResultsError(f"{source}: 'created' must be an ISO 8601 time, got {doc['created']!r}") from None
+    _require(isinstance(doc.get("environment"), dict), source, "'environment' must be an object of versions")
+    _require(isinstance(doc.get("tasks"), dict), source, "'tasks' must be an object {task: entry}")
+    for name, entry in doc["tasks"].items():
+        _check_task(entry, f"{source}: tasks[{name!r}]")
+    return doc
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def write_json_atomic(obj: Any, path: str | Path) -> Path:
+    """Write obj as JSON to a temp file beside path, then rename it into place: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_results(doc: dict, path: str | Path) -> Path:
+    """Validate doc and write it atomically to path."""
+    return write_json_atomic(validate_results(doc, str(path)), path)
+
+
+def _read_json(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ResultsError(f"{path}: no such results file")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ResultsError(f"{path}: not valid JSON ({err})") from None
+
+
+def load_results(path: str | Path) -> dict:
+    """A results document read from path and validated; ResultsError says what is wrong with a bad file."""
+    return validate_results(_read_json(path), str(path))
+
+
+# -------------------------------------------------------------------------------------------- merging
+
+
+def merge_results(docs: Iterable[dict | str | Path]) -> dict:
+    """Several results documents (or paths) of one model -> one list of runs per task:
+
+        {"format": "mamclap-results-merged", "version": 1, "model": name,
+         "sources": [{"harness", "checkpoint", "created", "command", "path"}, ...],
+         "tasks": {task: {"group", "metric", "runs": [{"score", "scores", "seed", "n_test", "extra",
+                                                      "harness", "checkpoint", "source", ("error")}]}}}
+
+    Refuses documents of different models, a task whose group or primary metric differ between documents,
+    and the same document twice (same harness, checkpoint and creation time)."""
+    loaded = []
+    for d in docs:
+        if isinstance(d, (str, Path)):
+            loaded.append((load_results(d), str(d)))
+        else:
+            loaded.append((validate_results(d), None))
+    if not loaded:
+        raise ResultsError("merge_results: no results documents given")
+    models = sorted({doc["model"] for doc, _ in loaded})
+    if len(models) != 1:
+        raise ResultsError(f"merge_results: documents of different models {models}; merge one model at a time")
+    sources, seen, tasks = [], set(), {}
+    for i, (doc, path) in enumerate(loaded):
+        key = (doc["harness"], doc["checkpoint"], doc["created"])
+        if key in seen:
+            raise ResultsError(f"merge_results: document {path or i} repeats harness/checkpoint/created {key}")
+        seen.add(key)
+        sources.append({"harness": doc["harness"], "checkpoint": doc["checkpoint"], "created": doc["created"],
+                        "command": doc["command"], "path": path})
+        for name, entry in doc["tasks"].items():
+            merged = tasks.setdefault(name, {"group": entry["group"], "metric": entry["metric"], "runs": []})
+            for field in ("group", "metric"):
+                if merged[field] != entry[field]:
+                    raise ResultsError(f"merge_results: task {name!r} has {field} {merged[field]!r} in one "
+                                       f"document and {entry[field]!r} in {path or f'document {i}'}")
+            run = {k: entry[k] for k in ("score", "scores", "seed", "n_test", "extra")}
+            run.update(harness=doc["harness"], checkpoint=doc["checkpoint"], source=i)
+            if "error" in entry:
+                run["error"] = entry["error"]
+            merged["runs"].append(run)
+    return {"format": MERGED_FORMAT, "version": VERSION, "model": models[0], "sources": sources, "tasks": tasks}
+
+
+def load_merged(paths: Iterable[str | Path]) -> dict:
+    """merge_results over results files."""
+    return merge_results(list(paths))
+
+
+# t quantiles (two-sided 95%) for 1..30 degrees of freedom; beyond that the normal 1.96 is within 2%.
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042)
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Mean, sample standard deviation and the half-width of a 95% t confidence interval of the primary
+    scores of runs (errored runs are counted, not averaged). std and ci95 are None for fewer than 2 scores."""
+    scores = [r["score"] for r in runs if r.get("error") is None and r.get("score") is not None]
+    n = len(scores)
+    out = {"n": n, "n_errors": len(runs) - n, "mean": None, "std": None, "ci95": None,
+           "seeds": sorted({r["seed"] for r in runs if r.get("seed") is not None})}
+    if n == 0:
+        return out
+    mean = sum(scores) / n
+    out["mean"] = mean
+    if n >= 2:
+        std = math.sqrt(sum((s - mean) ** 2 for s in scores) / (n - 1))
+        t = _T975[n - 2] if n - 1 <= len(_T975) else 1.96
+        out.update(std=std, ci95=t * std / math.sqrt(n))
+    return out
