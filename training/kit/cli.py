@@ -1,0 +1,127 @@
+"""`mamclap data ...`: fetch the Debian sources, build the source bank, build and inspect kits.
+
+    mamclap data setup                          download and unpack the Debian packages (debian.setup)
+    mamclap data bank                           build the source bank ($MAMCLAP_DATA/bank)
+    mamclap data build --size tiny --seed 0     bank if missing, HEAR suite, SUPERB layouts, corpus, manifest
+    mamclap data show --size tiny --seed 0      what a kit holds: counts, hours, sizes, paths
+    mamclap data check --size tiny --seed 0     re-verify the no-overlap check and every file's sha256
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from training.kit import build
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("data", help="the offline sound kit: bank, pretraining corpus, HEAR and SUPERB sets",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="data root (default $MAMCLAP_DATA or <repo>/data)")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="download cache (default $MAMCLAP_CACHE or <repo>/cache)")
+    sub = p.add_subparsers(dest="data_command", required=True, metavar="STEP")
+
+    s = sub.add_parser("setup", help="download and unpack the Debian packages the bank is made from")
+    s.add_argument("--install-tools", action=argparse.BooleanOptionalAction, default=True,
+                   help="apt-get install the synthesizers (espeak-ng, flite, ...)")
+    s.set_defaults(func=_setup)
+
+    s = sub.add_parser("bank", help="build the source bank (data/bank)")
+    s.add_argument("--workers", type=int, default=2)
+    s.set_defaults(func=_bank)
+
+    for name, func, text in (("build", _build, "build a kit (reuses complete stages)"),
+                             ("show", _show, "print what a kit holds"),
+                             ("check", _check, "re-verify a kit: no overlap with test splits, file checksums")):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("--size", choices=list(build.SIZES), default="tiny")
+        s.add_argument("--seed", type=int, default=0)
+        if name == "build":
+            s.add_argument("--workers", type=int, default=2, help="processes for the bank and corpus")
+            s.add_argument("--audioset-layout", action="store_true",
+                           help="also write the corpus in AudioSet's CSV + audio folder layout")
+            s.add_argument("--bank-dir", type=Path, default=None, help="source bank (default <data-dir>/bank)")
+        s.set_defaults(func=func)
+
+
+def _dirs(args) -> tuple[Path, Path]:
+    return args.data_dir or build.data_root(), args.cache_dir or build.cache_root()
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def _setup(args) -> int:
+    from training.kit.debian import setup
+    _logging()
+    setup(_dirs(args)[1], install_tools=args.install_tools)
+    return 0
+
+
+def _bank(args) -> int:
+    from training.kit.bank import build_bank
+    _logging()
+    data, cache = _dirs(args)
+    summary = build_bank(data / "bank", cache, seed=0, workers=args.workers)
+    print(json.dumps({k: v for k, v in summary.items() if k != "skipped"}, indent=1, default=str))
+    return 0
+
+
+def _build(args) -> int:
+    _logging()
+    data, cache = _dirs(args)
+    manifest = build.build_kit(args.size, args.seed, data, cache, workers=args.workers,
+                               audioset_layout=args.audioset_layout, bank_dir=args.bank_dir)
+    print(f"built {build.kit_dir(args.size, args.seed, data)} in stages {manifest['timings_s']}")
+    return 0
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _show(args) -> int:
+    kit = build.kit_dir(args.size, args.seed, _dirs(args)[0])
+    path = kit / "manifest.json"
+    if not path.is_file():
+        print(f"no built kit at {kit}: run `mamclap data build --size {args.size} --seed {args.seed}`",
+              file=sys.stderr)
+        return 1
+    m = json.loads(path.read_text())
+    print(f"{m['kit']}: {m['purpose']}  (bank {m['bank']['path']}: {m['bank']['clips']} clips "
+          f"{m['bank']['counts']})")
+    print(f"{'data set':34s} {'clips':>7s} {'hours':>8s} {'size':>10s}  path")
+    for name, d in m["datasets"].items():
+        clips = d.get("clips", d.get("files", 0))
+        size = _human(d["bytes"]) if "bytes" in d else "-"
+        hours = f"{d['hours']:.3f}" if "hours" in d else "-"
+        print(f"{name:34s} {clips:>7} {hours:>8s} {size:>10s}  {d['path']}")
+    ov = m["no_overlap"]
+    print(f"no overlap: corpus uses {ov['corpus_bank_ids']} bank clips, {ov['excluded_bank_ids']} held out, "
+          f"shared {len(ov['intersection'])}")
+    print(f"stage timings (s): {m['timings_s']}")
+    for w in m.get("warnings", []):
+        print(f"warning: {w}")
+    return 0
+
+
+def _check(args) -> int:
+    kit = build.kit_dir(args.size, args.seed, _dirs(args)[0])
+    try:
+        result = build.check_kit(kit)
+    except (build.OverlapError, RuntimeError, FileNotFoundError) as err:
+        print(f"check FAILED: {err}", file=sys.stderr)
+        return 1
+    print(f"{result['kit']}: {result['files']} files verified; corpus uses {result['no_overlap']['corpus_bank_ids']} "
+          f"bank clips, none of the {result['no_overlap']['test_bank_ids']} held out for evaluation")
+    return 0
