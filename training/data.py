@@ -91,7 +91,7 @@ def index_audioset(csv_path: Path, audio_dir: Path, mid_to_index: dict[str, int]
     files = {p.stem: p for p in audio_dir.iterdir() if p.suffix in AUDIO_SUFFIXES}
     items, missing = [], 0
     with open(csv_path, newline="") as f:
-        for row in csv.reader(line for line in f if not line.startswith("#")):
+        for row in csv.reader((line for line in f if not line.startswith("#")), skipinitialspace=True):
             if len(row) < 4:
                 continue
             ytid = row[0].strip()
