@@ -1,0 +1,365 @@
+"""Frozen CLAP teachers for MAM-CLAP distillation, with features aligned to the student's patch grid.
+
+    teacher = load_teacher("630k-audioset-best.pt", encoder=EncoderConfig(), cfg=TeacherConfig())
+    targets = teacher(wav_16k)          # (B, N) at 16 kHz -> (B, n_time * n_freq, teacher.dim), time-major
+
+`Teacher` is the interface (a frozen, eval-mode, no-grad nn.Module with `dim` and `sample_rate`);
+`LaionClapTeacher` implements it with laion-clap's HTS-AT audio branch loaded from a LAION checkpoint, and
+`save_laion_checkpoint` writes that layout, so a CLAP teacher trained here loads the same way.
+
+Checkpoint layout (LAION's training/main.py, e.g. 630k-audioset-best.pt): {"epoch", "name", "state_dict",
+"optimizer"}, the state dict from a DDP-wrapped CLAP model: "module.audio_branch.*" (HTS-AT),
+"module.audio_projection.{0,2}.*" (768/1024 -> 512 -> 512 MLP), "module.audio_transform.*",
+"module.text_branch.*" (RoBERTa), "module.text_transform.*", "module.text_projection.*",
+"module.logit_scale_a", "module.logit_scale_t". A bare state dict, with or without "module.", also loads.
+Only audio_branch (and audio_projection when projection=True) is read, strictly: every missing, unexpected
+or mis-shaped key is listed in the error. The HTS-AT size comes from the checkpoint's patch-embedding width
+(96 tiny: 630k-audioset-best.pt; 128 base: music_speech_audioset_epoch_15_esc_89.98.pt and the other
+music/speech checkpoints). Feature-fusion checkpoints are refused.
+
+Geometry. HTS-AT takes 10 s at 48 kHz (1001 centred STFT frames, hop 10 ms), stretches them bicubically to
+1024 frames, folds them into a 256x256 image (4 time chunks of 256 frames stacked along frequency) and ends
+in a token map of 2 frequency bands x 32 time steps per window (one step = 1024/32 stretched frames,
+0.3128 s). Its frame-level output ("fine_grained_embedding") is that map averaged over the bands, each step
+repeated 32 times. Audio is resampled 16 -> 48 kHz here; any length is cut into 10 s windows: a clip up to
+10.5 s takes one window (zero-padded when shorter, centred when a little longer: the student's 10.24 s clip
+costs one window, not two), a longer one ceil(d / 10) windows spread evenly from its start to its end
+(overlapping, never padded). Short clips are zero-padded rather than repeated because the student sees the
+same zeros; repeating would put real sound where the student has none.
+
+Alignment (TeacherConfig.align), both through true times in seconds: each student time patch t has the
+centre time EncoderConfig.patch_times gives (Kaldi frames, snip_edges: 0.0875 s + 0.16 s * t), and each
+teacher step s of a window starting at a has the centre a + step_times[s]. A patch reads the window whose
+centre is nearest, and interpolates linearly between the two teacher steps around its time (clamped at the
+window's edges). So targets line up for any clip length, and padding sits where the student's padding is.
+    time_interp    features="frames": the frame sequence interpolated in time, the same vector shared by all
+                   frequency patches of a time patch. features="tokenmap": each band interpolated in time,
+                   and each frequency patch takes the band nearest to its centre frequency.
+    grid_resample  features="tokenmap" only: the 2-D token map resampled bilinearly to (n_time, n_freq), the
+                   frequency axis mapped through real frequencies: each student frequency patch's centre
+                   (centroid of its Kaldi mel filters, Hz) is placed on the teacher's Slaney mel axis
+                   between the two bands' centres (clamped outside them).
+Output order is time-major, as hear_mamclap.model's patches: patch (t, f) at index t * n_freq + f.
+projection=True applies LAION's audio projection (trained on the pooled clip embedding) to every step,
+giving 512-d targets; projection=False keeps the raw 768-d (tiny) / 1024-d (base) HTS-AT features.
+
+Online forward vs cache. The student sees augmented, mixed, randomly cropped audio (training/kit/augment):
+a cache would have to key on the exact waveform of each step, so it would almost never hit; caching the
+un-augmented clip's targets instead would teach the student the wrong audio. The forward is cheap next to
+the student step: HTS-AT-tiny takes ~170 ms per 10 s window on 2 CPU cores (see tests/test_teacher.py's
+benchmark), forward only, while the ViT-B student step (forward and backward over 512 patches plus the
+decoder) is several times that. So the teacher runs online, on the device, inside the training step
+(training/pretrain.py), on exactly the batch the student sees; no cache.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torchaudio.functional as AF
+
+from hear_mamclap.compat import htsat_audio_config, load_htsat_module
+from hear_mamclap.frontend import LogMelFrontend, num_frames
+from hear_mamclap.model import EncoderConfig
+from training.checkpointing import save_atomic
+
+WINDOW_OVERHANG_S = 0.5  # a clip up to window + this many seconds is centred in one window, not split in two
+HTSAT_BY_WIDTH = {96: "HTSAT-tiny", 128: "HTSAT-base", 256: "HTSAT-large"}  # patch_embed width -> config
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    features: Literal["frames", "tokenmap"] = "frames"      # frame-level output, or the last 2-D token map
+    align: Literal["time_interp", "grid_resample"] = "time_interp"
+    projection: bool = False                                # LAION's 512-d audio projection on each step
+
+    def __post_init__(self) -> None:
+        if self.features not in ("frames", "tokenmap"):
+            raise ValueError(f"expected features 'frames' or 'tokenmap', got {self.features!r}")
+        if self.align not in ("time_interp", "grid_resample"):
+            raise ValueError(f"expected align 'time_interp' or 'grid_resample', got {self.align!r}")
+        if self.align == "grid_resample" and self.features != "tokenmap":
+            raise ValueError("align='grid_resample' resamples the 2-D token map: it needs features='tokenmap' "
+                             "(the frame-level output has no frequency axis)")
+
+
+# ---- alignment helpers (pure functions of times and frequencies) ----
+
+
+def plan_windows(duration_s: float, window_s: float) -> list[float]:
+    """Start times (s) of the teacher windows covering a clip; see the module docstring."""
+    if duration_s <= window_s + WINDOW_OVERHANG_S:
+        return [max(0.0, (duration_s - window_s) / 2)]
+    n = math.ceil(duration_s / window_s)
+    stride = (duration_s - window_s) / (n - 1)  # <= window_s: consecutive windows overlap, no gaps
+    return [i * stride for i in range(n)]
+
+
+def linear_weights(query: torch.Tensor, knots: torch.Tensor) -> torch.Tensor:
+    """(Q,) positions, (K,) increasing knots -> (Q, K) linear interpolation weights, clamped at both ends."""
+    if len(knots) == 1:
+        return torch.ones(len(query), 1, dtype=query.dtype, device=query.device)
+    q = query.clamp(knots[0], knots[-1])
+    hi = torch.searchsorted(knots, q).clamp(1, len(knots) - 1)
+    lo = hi - 1
+    frac = (q - knots[lo]) / (knots[hi] - knots[lo])
+    w = torch.zeros(len(query), len(knots), dtype=query.dtype, device=query.device)
+    rows = torch.arange(len(query), device=query.device)
+    w[rows, lo] = 1 - frac
+    w[rows, hi] += frac
+    return w
+
+
+def nearest_weights(query: torch.Tensor, knots: torch.Tensor) -> torch.Tensor:
+    """(Q,) positions, (K,) knots -> (Q, K) one-hot weights of the nearest knot."""
+    nearest = (query[:, None] - knots[None]).abs().argmin(dim=1)
+    return torch.nn.functional.one_hot(nearest, len(knots)).to(query.dtype)
+
+
+def time_weights(patch_times: torch.Tensor, starts: torch.Tensor, step_times: torch.Tensor,
+                 window_s: float) -> torch.Tensor:
+    """Student patch centres (T,), window starts (W,), step centres within a window (S,) -> (T, W * S):
+    each patch interpolates between the steps of the window whose centre is nearest to it."""
+    window = (patch_times[:, None] - (starts[None] + window_s / 2)).abs().argmin(dim=1)  # (T,)
+    inside = linear_weights(patch_times - starts[window], step_times)  # (T, S)
+    w = torch.zeros(len(patch_times), len(starts), len(step_times), dtype=inside.dtype, device=inside.device)
+    w[torch.arange(len(patch_times), device=w.device), window] = inside
+    return w.reshape(len(patch_times), -1)  # (T, W * S), window-major like the stacked features
+
+
+def slaney_mel(hz: torch.Tensor) -> torch.Tensor:
+    """Slaney's mel scale (librosa's default, which laion-clap's filters use): linear to 1 kHz, then log."""
+    log_step = math.log(6.4) / 27.0
+    return torch.where(hz < 1000.0, hz * 3.0 / 200.0, 15.0 + torch.log(hz.clamp_min(1e-3) / 1000.0) / log_step)
+
+
+def band_centres_hz(filters: torch.Tensor, fft_hz: torch.Tensor, n_bands: int) -> torch.Tensor:
+    """(n_mels, n_bins) filters, (n_bins,) bin frequencies -> (n_bands,) centroid (Hz) of each group of
+    n_mels / n_bands consecutive filters."""
+    grouped = filters.double().reshape(n_bands, -1, filters.shape[1]).sum(dim=1)  # (n_bands, n_bins)
+    return (grouped * fft_hz.double()).sum(dim=1) / grouped.sum(dim=1)
+
+
+def student_patch_times(encoder: EncoderConfig, n_samples: int) -> torch.Tensor:
+    """Centre times (s) of the time patches the student makes of n_samples samples."""
+    hop = int(encoder.sample_rate * encoder.frame_shift_ms / 1000)  # as LogMelFrontend computes them
+    window = int(encoder.sample_rate * encoder.frame_length_ms / 1000)
+    n_time = num_frames(n_samples, window, hop) // encoder.patch_size[0]
+    if n_time == 0:
+        need = window + hop * (encoder.patch_size[0] - 1)
+        raise ValueError(f"expected at least {need} samples (one patch of {encoder.patch_size[0]} frames at "
+                         f"{encoder.sample_rate} Hz), got {n_samples}")
+    return encoder.patch_times(n_time)
+
+
+def student_band_hz(encoder: EncoderConfig) -> torch.Tensor:
+    """Centre frequency (Hz) of each student frequency patch, from the front end's own mel filters."""
+    frontend = LogMelFrontend(sample_rate=encoder.sample_rate, n_mels=encoder.n_mels,
+                              frame_length_ms=encoder.frame_length_ms, frame_shift_ms=encoder.frame_shift_ms)
+    fft_hz = torch.arange(frontend.mel_banks.shape[1]) * encoder.sample_rate / frontend.n_fft
+    return band_centres_hz(frontend.mel_banks, fft_hz, encoder.grid[1])
+
+
+# ---- the interface ----
+
+
+class Teacher(nn.Module):
+    """Frozen feature teacher: (B, N) audio at `sample_rate` -> (B, n_time * n_freq, dim) targets on the
+    student's patch grid (time-major). Always in eval mode, without gradients."""
+
+    sample_rate: int = 16000
+    dim: int
+
+    def __init__(self, encoder: EncoderConfig) -> None:
+        super().__init__()
+        if encoder.sample_rate != self.sample_rate:
+            raise ValueError(f"expected a {self.sample_rate} Hz student, got encoder.sample_rate="
+                             f"{encoder.sample_rate}")
+        self.encoder = encoder
+
+    def freeze(self) -> Teacher:
+        self.requires_grad_(False)
+        return super().train(False)
+
+    def train(self, mode: bool = True) -> Teacher:
+        """A teacher stays in eval mode (no dropout, BatchNorm statistics fixed), whatever its owner does."""
+        return super().train(False)
+
+    def _check_audio(self, wav: torch.Tensor) -> None:
+        if wav.ndim != 2 or not wav.is_floating_point():
+            raise ValueError(f"expected float audio (batch, samples) at {self.sample_rate} Hz, got "
+                             f"{wav.dtype} {tuple(wav.shape)}")
+
+
+class LaionClapTeacher(Teacher):
+    """LAION-CLAP's HTS-AT audio branch (laion-clap 1.1.7 code, built offline), features aligned to the
+    student's grid as the module docstring describes. Build it with `load_teacher`."""
+
+    def __init__(self, encoder: EncoderConfig, cfg: TeacherConfig, model: str = "HTSAT-tiny",
+                 joint_dim: int = 512) -> None:
+        super().__init__(encoder)
+        self.cfg = cfg
+        self.model_name = model
+        audio_cfg = htsat_audio_config(model)
+        self.audio_branch = load_htsat_module().create_htsat_model(audio_cfg)  # feature fusion off
+        branch = self.audio_branch
+        width = branch.num_features  # 768 (tiny) / 1024 (base)
+        # CLAP.audio_projection, same layout and key names (0: Linear, 1: ReLU, 2: Linear).
+        self.audio_projection = nn.Sequential(nn.Linear(width, joint_dim), nn.ReLU(), nn.Linear(joint_dim, joint_dim)
+                                              ) if cfg.projection else None
+        self.dim = joint_dim if cfg.projection else width
+
+        # Window geometry (see the module docstring): 48 kHz, 10 s, 32 steps of 32 stretched frames.
+        self.teacher_rate = audio_cfg.sample_rate
+        self.window_samples = audio_cfg.clip_samples
+        self.window_s = self.window_samples / self.teacher_rate
+        n_stft = self.window_samples // audio_cfg.hop_size + 1  # centred STFT frames: 1001
+        n_img = branch.spec_size * branch.freq_ratio  # frames after the bicubic stretch: 1024
+        downsample = 2 ** (len(branch.depths) - 1)  # three patch mergings
+        self.n_steps = n_img // (branch.patch_stride[1] * downsample)  # 32 time steps per window
+        self.n_bands = branch.spec_size // (branch.patch_stride[0] * downsample) // branch.freq_ratio  # 2
+        centre_img = (torch.arange(self.n_steps, dtype=torch.float64) + 0.5) * (n_img / self.n_steps) - 0.5
+        # align_corners=True: stretched frame k sits at STFT frame k * (n_stft - 1) / (n_img - 1).
+        self.register_buffer("step_times", centre_img * (n_stft - 1) / (n_img - 1) * audio_cfg.hop_size
+                             / self.teacher_rate, persistent=False)  # (S,) seconds from the window start
+
+        # Frequency geometry: teacher band and student patch centres on the teacher's Slaney mel axis.
+        mel_w = branch.logmel_extractor.melW.detach()  # (n_fft // 2 + 1, mel_bins)
+        fft_hz = torch.arange(mel_w.shape[0]) * self.teacher_rate / audio_cfg.window_size
+        band_mel = slaney_mel(band_centres_hz(mel_w.T, fft_hz, self.n_bands))  # (G,)
+        patch_mel = slaney_mel(student_band_hz(encoder))  # (n_freq,)
+        if cfg.features == "frames":
+            freq_w = torch.ones(len(patch_mel), 1, dtype=torch.float64)  # one frame vector, shared
+        elif cfg.align == "time_interp":
+            freq_w = nearest_weights(patch_mel, band_mel)
+        else:
+            freq_w = linear_weights(patch_mel, band_mel)
+        self.register_buffer("freq_weights", freq_w.float(), persistent=False)  # (n_freq, G)
+
+        # The token map is the input of HTS-AT's last conv (tscam_conv), after the chunks are regrouped in
+        # time: (M, C, bands, steps). A pre-hook hands it over; forward_features does not return it.
+        self._token_map: torch.Tensor | None = None
+        branch.tscam_conv.register_forward_pre_hook(self._keep_token_map)
+        self.freeze()
+
+    def _keep_token_map(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        self._token_map = args[0]
+
+    def window_features(self, windows: torch.Tensor) -> torch.Tensor:
+        """(M, window_samples) at 48 kHz -> (M, steps, bands, dim); bands is 1 for features="frames"."""
+        out = self.audio_branch({"waveform": windows}, device=windows.device)
+        token_map, self._token_map = self._token_map, None
+        if self.cfg.features == "frames":
+            fine = out["fine_grained_embedding"]  # (M, 1024, C), each step repeated
+            feats = fine[:, :: fine.shape[1] // self.n_steps, None]  # (M, S, 1, C)
+        else:
+            feats = token_map.permute(0, 3, 2, 1)  # (M, C, G, S) -> (M, S, G, C)
+        if self.audio_projection is not None:
+            feats = self.audio_projection(feats)  # per step: (M, S, G, 512)
+        return feats
+
+    @torch.no_grad()
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        """(B, N) audio at 16 kHz -> (B, n_time * n_freq, dim), n_time = the student's time patches for N."""
+        self._check_audio(wav)
+        B, N = wav.shape
+        device = self.step_times.device
+        patch_times = student_patch_times(self.encoder, N).to(device)  # (T,)
+        x = AF.resample(wav.to(device, torch.float32), self.sample_rate, self.teacher_rate)  # (B, 3N)
+        offsets = [round(s * self.teacher_rate) for s in plan_windows(N / self.sample_rate, self.window_s)]
+        x = nn.functional.pad(x, (0, max(0, offsets[-1] + self.window_samples - x.shape[1])))  # pad short clips
+        windows = torch.stack([x[:, o:o + self.window_samples] for o in offsets], dim=1)  # (B, W, 480000)
+        feats = self.window_features(windows.flatten(0, 1))  # (B * W, S, G, D)
+        feats = feats.reshape(B, len(offsets) * self.n_steps, *feats.shape[2:])  # (B, W * S, G, D)
+        starts = torch.tensor(offsets, dtype=torch.float64, device=device) / self.teacher_rate
+        tw = time_weights(patch_times, starts, self.step_times, self.window_s).float()  # (T, W * S)
+        out = torch.einsum("ts,fg,bsgd->btfd", tw, self.freq_weights, feats)  # (B, T, n_freq, D)
+        return out.flatten(1, 2)  # time-major: patch (t, f) at t * n_freq + f
+
+
+# ---- LAION checkpoints ----
+
+
+def read_laion_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A LAION CLAP checkpoint ({"state_dict": ...} or a bare state dict) -> its state dict, "module."
+    stripped. Raises ValueError, naming the file, for anything that is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no CLAP checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt, truncated, or holding pickled objects
+        raise ValueError(f"{path}: not a readable torch checkpoint of tensors ({type(e).__name__}: {e})") from e
+    state = ckpt["state_dict"] if isinstance(ckpt, Mapping) and "state_dict" in ckpt else ckpt
+    if not isinstance(state, Mapping) or not state or not all(
+            isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise ValueError(f"{path}: expected a LAION CLAP checkpoint (a dict with 'state_dict', or a state dict "
+                         f"of tensors), got {type(ckpt).__name__} with keys {list(ckpt)[:8] if isinstance(ckpt, Mapping) else '-'}")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _sub_state(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
+    """load_state_dict(strict=True), but one error listing every missing, unexpected and mis-shaped key."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+                  for k in sorted(set(state) & set(expected)) if state[k].shape != expected[k].shape]
+    problems = [f"{len(v)} {name}: {', '.join(v[:12])}{' ...' if len(v) > 12 else ''}"
+                for name, v in (("missing", missing), ("unexpected", unexpected),
+                                ("shape mismatches (checkpoint vs model)", mismatched)) if v]
+    if problems:
+        raise ValueError(f"{what} does not match: " + "; ".join(problems))
+    module.load_state_dict(state, strict=True)
+
+
+def load_teacher(path: str | Path, encoder: EncoderConfig, cfg: TeacherConfig = TeacherConfig(),
+                 device: str | torch.device = "cpu") -> LaionClapTeacher:
+    """A frozen LaionClapTeacher from a LAION-layout checkpoint (HTS-AT size read from the checkpoint)."""
+    state = read_laion_state_dict(path)
+    audio = _sub_state(state, "audio_branch.")
+    if not audio:
+        prefixes = sorted({k.split(".", 1)[0] for k in state})
+        raise ValueError(f"{path}: no audio_branch.* keys (a CLAP checkpoint has audio_branch, audio_projection, "
+                         f"text_branch, ...); found top-level names {prefixes[:12]}")
+    if any(k.startswith(("fusion_model.", "mel_conv1d.")) or ".fusion_model." in k for k in audio):
+        raise ValueError(f"{path}: a feature-fusion checkpoint (e.g. 630k-audioset-fusion-best.pt); only "
+                         "non-fusion HTS-AT checkpoints are supported (630k-audioset-best.pt, music_* ...)")
+    embed = audio.get("patch_embed.proj.weight")
+    if embed is None or embed.shape[0] not in HTSAT_BY_WIDTH:
+        raise ValueError(f"{path}: audio_branch is not an HTS-AT of a known size: patch_embed.proj.weight is "
+                         f"{None if embed is None else tuple(embed.shape)}, expected width in {sorted(HTSAT_BY_WIDTH)}")
+    model = HTSAT_BY_WIDTH[embed.shape[0]]
+    projection = _sub_state(state, "audio_projection.")
+    if cfg.projection and "0.weight" not in projection:
+        raise ValueError(f"{path}: projection=True needs audio_projection.* weights, which this checkpoint lacks")
+    joint_dim = projection["0.weight"].shape[0] if projection else 512
+    teacher = LaionClapTeacher(encoder, cfg, model=model, joint_dim=joint_dim)
+    _load_strict(teacher.audio_branch, audio, f"{path}: audio_branch vs laion-clap {model}")
+    if teacher.audio_projection is not None:
+        _load_strict(teacher.audio_projection, projection, f"{path}: audio_projection vs the CLAP projection")
+    return teacher.freeze().to(device)
+
+
+def save_laion_checkpoint(path: str | Path, state_dict: Mapping[str, torch.Tensor], epoch: int = 0,
+                          name: str = "mamclap-clap", optimizer: dict | None = None) -> None:
+    """Write a CLAP model's state dict (CLAP.state_dict() key names: audio_branch.*, audio_projection.*,
+    text_branch.*, logit_scale_a, ...) in LAION's checkpoint layout, atomically; load_teacher reads it."""
+    for prefix in ("audio_branch.", "audio_projection."):
+        if not any(k.startswith(prefix) for k in state_dict):
+            raise ValueError(f"expected a CLAP state dict with {prefix}* keys (LAION's layout); got names like "
+                             f"{sorted(state_dict)[:6]}")
+    ckpt = {"epoch": int(epoch), "name": name,
+            "state_dict": {"module." + k.removeprefix("module."): v.detach().cpu() for k, v in state_dict.items()}}
+    if optimizer is not None:
+        ckpt["optimizer"] = optimizer
+    save_atomic(ckpt, path)
