@@ -259,6 +259,18 @@ def summarize(records: list[dict]) -> dict:
     }
 
 
+def _check_tools(ops: set[str]) -> None:
+    """SetupError before any work when a synthesizer the plan needs is missing."""
+    for op, exe in (("espeak", "espeak-ng"), ("flite", "flite")):
+        if op in ops and shutil.which(exe) is None:
+            raise SetupError(f"{exe} is not installed: {SETUP_HINT}")
+    if "note" in ops:
+        try:
+            import fluidsynth  # noqa: F401 - pyfluidsynth loads libfluidsynth at import
+        except ImportError as e:
+            raise SetupError(f"pyfluidsynth cannot load libfluidsynth ({e}): {SETUP_HINT}") from None
+
+
 def build_bank(out_dir: Path, cache_dir: Path, seed: int = 0, workers: int = 2, limit: int | None = None,
                sources: tuple[str, ...] | None = None, progress: bool = True) -> dict:
     """Build the bank in out_dir from the unpacked packages in cache_dir; returns bank.json's content.
@@ -268,6 +280,7 @@ def build_bank(out_dir: Path, cache_dir: Path, seed: int = 0, workers: int = 2, 
     t0 = time.time()
     out_dir = Path(out_dir)
     jobs, skipped = plan(cache_dir, seed, limit, sources)
+    _check_tools({j["render"]["op"] for j in jobs})
     tmp = out_dir.parent / f".{out_dir.name}.partial"
     if tmp.exists():  # left by an interrupted build: start again
         shutil.rmtree(tmp)

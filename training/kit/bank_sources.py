@@ -8,6 +8,7 @@ fixes the plan. Planners append (file, reason) to `skipped` for sources they can
 from __future__ import annotations
 
 import functools
+import os
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -175,9 +176,17 @@ def _source(pkg: str, cache: Path, file: str | None, synth: str | None = None) -
 
 def _files(root: Path, under: str = "") -> list[str]:
     """Audio files of a package root, as sorted paths relative to it."""
-    base = root / under
-    return sorted(str(p.relative_to(root)) for p in base.rglob("*") if p.suffix.lower() in AUDIO_EXT
-                  and p.is_file())
+    prefix = under.rstrip("/") + "/" if under else ""
+    return [f for f in _all_files(str(root)) if f.startswith(prefix)]
+
+
+@functools.lru_cache(maxsize=32)
+def _all_files(root: str) -> list[str]:
+    out = []
+    for d, _, names in os.walk(root):  # os.walk: a directory read per folder, no stat per file
+        rel = os.path.relpath(d, root)
+        out += [os.path.normpath(os.path.join(rel, n)) for n in names if n.lower().endswith(AUDIO_EXT)]
+    return sorted(out)
 
 
 def _pick(rng: np.random.Generator, items: list, n: int) -> list:
