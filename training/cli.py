@@ -14,6 +14,8 @@ import sys
 COMMANDS = [
     ("training.kit.cli", "data"),
     ("training.pretrain", "pretrain"),
+    ("superb_upstream.superb", "superb"),
+    ("training.hear_harness", "hear"),
 ]
 
 

@@ -7,17 +7,28 @@ heareval writes ``embeddings/`` and Lightning's ``logs/`` relative to the curren
 as a subprocess with cwd set to a work directory (by default the parent of the output), never the repository.
 The predictions step needs run-time fixes for torch >= 2.6 and Lightning 1.9.5 (hear_mamclap/compat.py), so
 its subprocess is ``python -c`` that applies them and then calls heareval's click command.
+
+On top of the two steps, `evaluate` runs both for each task of a suite on its own (so one failing task is
+recorded as an error, not the end of the run), reads heareval's test scores and writes one results JSON
+(training/results.py). Command line:
+
+    mamclap hear eval --module hear_mamclap --model CKPT --tasks-dir DIR --name NAME --out results/NAME.json
+    mamclap hear predict EMB_DIR... [--grid faster|default]
 """
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Callable
 
 from hear_mamclap import compat
+from training import results
 
 # The subprocess for predictions: apply our compatibility fixes, then hand argv to heareval's click command.
 PREDICT_LAUNCHER = (
@@ -83,7 +94,16 @@ def embed(module: str, model: str | Path | None, tasks_dir: Path, out_dir: Path,
         if model_options:
             args += ["--model-options", json.dumps(model_options)]
         _run(args, out_dir.parent, f"heareval embeddings of {module} on {tasks_dir}")
-    return out_dir / module if not model_options else next(out_dir.glob(f"{module}-*"))
+    return out_dir / embedding_folder_name(module, model_options)
+
+
+def embedding_folder_name(module: str, model_options: dict | None = None) -> str:
+    """The folder heareval's embeddings runner writes a module's tasks to: the module name, plus
+    "-key=value" per model option, each part slugified as heareval does."""
+    from slugify import slugify  # python-slugify, a run-time need of heareval
+
+    options = "".join(f"-{slugify(k)}={slugify(str(v))}" for k, v in (model_options or {}).items())
+    return module + options
 
 
 def predict(embedding_task_dirs: list[Path], grid: str = "faster", grid_points: int = 8,
@@ -106,3 +126,264 @@ def predict(embedding_task_dirs: list[Path], grid: str = "faster", grid_points: 
     cwd = Path(work_dir).resolve() if work_dir is not None else dirs[0].parent
     _run(args, cwd, "heareval predictions")
     return {str(d): json.loads((d / "test.predicted-scores.json").read_text()) for d in dirs}
+
+
+# ------------------------------------------------------------------------------------------- test scores
+
+
+def n_test_clips(task_dir: Path, metadata: dict) -> int:
+    """Clips scored at test time: those of the test split, or of every fold for k-fold tasks (each fold is
+    the test set of one model). Read from the <split>.json files heareval copies beside the embeddings."""
+    splits = ["test"] if metadata["split_mode"] != "presplit_kfold" else metadata["splits"]
+    return sum(len(json.loads((Path(task_dir) / f"{split}.json").read_text())) for split in splits)
+
+
+def scores_entry(task_dir: Path, scores: dict, seed: int | None = None, extra: dict | None = None) -> dict:
+    """A results task entry from heareval's test.predicted-scores.json of an embedded task.
+
+    Primary metric: the first of task_metadata's "evaluation" (heareval selects models by it). Scores are
+    heareval's test_* values without the prefix: the test split's, or for k-fold tasks the mean over folds
+    (each fold's scores and the standard deviations go to extra)."""
+    task_dir = Path(task_dir)
+    metadata = json.loads((task_dir / "task_metadata.json").read_text())
+    metric = metadata["evaluation"][0]
+    if "aggregated_scores" in scores:  # k-fold: {"fold00": {...}, ..., "aggregated_scores": {name_mean, name_std}}
+        agg = scores["aggregated_scores"]
+        values = {k[len("test_"):-len("_mean")]: v for k, v in agg.items()
+                  if k.startswith("test_") and k.endswith("_mean")}
+        folds = {k: v for k, v in scores.items() if k.startswith("fold")}
+        more = {"std_over_folds": {k[len("test_"):-len("_std")]: v for k, v in agg.items()
+                                   if k.startswith("test_") and k.endswith("_std")},
+                "folds": {f: {k[len("test_"):]: v for k, v in s.items() if k.startswith("test_")}
+                          for f, s in folds.items()},
+                "validation_score": [s.get("validation_score") for s in folds.values()],
+                "epoch": [s.get("epoch") for s in folds.values()]}
+    else:
+        if "test" not in scores:
+            raise ValueError(f"{task_dir}: test.predicted-scores.json has neither 'test' nor 'aggregated_scores' "
+                             f"(keys {sorted(scores)})")
+        test = scores["test"]
+        values = {k[len("test_"):]: v for k, v in test.items() if k.startswith("test_")}
+        more = {"validation_score": test.get("validation_score"), "epoch": test.get("epoch")}
+    # "score" repeats the primary metric and "loss" is the predictor's training loss, not a task metric.
+    more["loss"] = values.pop("loss", None)
+    values.pop("score", None)
+    if metric not in values:
+        raise ValueError(f"{task_dir}: no test score for the primary metric {metric!r} (have {sorted(values)})")
+    more.update(hparams=scores.get("hparams"), postprocessing=scores.get("postprocessing"))
+    more.update(extra or {})
+    return results.task_entry(results.task_group(metadata["task_name"], metadata), metric, values[metric], values,
+                              n_test_clips(task_dir, metadata), seed=seed, extra=more)
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+
+
+def _stamp_or_refuse(work_dir: Path, stamp: dict) -> None:
+    """heareval skips tasks already embedded or predicted, so a work dir must belong to one model and one
+    set of options: write run.json the first time, refuse a later run that differs."""
+    path = work_dir / "run.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != stamp:
+            raise ValueError(f"{work_dir} holds embeddings of another run ({old}); this run is {stamp}. Remove it "
+                             "or choose another --work-dir")
+        return
+    results.write_json_atomic(stamp, path)
+
+
+def _batch_then_singly(items: list[str], run: Callable[[list[str]], object], done: Callable[[str], bool],
+                       what: str, log: Callable[[str], None]) -> dict[str, str]:
+    """run(items) in one go (one heareval start-up); if that fails, run([item]) for each item not yet done(),
+    so each error lands on the task that caused it. Returns {item: error message} of the items that failed."""
+    try:
+        run(items)
+        return {}
+    except Exception as err:  # find out which task failed: the others must still be scored
+        log(f"{what} failed for the batch ({str(err).splitlines()[0]}); retrying unfinished tasks one by one")
+    errors = {}
+    for item in items:
+        if done(item):
+            continue
+        try:
+            run([item])
+        except Exception as err:
+            errors[item] = f"{what}: {type(err).__name__}: {err}"
+    return errors
+
+
+def _seconds(path: Path, key: str) -> float | None:
+    """A duration heareval records in one of its JSON files (profile.embeddings.json, prediction-done.json)."""
+    try:
+        return round(float(json.loads(path.read_text())[key]), 2)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def evaluate(module: str, model: str | Path | None, tasks_dir: Path, work_dir: Path, name: str,
+             tasks: list[str] | None = None, model_options: dict | None = None, grid: str = "faster",
+             grid_points: int = 8, seed: int | None = None, gpus: list[int] | None = None,
+             command: str | None = None, log: Callable[[str], None] = print) -> dict:
+    """Embeddings and predictions for the tasks of tasks_dir (or those named in tasks), and a results document
+    (training.results, harness "hear") with every task's test scores.
+
+    Each step runs heareval once for all tasks; when that fails, the unfinished tasks are run one by one, so a
+    task that fails gets an error entry and the others are still scored. Work (embeddings, Lightning logs)
+    stays in work_dir, stamped with the module, model, options and grid: a second run there reuses the
+    finished steps, and a run of anything else there is refused."""
+    tasks_dir, work_dir = Path(tasks_dir).resolve(), Path(work_dir).resolve()
+    folders = task_folders(tasks_dir) if tasks_dir.is_dir() else []
+    if tasks is not None:
+        known = {p.name: p for p in folders} | {results.task_name(p.name): p for p in folders}
+        missing = [t for t in tasks if t not in known]
+        if missing:
+            raise ValueError(f"no task folders {missing} in {tasks_dir} (have {[p.name for p in folders]})")
+        folders = [known[t] for t in tasks]
+    if not folders:
+        raise ValueError(f"{tasks_dir} holds no HEAR task folder (a folder with task_metadata.json)")
+    if grid_points < 1:
+        raise ValueError(f"grid_points must be >= 1, got {grid_points}")
+    model_path = str(Path(model).resolve()) if model is not None else None
+    work_dir.mkdir(parents=True, exist_ok=True)
+    _stamp_or_refuse(work_dir, {"module": module, "model": model_path, "model_options": model_options or {},
+                                "grid": grid, "grid_points": grid_points})
+    emb_root = work_dir / "embeddings"
+    emb_module = emb_root / embedding_folder_name(module, model_options)
+
+    names = [f.name for f in folders]
+    log(f"embedding {len(names)} tasks with {module} ...")
+    errors = _batch_then_singly(
+        names, lambda ns: embed(module, model, tasks_dir, emb_root, tasks=ns, model_options=model_options),
+        lambda n: (emb_module / n / ".done.embeddings").exists(), "embeddings", log)
+    embedded = [n for n in names if n not in errors]
+    if embedded:
+        log(f"training heareval's predictors on {len(embedded)} tasks (grid {grid}, {grid_points} points) ...")
+        errors |= _batch_then_singly(
+            embedded, lambda ns: predict([emb_module / n for n in ns], grid=grid, grid_points=grid_points,
+                                         work_dir=work_dir, gpus=gpus),
+            lambda n: (emb_module / n / "prediction-done.json").exists(), "predictions", log)
+
+    entries = {}
+    for i, folder in enumerate(folders, 1):
+        metadata = json.loads((folder / "task_metadata.json").read_text())
+        task, metric = metadata["task_name"], metadata["evaluation"][0]
+        task_dir = emb_module / folder.name
+        times = {"embedding_seconds": _seconds(task_dir / "profile.embeddings.json", "time_elapsed"),
+                 "prediction_seconds": _seconds(task_dir / "prediction-done.json", "time")}
+        group = results.task_group(task, metadata)
+        if folder.name in errors:
+            entry = results.error_entry(group, metric, errors[folder.name], seed=seed, extra=times)
+        else:
+            try:
+                scores = json.loads((task_dir / "test.predicted-scores.json").read_text())
+                entry = scores_entry(task_dir, scores, seed=seed,
+                                     extra={**times, "grid": grid, "grid_points": grid_points})
+            except Exception as err:  # an unreadable score file fails this task only
+                entry = results.error_entry(group, metric, err, seed=seed, extra=times)
+        if "error" in entry:
+            log(f"[{i}/{len(folders)}] {task}: FAILED: {entry['error'].splitlines()[0]}")
+        else:
+            log(f"[{i}/{len(folders)}] {task}: {metric} = {entry['score']:.4f} (n_test {entry['n_test']}, "
+                f"embeddings {times['embedding_seconds']} s, predictions {times['prediction_seconds']} s)")
+        entries[task] = entry
+    settings = {"module": module, "model_options": model_options or {}, "tasks_dir": str(tasks_dir),
+                "work_dir": str(work_dir), "grid": grid, "grid_points": grid_points}
+    return results.new_results(name, "hear", entries, checkpoint=model_path, command=command, settings=settings)
+
+
+def _seed_of_export(model: str | Path | None) -> int | None:
+    """The "seed" an encoder export records in its encoder.json metadata, if any."""
+    if model is None:
+        return None
+    path = Path(model)
+    manifest = (path if path.is_dir() else path.parent) / "encoder.json"
+    if not manifest.is_file():
+        return None
+    seed = json.loads(manifest.read_text()).get("metadata", {}).get("seed")
+    return seed if isinstance(seed, int) else None
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+def _embedding_task_dirs(paths: list[Path]) -> list[Path]:
+    """Embedded task folders from the arguments: each is one, or a module folder holding several."""
+    dirs = []
+    for p in paths:
+        if (p / "task_metadata.json").is_file():
+            dirs.append(p)
+        elif p.is_dir() and task_folders(p):
+            dirs.extend(task_folders(p))
+        else:
+            raise ValueError(f"{p} is neither an embedded task folder (with task_metadata.json) nor a folder of them")
+    return dirs
+
+
+def _predict_command(args) -> int:
+    dirs = _embedding_task_dirs(args.emb_dirs)
+    failed = 0
+    for i, d in enumerate(dirs, 1):
+        start = time.perf_counter()
+        try:
+            scores = predict([d], grid=args.grid, grid_points=args.grid_points, work_dir=args.work_dir or Path.cwd())
+            entry = scores_entry(d, scores[str(d.resolve())])
+            print(f"[{i}/{len(dirs)}] {d.name}: {entry['metric']} = {entry['score']:.4f} "
+                  f"({time.perf_counter() - start:.0f} s)  {json.dumps(entry['scores'])}", flush=True)
+        except Exception as err:  # report and go on with the other tasks
+            failed += 1
+            print(f"[{i}/{len(dirs)}] {d.name}: FAILED: {err}", file=sys.stderr, flush=True)
+    return 1 if failed else 0
+
+
+def _eval_command(args) -> int:
+    try:
+        options = json.loads(args.model_options)
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"--model-options must be a JSON object, got {args.model_options!r} ({err})")
+    if not isinstance(options, dict):
+        raise SystemExit(f"--model-options must be a JSON object, got {args.model_options!r}")
+    if args.model is not None and not args.model.exists():
+        raise SystemExit(f"--model {args.model} does not exist")
+    out = args.out or Path("results") / f"{args.name}.json"
+    work_dir = args.work_dir or Path("runs") / "hear" / args.name
+    seed = args.seed if args.seed is not None else _seed_of_export(args.model)
+    doc = evaluate(args.module, args.model, args.tasks_dir, work_dir, args.name, tasks=args.tasks,
+                   model_options=options, grid=args.grid, grid_points=args.grid_points, seed=seed,
+                   command=shlex.join(["mamclap", *sys.argv[1:]]), log=lambda line: print(line, flush=True))
+    results.save_results(doc, out)
+    failed = [t for t, e in doc["tasks"].items() if "error" in e]
+    print(f"wrote {out}: {len(doc['tasks']) - len(failed)} tasks scored"
+          + (f", {len(failed)} failed: {failed}" if failed else ""))
+    return 1 if failed else 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("hear", help="HEAR evaluation: heareval embeddings, predictions and a results JSON",
+                              description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="hear_command", required=True, metavar="STEP")
+
+    s = sub.add_parser("predict", help="heareval's predictions runner with this project's compatibility fixes")
+    s.add_argument("emb_dirs", nargs="+", type=Path, metavar="EMB_DIR",
+                   help="embedded task folders (embeddings/MODULE/TASK), or a module folder holding them")
+    s.add_argument("--grid", choices=["default", "fast", "faster"], default="default",
+                   help="heareval's hyperparameter grid (default: heareval's own default)")
+    s.add_argument("--grid-points", type=int, default=8, help="grid points tried per task")
+    s.add_argument("--work-dir", type=Path, default=None, help="where Lightning writes logs/ (default: here)")
+    s.set_defaults(func=_predict_command)
+
+    s = sub.add_parser("eval", help="embeddings + predictions for every task, test scores into one results JSON")
+    s.add_argument("--module", default="hear_mamclap",
+                   help="HEAR module: hear_mamclap, hear_mamclap.baselines.logmel, .random_init, .crepe")
+    s.add_argument("--model", type=Path, default=None, help="weights passed to load_model (none for baselines)")
+    s.add_argument("--model-options", default="{}", help="JSON object of load_model keyword arguments")
+    s.add_argument("--tasks-dir", type=Path, required=True, help="folder of HEAR task folders")
+    s.add_argument("--tasks", nargs="+", default=None, help="only these tasks (names or folder names)")
+    s.add_argument("--name", required=True, help="model name recorded in the results JSON")
+    s.add_argument("--out", type=Path, default=None, help="results JSON (default results/NAME.json)")
+    s.add_argument("--work-dir", type=Path, default=None, help="embeddings and logs (default runs/hear/NAME)")
+    s.add_argument("--grid", choices=["default", "fast", "faster"], default="default",
+                   help="heareval's hyperparameter grid (faster for quick runs)")
+    s.add_argument("--grid-points", type=int, default=8, help="grid points tried per task")
+    s.add_argument("--seed", type=int, default=None,
+                   help="seed of the model's pretraining run, for means over seeds (default: the export's metadata)")
+    s.set_defaults(func=_eval_command)
