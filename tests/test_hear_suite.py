@@ -98,6 +98,20 @@ def test_pitch_vocabulary_is_the_contiguous_midi_range(suite):
     assert labels == list(range(PITCH_RANGE[0], PITCH_RANGE[1] + 1))
 
 
+@pytest.mark.parametrize("task", [t for t in TASKS if specs("tiny")[t].split_mode == "trainvaltest"])
+def test_every_test_class_is_trained_on(suite, task):
+    out, _ = suite
+    folder = out / f"{task}-v1.0-full"
+
+    def labels(split: str) -> set[str]:
+        data = json.loads((folder / f"{split}.json").read_text())
+        if specs("tiny")[task].embedding_type == "event":
+            return {ev["label"] for evs in data.values() for ev in evs}
+        return {str(x) for lab in data.values() for x in lab}
+
+    assert labels("test") <= labels("train")
+
+
 def test_keyword_spotting_has_the_twelve_speech_commands_classes(suite):
     out, _ = suite
     with (out / "mini_speech_commands-v1.0-full" / "labelvocabulary.csv").open() as f:

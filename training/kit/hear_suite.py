@@ -54,6 +54,7 @@ NFOLDS = 5
 KWS_WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 UNKNOWN, SILENCE = "_unknown_", "_silence_"
 PITCH_RANGE = (21, 108)
+PITCH_SHIFT = 1  # semitones a pitch-task note may be shifted (and relabelled) by
 SIZES = ("tiny", "small", "medium")
 
 # Clips to render, per size. Multiclass tasks: clips per class for (train, valid, test); mini_esc: clips per
@@ -364,12 +365,15 @@ class Builder:
 
     def multiclass(self, task: str, spec: TaskSpec, pools: dict[str, dict[str, list[dict]]],
                    render: Callable[[dict, str, np.random.Generator], np.ndarray],
-                   unit: Callable[[dict], str], rng: np.random.Generator) -> dict[str, list[Clip]]:
-        """Render counts[split] clips per class from that class's pool of each split."""
+                   unit: Callable[[dict], str], rng: np.random.Generator) -> tuple[dict[str, list[Clip]], list]:
+        """Render counts[split] clips per class from that class's pool of each split; returns the splits and
+        the classes dropped because no training material has them (a test class never trained on)."""
         n = int(spec.sample_duration * SAMPLE_RATE)
         splits: dict[str, list[Clip]] = {s: [] for s in SPLITS}
+        labels = sorted((c for c in pools if self.audio.usable(pools[c]["train"])), key=str)
+        dropped = sorted(set(pools) - set(labels), key=str)
         for si, split in enumerate(["train", "valid", "test"]):
-            for label in sorted(pools, key=str):
+            for label in labels:
                 cyc = Cycler(self.audio.usable(pools[label][split]), rng)
                 if not cyc:
                     continue
@@ -377,7 +381,7 @@ class Builder:
                     rec = cyc.next()
                     audio = render(rec, split, rng)
                     splits[split].append(Clip(finish(audio[:n], rng), [label], [rec["id"]], [unit(rec)]))
-        return splits
+        return splits, dropped
 
     # -- speech ----------------------------------------------------------------------------------------
 
@@ -409,7 +413,7 @@ class Builder:
             x = self.fit(vary(self.audio.load(rec), g, "word"), n, g, (0.0, 0.4))
             return with_background(x, self.beds[split], g, (5.0, 30.0), p=0.8)
 
-        splits = self.multiclass(task, spec, pools, render, lambda r: r["group"], rng)
+        splits, dropped = self.multiclass(task, spec, pools, render, lambda r: r["group"], rng)
         # _silence_: one-second stretches of background beds, as in Speech Commands.
         for si, split in enumerate(["train", "valid", "test"]):
             which = split if self.beds[split] else "all"
@@ -419,7 +423,7 @@ class Builder:
                 x = finish(aug.loop_to(beds[i], n, rng), rng, (-30.0, -6.0))
                 splits[split].append(Clip(x, [SILENCE], [bed_recs[i]["id"]], [bed_recs[i]["group"]]))
         vocab = sorted({c.labels[0] for clips in splits.values() for c in clips})
-        return TaskData(splits, vocab, "voice")
+        return TaskData(splits, vocab, "voice", dropped)
 
     def _by_text(self, spec: TaskSpec, cls: Callable[[dict], str | None], min_texts: int) -> TaskData:
         """Speaker or language ID: classes hold out whole words (texts) for valid and test."""
@@ -444,9 +448,9 @@ class Builder:
             x = self.fit(vary(self.audio.load(rec), g, "voice"), n, g, (0.0, 1.0))
             return with_background(x, self.beds[split], g, (15.0, 40.0), p=0.5)
 
-        splits = self.multiclass(task, spec, pools, render, unit, rng)
-        dropped = sorted(set(by_class) - set(keep))
-        return TaskData(splits, keep, "text", dropped)
+        splits, untrained = self.multiclass(task, spec, pools, render, unit, rng)
+        dropped = sorted(set(by_class) - set(keep)) + untrained
+        return TaskData(splits, sorted(set(keep) - set(untrained)), "text", dropped)
 
     def speaker_id(self, spec: TaskSpec) -> TaskData:
         return self._by_text(spec, lambda r: r["labels"].get("speaker"), min_texts=3)
@@ -457,7 +461,7 @@ class Builder:
     # -- music -----------------------------------------------------------------------------------------
 
     def _by_soundfont(self, spec: TaskSpec, recs: list[dict], label: Callable[[dict], object],
-                      fx: str, offset: tuple[float, float]) -> dict[str, list[Clip]]:
+                      fx: str, offset: tuple[float, float]) -> tuple[dict[str, list[Clip]], list]:
         task, rng = spec.name, self.rng(spec.name)
         n = int(spec.sample_duration * SAMPLE_RATE)
         recs = self.audio.usable(recs)
@@ -468,7 +472,10 @@ class Builder:
                 pools[label(r)][split].append(r)
 
         def render(rec: dict, split: str, g: np.random.Generator) -> np.ndarray:
-            x = self.fit(vary(self.audio.load(rec), g, fx), n, g, offset)
+            x = self.audio.load(rec)
+            if rec.get("pitch_shift"):
+                x = aug.pitch_shift(x, rec["pitch_shift"])
+            x = self.fit(vary(x, g, fx), n, g, offset)
             return with_background(x, self.beds[split], g, (20.0, 45.0), p=0.3)
 
         return self.multiclass(task, spec, pools, render, lambda r: r["group"], rng)
@@ -477,22 +484,27 @@ class Builder:
         lo, hi = PITCH_RANGE
         notes = [r for r in self.kind["music"]
                  if isinstance(r["labels"].get("midi_pitch"), int) and lo <= r["labels"]["midi_pitch"] <= hi]
-        # "note" varies no pitch or speed: either would move the pitch off its label.
-        splits = self._by_soundfont(spec, notes, lambda r: r["labels"]["midi_pitch"], "note", (0.0, 0.0))
+        # The bank staggers pitches across soundfonts, so a held-out soundfont would bring pitches that no
+        # training note has: each note also serves shifted by whole semitones (up to PITCH_SHIFT) and
+        # relabelled, so every soundfont covers the range. "note" varies no other pitch or speed.
+        shifted = [dict(r, pitch_shift=k) for r in notes for k in range(-PITCH_SHIFT, PITCH_SHIFT + 1)
+                   if lo <= r["labels"]["midi_pitch"] + k <= hi]
+        splits, dropped = self._by_soundfont(spec, shifted, lambda r: r["labels"]["midi_pitch"] + r["pitch_shift"],
+                                             "note", (0.0, 0.0))
         # The whole contiguous range, so that heareval's chroma_acc (class index mod 12) is the pitch class.
-        return TaskData(splits, list(range(lo, hi + 1)), "soundfont")
+        return TaskData(splits, list(range(lo, hi + 1)), "soundfont", dropped)
 
     def instrument_family(self, spec: TaskSpec) -> TaskData:
         notes = [r for r in self.kind["music"] if r["labels"].get("family")]
-        splits = self._by_soundfont(spec, notes, lambda r: r["labels"]["family"], "instrument", (0.0, 0.3))
+        splits, dropped = self._by_soundfont(spec, notes, lambda r: r["labels"]["family"], "instrument", (0.0, 0.3))
         vocab = sorted({c.labels[0] for clips in splits.values() for c in clips})
-        return TaskData(splits, vocab, "soundfont")
+        return TaskData(splits, vocab, "soundfont", dropped)
 
     def drum_stroke(self, spec: TaskSpec) -> TaskData:
         hits = [r for r in self.kind["drum"] if r["labels"].get("stroke")]
-        splits = self._by_soundfont(spec, hits, lambda r: r["labels"]["stroke"], "drum", (0.0, 0.1))
+        splits, dropped = self._by_soundfont(spec, hits, lambda r: r["labels"]["stroke"], "drum", (0.0, 0.1))
         vocab = sorted({c.labels[0] for clips in splits.values() for c in clips})
-        return TaskData(splits, vocab, "kit")
+        return TaskData(splits, vocab, "kit", dropped)
 
     # -- environment -----------------------------------------------------------------------------------
 
