@@ -1,0 +1,26 @@
+# Entry points; bin/setup does the work of `setup` and is a fast check once installed.
+.PHONY: setup test demo clean distclean
+
+VENV := .venv
+PY := $(VENV)/bin/python
+
+setup:
+	bin/setup
+
+# Every test, slow ones included. pytest exits 5 when it collects nothing, and that fails here too:
+# a CI run that tested nothing is not a pass.
+test: setup
+	$(PY) -m pytest tests/
+
+demo: setup
+	$(VENV)/bin/mamclap data build --size tiny
+	$(VENV)/bin/mamclap data show --size tiny
+
+# Build and test debris; keeps .venv, cache/, data/ and runs/.
+clean:
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+	rm -rf .pytest_cache build dist *.egg-info
+
+# Also the virtual environment and downloads (the next `make setup` reinstalls everything).
+distclean: clean
+	rm -rf $(VENV) cache

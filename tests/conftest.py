@@ -1,0 +1,15 @@
+"""Shared pytest configuration: the `slow` marker and an offline, TensorFlow-free environment."""
+from __future__ import annotations
+
+import os
+
+# The same settings launchers take from hear_mamclap.compat.runtime_env(), kept literal here so collecting
+# the tests imports nothing heavy: no test may reach a model hub, and transformers must not import TensorFlow.
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "USE_TF": "0", "WANDB_MODE": "disabled",
+               "TOKENIZERS_PARALLELISM": "false"}
+for _key, _value in OFFLINE_ENV.items():
+    os.environ.setdefault(_key, _value)
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "slow: end-to-end tests of a minute or more (CI runs them too)")
