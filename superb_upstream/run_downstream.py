@@ -1,0 +1,124 @@
+"""s3prl 0.4.18's run_downstream with the mamclap upstreams, with no file of s3prl copied or edited.
+
+    python -m superb_upstream.run_downstream -m train -u mamclap -k CKPT -d speech_commands \\
+        -c superb_upstream/configs/speech_commands.yaml -p runs/superb/ks \\
+        -o "config.downstream_expert.datarc.speech_commands_root='DATA/speech_commands/train',,..."
+
+Takes exactly s3prl's flags. Before s3prl is imported it installs hear_mamclap.compat's layer for torchaudio
+2.11 and Python 3.11, then registers the entries of superb_upstream.hubconf on s3prl.hub (s3prl picks the
+upstream with getattr(s3prl.hub, name)) and runs s3prl's own main(). Two conveniences: without -c (and
+without -e) our config for the downstream is used when we have one, and without --device the device is
+cpu when no GPU is visible (s3prl's default is cuda, and -m evaluate does not take it from the checkpoint).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def default_config(downstream: str) -> Path | None:
+    """Our config for an s3prl downstream, if we have one."""
+    path = CONFIG_DIR / f"{downstream}.yaml"
+    return path if path.is_file() else None
+
+
+def _flag_value(argv: list[str], *names: str) -> str | None:
+    """The value of the last of names in argv (`-d x`, `--downstream x` or `--downstream=x`)."""
+    value = None
+    for i, arg in enumerate(argv):
+        for name in names:
+            if arg == name and i + 1 < len(argv):
+                value = argv[i + 1]
+            elif name.startswith("--") and arg.startswith(name + "="):
+                value = arg.split("=", 1)[1]
+    return value
+
+
+def complete_argv(argv: list[str]) -> list[str]:
+    """argv with the two conveniences above added where the flags are absent."""
+    import torch
+
+    argv = list(argv)
+    resuming = _flag_value(argv, "-e", "--past_exp") is not None
+    downstream = _flag_value(argv, "-d", "--downstream")
+    if not resuming and downstream and _flag_value(argv, "-c", "--config") is None:
+        config = default_config(downstream)
+        if config is not None:
+            argv += ["-c", str(config)]
+    if _flag_value(argv, "--device") is None and not torch.cuda.is_available():
+        argv += ["--device", "cpu"]
+    return argv
+
+
+# ---- run-time fixes that belong in hear_mamclap.compat.prepare_s3prl (kept here until they move there) ----
+
+
+def _block_tensorflow() -> None:
+    """s3prl's upstream hubconfs import torch.utils.tensorboard, whose tensorboard.compat imports TensorFlow
+    when installed (tensorflow-cpu is, for heareval); transformers later imports torch._dynamo, which loads
+    triton, and triton's LLVM after TensorFlow's segfaults the process. s3prl needs no TensorFlow:
+    tensorboard falls back to its own stub when the import fails."""
+    sys.modules.setdefault("tensorflow", None)  # None in sys.modules makes `import tensorflow` raise ImportError
+
+
+def _allow_s3prl_checkpoints() -> None:
+    """s3prl saves argparse.Namespace objects in its downstream checkpoints and reloads them with plain
+    torch.load; torch >= 2.6 defaults to weights_only=True, which refuses them. The checkpoints are the
+    run's own, so full loading is safe."""
+    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+
+
+def _key_voxceleb1_cache() -> None:
+    """s3prl's voxceleb1 dataset caches its train/dev/test file lists in <s3prl>/downstream/voxceleb1/.cache/
+    and reuses them whatever data it is given next. Key the cache by the data root and the split file's
+    contents instead, under $MAMCLAP_CACHE (default <repo>/cache)/s3prl_voxceleb1/."""
+    import s3prl.downstream.voxceleb1.dataset as vox
+
+    cls = vox.SpeakerClassifiDataset
+    if getattr(cls, "_mamclap_keyed_cache", False):
+        return
+    original_init = cls.__init__
+    root = Path(os.environ.get("MAMCLAP_CACHE", REPO / "cache")) / "s3prl_voxceleb1"
+
+    def keyed_init(self, mode, file_path, meta_data, max_timestep=None):
+        digest = hashlib.sha1(str(Path(file_path).resolve()).encode() + b"\0" + Path(meta_data).read_bytes())
+        vox.CACHE_PATH = str(root / digest.hexdigest()[:16]) + os.sep
+        original_init(self, mode, file_path, meta_data, max_timestep)
+
+    cls.__init__ = keyed_init
+    cls._mamclap_keyed_cache = True
+
+
+def prepare() -> None:
+    """Install the compatibility layer, then register our upstreams on s3prl.hub."""
+    from hear_mamclap import compat
+
+    _block_tensorflow()
+    _allow_s3prl_checkpoints()
+    compat.prepare_s3prl()
+    import s3prl.hub
+
+    from superb_upstream.hubconf import ENTRIES
+
+    for name, entry in ENTRIES.items():
+        setattr(s3prl.hub, name, entry)
+    _key_voxceleb1_cache()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = complete_argv(sys.argv[1:] if argv is None else argv)
+    prepare()
+    from s3prl import run_downstream
+
+    sys.argv = ["run_downstream.py", *argv]  # s3prl's main parses sys.argv itself
+    run_downstream.main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
