@@ -15,7 +15,6 @@ COMMANDS = [
     ("training.kit.cli", "data"),
     ("training.pretrain", "pretrain"),
     ("superb_upstream.superb", "superb"),
-    ("superb_upstream.superb", "superb"),
     ("training.hear_harness", "hear"),
 ]
 
