@@ -58,14 +58,6 @@ def complete_argv(argv: list[str]) -> list[str]:
 # ---- run-time fixes that belong in hear_mamclap.compat.prepare_s3prl (kept here until they move there) ----
 
 
-def _block_tensorflow() -> None:
-    """s3prl's upstream hubconfs import torch.utils.tensorboard, whose tensorboard.compat imports TensorFlow
-    when installed (tensorflow-cpu is, for heareval); transformers later imports torch._dynamo, which loads
-    triton, and triton's LLVM after TensorFlow's segfaults the process. s3prl needs no TensorFlow:
-    tensorboard falls back to its own stub when the import fails."""
-    sys.modules.setdefault("tensorflow", None)  # None in sys.modules makes `import tensorflow` raise ImportError
-
-
 def _allow_s3prl_checkpoints() -> None:
     """s3prl saves argparse.Namespace objects in its downstream checkpoints and reloads them with plain
     torch.load; torch >= 2.6 defaults to weights_only=True, which refuses them. The checkpoints are the
@@ -83,9 +75,9 @@ def _key_voxceleb1_cache() -> None:
     if getattr(cls, "_mamclap_keyed_cache", False):
         return
     original_init = cls.__init__
-    root = Path(os.environ.get("MAMCLAP_CACHE", REPO / "cache")) / "s3prl_voxceleb1"
 
     def keyed_init(self, mode, file_path, meta_data, max_timestep=None):
+        root = Path(os.environ.get("MAMCLAP_CACHE", REPO / "cache")) / "s3prl_voxceleb1"
         digest = hashlib.sha1(str(Path(file_path).resolve()).encode() + b"\0" + Path(meta_data).read_bytes())
         vox.CACHE_PATH = str(root / digest.hexdigest()[:16]) + os.sep
         original_init(self, mode, file_path, meta_data, max_timestep)
@@ -98,7 +90,6 @@ def prepare() -> None:
     """Install the compatibility layer, then register our upstreams on s3prl.hub."""
     from hear_mamclap import compat
 
-    _block_tensorflow()
     _allow_s3prl_checkpoints()
     compat.prepare_s3prl()
     import s3prl.hub

@@ -66,7 +66,7 @@ def best_checkpoint(expdir: Path) -> Path:
     return states[-1]
 
 
-def test_accuracy(expdir: Path) -> tuple[float, int]:
+def read_test_accuracy(expdir: Path) -> tuple[float, int]:
     """Top-1 accuracy and the number of test utterances from s3prl's test_predict.txt and test_truth.txt."""
     def read(name: str) -> dict[str, str]:
         path = expdir / name
@@ -111,7 +111,7 @@ def evaluate_task(task: str, model: Path, data_root: Path, expdir: Path, steps: 
     ckpt = best_checkpoint(expdir)
     print(f"[superb] {task}: evaluating {ckpt.name} on test, log {expdir}/evaluate.log", flush=True)
     run_s3prl(["-m", "evaluate", "-e", str(ckpt), *common], expdir / "evaluate.log")
-    accuracy, n_test = test_accuracy(expdir)
+    accuracy, n_test = read_test_accuracy(expdir)
     print(f"[superb] {task}: test {METRIC} {accuracy:.4f} on {n_test} utterances", flush=True)
     return task_entry(task_group(task), METRIC, accuracy, {METRIC: accuracy}, n_test, seed=seed,
                       extra={"checkpoint_evaluated": ckpt.name, "steps": steps, "expdir": str(expdir)})
