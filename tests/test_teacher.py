@@ -182,34 +182,31 @@ def burst(seconds: float, at: float | None, hz: float = 1000.0, seed: int = 0) -
     return wav[None]
 
 
-@pytest.mark.parametrize("seconds", [1.0, 5.0, 10.24, 25.0])
-def test_feature_shapes_any_length(teachers, seconds):
-    n = round(seconds * SR)
-    n_time = num_frames(n) // 16
-    wav = burst(seconds, None).repeat(2, 1)
+def test_batch_and_feature_kinds_at_the_pretraining_length(teachers):
+    wav = torch.cat([burst(10.24, None), burst(10.24, 3.0)])
     out = teachers["frames"](wav)
-    assert out.shape == (2, n_time * 8, 768) and torch.isfinite(out).all()
-    assert torch.allclose(out[0], out[1], atol=1e-5)  # clips of a batch are independent of each other
-    if seconds == 10.24:
-        assert teachers["tokens"](wav).shape == (2, 63 * 8, 512)
-        # the frame output is the token map's mean over bands: tokenmap + time_interp without projection
-        # is the per-band version of the same sequence
-        per_band = LaionClapTeacher(ENC, TeacherConfig(features="tokenmap"))
-        per_band.audio_branch.load_state_dict(teachers["frames"].audio_branch.state_dict())
-        bands = per_band(wav[:1]).reshape(63, 8, 768)
-        assert torch.allclose(bands[:, [0, 7]].mean(1), out[0].reshape(63, 8, 768)[:, 0], atol=1e-4)
+    assert out.shape == (2, 63 * 8, 768)
+    assert torch.allclose(out[0], teachers["frames"](wav[:1])[0], atol=1e-4)  # batch items are independent
+    assert teachers["tokens"](wav).shape == (2, 63 * 8, 512)
+    # tokenmap + time_interp gives each frequency patch its nearest band; the frame output is the mean of
+    # the two bands, so this also checks the token map is read in LAION's own (time) order
+    per_band = LaionClapTeacher(ENC, TeacherConfig(features="tokenmap"))
+    per_band.audio_branch.load_state_dict(teachers["frames"].audio_branch.state_dict())
+    bands = per_band(wav[:1]).reshape(63, 8, 768)
+    assert torch.allclose(bands[:, [0, 7]].mean(1), out[0].reshape(63, 8, 768)[:, 0], atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["frames", "tokens"])
-@pytest.mark.parametrize("seconds, at", [(1.0, 0.55), (5.0, 3.3), (10.24, 7.1), (25.0, 18.4)])
+@pytest.mark.parametrize("kind, seconds, at", [("frames", 1.0, 0.55), ("frames", 5.0, 3.3), ("frames", 10.24, 7.1),
+                                               ("frames", 25.0, 18.4), ("tokens", 10.24, 7.1), ("tokens", 25.0, 18.4)])
 def test_tone_burst_lines_up_with_its_student_patch(teachers, kind, seconds, at):
+    """Any clip length gives (B, n_time * n_freq, D), and a burst moves the features most at its patch."""
     teacher = teachers[kind]
     both = torch.cat([burst(seconds, None), burst(seconds, at)])  # same noise, with and without the burst
     out = teacher(both)
-    n_freq = ENC.grid[1]
-    change = (out[1] - out[0]).reshape(-1, n_freq, teacher.dim).norm(dim=-1).mean(dim=1)  # (n_time,)
-    times = student_patch_times(ENC, both.shape[1])
-    expected = int((times - at).abs().argmin())
+    n_time, n_freq = num_frames(both.shape[1]) // 16, ENC.grid[1]
+    assert out.shape == (2, n_time * n_freq, teacher.dim) and torch.isfinite(out).all()
+    change = (out[1] - out[0]).reshape(n_time, n_freq, teacher.dim).norm(dim=-1).mean(dim=1)  # (n_time,)
+    expected = int((student_patch_times(ENC, both.shape[1]) - at).abs().argmin())
     assert abs(int(change.argmax()) - expected) <= 1, (change.argmax(), expected)
 
 
