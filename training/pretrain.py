@@ -39,6 +39,9 @@ class TrainConfig:
     data: str = ""                   # shards folder, AudioSet CSV, or audio folder
     out_dir: str = "runs/pretrain"
     teacher: str = ""                # LAION-layout CLAP checkpoint (needed by *_clap presets)
+    teacher_features: str = "frames"  # frames | tokenmap (training.teacher.TeacherConfig)
+    teacher_align: str = "time_interp"  # time_interp | grid_resample
+    teacher_projection: bool = False  # LAION's 512-d audio projection on each step
     steps: int = 200
     batch_size: int = 8              # per process and micro-batch
     accum: int = 1                   # micro-batches per optimizer step
@@ -99,9 +102,9 @@ def _build(cfg: TrainConfig, n_classes: int):
         if not cfg.teacher:
             raise ValueError(f"preset {cfg.preset!r} distils a CLAP teacher: pass --teacher CKPT (a "
                              "LAION-layout checkpoint, e.g. one from `mamclap teacher train`)")
-        from training.teacher import load_teacher
-        teacher = load_teacher(cfg.teacher, grid=pcfg.encoder.grid,
-                               clip_seconds=n_samples_for(pcfg.encoder) / pcfg.encoder.sample_rate)
+        from training.teacher import TeacherConfig, load_teacher
+        teacher = load_teacher(cfg.teacher, encoder=pcfg.encoder, cfg=TeacherConfig(
+            features=cfg.teacher_features, align=cfg.teacher_align, projection=cfg.teacher_projection))
         pcfg = dataclasses.replace(pcfg, teacher_dim=teacher.dim)
     return MAMPretrainer(pcfg), teacher
 
@@ -172,6 +175,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     writer = None
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
+        from hear_mamclap.compat import prepare_tensorboard
+        prepare_tensorboard()  # no TensorFlow import (slow, and it breaks triton) for a few scalars
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(out_dir / "tb"))
         log_file = open(out_dir / "log.jsonl", "a")

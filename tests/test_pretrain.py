@@ -1,0 +1,171 @@
+"""The pretraining loop on the tiny kit: every preset trains from the CLI, the loss falls, 2-process gloo
+DDP equals 1 process with the same global batch, kill -9 + --resume equals an uninterrupted run, a
+non-finite loss stops the run keeping the last good checkpoint, and unreadable clips are skipped."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+
+from hear_mamclap.checkpoint import load_encoder
+from training import checkpointing
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def corpus() -> Path:
+    """The tiny kit's WebDataset shards (built once; reused by later runs from data/)."""
+    from training.kit.build import build_kit, kit_dir, data_root
+    build_kit("tiny", seed=0, progress=False)
+    shards = kit_dir("tiny", 0, data_root()) / "corpus"
+    assert any(shards.glob("*.tar")) and (shards / "class_labels_indices.csv").exists()
+    return shards
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(tmp_path_factory) -> Path:
+    """A CLAP checkpoint in LAION's layout (randomly initialised HTS-AT-tiny), read by the real loader."""
+    from hear_mamclap.model import EncoderConfig
+    from training.teacher import LaionClapTeacher, TeacherConfig, save_laion_checkpoint
+    torch.manual_seed(0)
+    teacher = LaionClapTeacher(EncoderConfig.preset("tiny"), TeacherConfig(projection=True))
+    state = {f"audio_branch.{k}": v for k, v in teacher.audio_branch.state_dict().items()}
+    state.update({f"audio_projection.{k}": v for k, v in teacher.audio_projection.state_dict().items()})
+    path = tmp_path_factory.mktemp("teacher") / "clap.pt"
+    save_laion_checkpoint(path, state)
+    return path
+
+
+def run_cli(*args: str, env_extra: dict | None = None, check: bool = True, **popen) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "training.cli", *args], cwd=REPO, env=env, check=check,
+                          capture_output=True, text=True, timeout=600, **popen)
+
+
+def losses(out_dir: Path) -> dict[int, float]:
+    """Last logged loss per step (a resumed run re-logs the steps after its checkpoint)."""
+    by_step = {}
+    for line in (out_dir / "log.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        by_step[rec["step"]] = rec["loss"]
+    return by_step
+
+
+COMMON = ("--size", "tiny", "--batch-size", "4", "--warmup-steps", "2", "--log-every", "1", "--workers", "0")
+
+
+@pytest.mark.parametrize("preset", ["mam", "mam_clap", "supmam", "supmam_clap"])
+def test_every_preset_trains_from_the_cli(preset, corpus, tmp_path, request):
+    out = tmp_path / preset
+    extra = ("--teacher", str(request.getfixturevalue("teacher_ckpt"))) if preset.endswith("_clap") else ()
+    run_cli("pretrain", "--preset", preset, "--data", str(corpus), "--out-dir", str(out), "--steps", "3",
+            *COMMON, *extra)
+    logged = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
+    expected_terms = {"recon"} | ({"distill_visible", "distill_masked"} if preset.endswith("_clap") else set()) \
+        | ({"cls"} if preset.startswith("sup") else set())
+    assert expected_terms <= set(logged) and all(torch.isfinite(torch.tensor(logged[k])) for k in expected_terms)
+    ckpt = checkpointing.load(out / "checkpoint.pt")  # weights_only=True
+    assert ckpt["step"] == 3 and ckpt["config"]["encoder"]["width"] == 64
+    encoder = load_encoder(out / "encoder")
+    assert encoder.cfg.n_mels == 64
+
+
+def test_clap_preset_without_teacher_is_a_clear_error(corpus, tmp_path):
+    res = run_cli("pretrain", "--preset", "mam_clap", "--data", str(corpus), "--out-dir", str(tmp_path),
+                  "--steps", "1", *COMMON, check=False)
+    assert res.returncode != 0 and "--teacher" in res.stderr
+
+
+def test_loss_falls(corpus, tmp_path):
+    run_cli("pretrain", "--preset", "supmam", "--data", str(corpus), "--out-dir", str(tmp_path), "--steps", "60",
+            "--base-lr", "0.05", *COMMON)
+    by_step = losses(tmp_path)
+    first = sum(by_step[s] for s in range(1, 6)) / 5
+    last = sum(by_step[s] for s in range(56, 61)) / 5
+    assert last < 0.8 * first, (first, last)
+
+
+def test_two_process_ddp_matches_one_process(corpus, tmp_path):
+    args = ("--preset", "supmam", "--data", str(corpus), "--steps", "6", "--size", "tiny", "--warmup-steps", "2",
+            "--log-every", "1", "--workers", "0", "--base-lr", "0.01")
+    run_cli("pretrain", *args, "--out-dir", str(tmp_path / "one"), "--batch-size", "8")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    "-m", "training.cli", "pretrain", *args, "--out-dir", str(tmp_path / "two"),
+                    "--batch-size", "4", "--device", "cpu"],
+                   cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=600)
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(one) == sorted(two) == list(range(1, 7))
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-4, abs=1e-5), step
+    # Gradient accumulation is the same global batch again.
+    run_cli("pretrain", *args, "--out-dir", str(tmp_path / "accum"), "--batch-size", "4", "--accum", "2")
+    accum = losses(tmp_path / "accum")
+    for step in one:
+        assert accum[step] == pytest.approx(one[step], rel=1e-4, abs=1e-5), step
+
+
+def test_kill_9_then_resume_equals_uninterrupted(corpus, tmp_path):
+    args = ("pretrain", "--preset", "supmam", "--data", str(corpus), "--steps", "16", "--ckpt-every", "4",
+            *COMMON)
+    run_cli(*args, "--out-dir", str(tmp_path / "full"))
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "training.cli", *args, "--out-dir", str(out)], cwd=REPO,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if (out / "log.jsonl").exists() and max(losses(out), default=0) >= 9:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved = checkpointing.load(out / "checkpoint.pt")["step"]
+    assert 4 <= saved < 16 and saved % 4 == 0
+    assert not list(out.glob("checkpoint.pt.*.tmp"))  # nothing half written is left as the checkpoint
+    run_cli(*args, "--out-dir", str(out), "--resume")
+    full, resumed = losses(tmp_path / "full"), losses(out)
+    assert sorted(resumed) == sorted(full)
+    for step in full:
+        assert resumed[step] == pytest.approx(full[step], rel=1e-6, abs=1e-7), step
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(corpus, tmp_path):
+    # A learning rate of 1e30 makes the weights huge after one update, so a later loss overflows.
+    res = run_cli("pretrain", "--preset", "mam", "--data", str(corpus), "--out-dir", str(tmp_path), "--steps", "30",
+                  "--ckpt-every", "1", "--base-lr", "1e30", "--warmup-steps", "1", "--clip-grad", "0",
+                  "--size", "tiny", "--batch-size", "4", "--log-every", "1", "--workers", "0", check=False)
+    assert res.returncode != 0 and "last good checkpoint" in res.stderr, res.stderr[-2000:]
+    failed_at = int(re.search(r"at step (\d+): stopping", res.stderr).group(1))
+    ckpt = checkpointing.load(tmp_path / "checkpoint.pt")
+    assert 1 <= ckpt["step"] == failed_at < 30
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_unreadable_clips_are_skipped_and_counted(corpus, tmp_path):
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    for i, shard in enumerate(sorted(corpus.glob("*.tar"))[:1]):
+        shutil.unpack_archive(shard, folder, format="tar")
+    for extra in folder.glob("*.json"):
+        extra.unlink()
+    good = sorted(folder.glob("*.flac"))
+    good[0].write_bytes(good[0].read_bytes()[:100])  # truncated
+    (folder / "empty.flac").write_bytes(b"")
+    sf.write(folder / "silence.wav", torch.zeros(0).numpy(), 16000)
+    res = run_cli("pretrain", "--preset", "mam", "--data", str(folder), "--out-dir", str(tmp_path / "run"),
+                  "--steps", "6", *COMMON)
+    summary = json.loads(res.stdout[res.stdout.index("{"):])
+    assert summary["step"] == 6 and summary["skipped"] >= 3
