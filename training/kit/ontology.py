@@ -39,7 +39,7 @@ LANGUAGE_NAMES = {
     "ja": "Japanese", "zh": "Chinese", "ko": "Korean", "hi": "Hindi", "ar": "Arabic", "he": "Hebrew",
     "id": "Indonesian", "vi": "Vietnamese", "sl": "Slovenian", "hr": "Croatian", "sr": "Serbian",
     "bg": "Bulgarian", "lt": "Lithuanian", "lv": "Latvian", "et": "Estonian", "eo": "Esperanto", "ga": "Irish",
-    "cy": "Welsh", "is": "Icelandic", "af": "Afrikaans", "sw": "Swahili", "ta": "Tamil", "bn": "Bengali",
+    "cy": "Welsh", "is": "Icelandic", "be": "Belarusian", "nn": "Norwegian Nynorsk", "wa": "Walloon", "af": "Afrikaans", "sw": "Swahili", "ta": "Tamil", "bn": "Bengali",
 }
 
 CLASSES: tuple[OntologyClass, ...] = (
@@ -121,6 +121,7 @@ CLASSES: tuple[OntologyClass, ...] = (
     _c("wood_block", "/m/01sm1g", "Wood block", "percussion"),
     _c("gong", "/m/0mbct", "Gong", "percussion"),
     _c("clapping", "/m/0l15bq", "Clapping", "percussion"),
+    _c("finger_snapping", "/m/025_jnm", "Finger snapping", "percussion"),
     # animals
     _c("animal", "/m/0jbk", "Animal", None),
     _c("pets", "/m/068hy", "Domestic animals, pets", "animal"),
@@ -140,6 +141,8 @@ CLASSES: tuple[OntologyClass, ...] = (
     _c("bird", "/m/015p6", "Bird", "wild_animals"),
     _c("bird_vocalization", "/m/020bb7", "Bird vocalization, bird call, bird song", "bird"),
     _c("roaring_cats", "/m/0cdnk", "Roaring cats (lions, tigers)", "wild_animals"),
+    _c("canidae", "/m/01z5f", "Canidae, dogs, wolves", "wild_animals"),
+    _c("howl", "/m/07qf0zm", "Howl", "canidae"),
     _c("frog", "/m/09ld4", "Frog", "wild_animals"),
     _c("insect", "/m/03vt0", "Insect", "wild_animals"),
     _c("cricket", "/m/09xqv", "Cricket", "insect"),
@@ -150,7 +153,10 @@ CLASSES: tuple[OntologyClass, ...] = (
     _c("car", "/m/0k4j", "Car", "vehicle"),
     _c("train", "/m/07jdr", "Train", "vehicle"),
     _c("aircraft", "/m/0k5j", "Aircraft", "vehicle"),
+    _c("ship", "/m/06q74", "Ship", "vehicle"),
     _c("engine", "/m/02mk9", "Engine", "things"),
+    _c("telephone", "/m/07cx4", "Telephone", "things"),
+    _c("camera", "/m/0dv5r", "Camera", "things"),
     _c("domestic", "/t/dd00071", "Domestic sounds, home sounds", "things"),
     _c("door", "/m/02dgv", "Door", "domestic"),
     _c("knock", "/m/07r4wb8", "Knock", "door"),
@@ -242,7 +248,8 @@ STROKES = {
     "ride_bell": "ride_cymbal", "splash": "cymbal", "china": "cymbal", "cymbal": "cymbal", "clap": "clapping",
     "cowbell": "cowbell", "tambourine": "tambourine", "shaker": "maraca", "maracas": "maraca",
     "woodblock": "wood_block", "wood_block": "wood_block", "conga": "drum", "bongo": "drum",
-    "timbale": "drum", "timpani": "timpani", "gong": "gong",
+    "timbale": "drum", "timpani": "timpani", "gong": "gong", "djembe": "drum", "cajon": "drum",
+    "agogo": "cowbell", "clave": "wood_block", "finger_snap": "finger_snapping", "snap": "finger_snapping",
 }
 ENV_CLASSES = {
     "footsteps": "footsteps", "footstep": "footsteps", "walk": "footsteps", "water": "water",
@@ -252,7 +259,8 @@ ENV_CLASSES = {
     "birdsong": "bird_vocalization", "birdsong_ambience": "bird_vocalization", "chicken": "chicken",
     "rooster": "chicken", "duck": "duck", "horse": "horse", "cow": "cattle", "cattle": "cattle", "pig": "pig",
     "sheep": "sheep", "goat": "goat", "frog": "frog", "insect": "insect", "insects": "insect",
-    "cricket": "cricket", "crickets": "cricket", "lion": "roaring_cats", "mammal": "animal",
+    "cricket": "cricket", "crickets": "cricket", "lion": "roaring_cats", "wolf": "howl", "howl": "howl",
+    "ship": "ship", "boat": "ship", "telephone": "telephone", "phone": "telephone", "camera": "camera", "mammal": "animal",
     "animal": "animal", "door": "door", "knock": "knock", "glass": "shatter", "glass_break": "shatter",
     "explosion": "explosion", "gunshot": "gunshot", "gun": "gunshot", "engine": "engine", "car": "car",
     "vehicle": "vehicle", "train": "train", "aircraft": "aircraft", "bell": "bell", "church_bell": "church_bell",
@@ -362,14 +370,18 @@ ENV_PHRASES = {  # leaf class key -> clauses (a subject and a verb)
     "water": ["water splashes", "water flows"], "splash": ["water splashes"], "stream": ["a stream flows"],
     "bell": ["a bell rings", "a bell chimes"], "digging": ["someone digs {detail}", "a shovel scrapes"],
     "metal": ["metal clanks", "something metallic is struck"], "lava": ["lava bubbles"],
-    "laser": ["a laser zaps"], "wood": ["wood knocks"], "breaking": ["something breaks"],
+    "laser": ["a laser zaps"], "howl": ["a wolf howls"], "telephone": ["a telephone rings"],
+    "camera": ["a camera shutter clicks"], "horse": ["a horse neighs"], "sheep": ["a sheep bleats"],
+    "cattle": ["a cow moos"], "pig": ["a pig oinks"], "chicken": ["a chicken clucks"], "duck": ["a duck quacks"],
+    "insect": ["insects buzz"], "animal": ["an animal calls"], "hammer": ["a hammer strikes"], "wood": ["wood knocks"], "breaking": ["something breaks"],
 }
 BED_PHRASES = {  # leaf class key -> how the background is mentioned
     "rain": ["over rain", "in the rain", "with rain in the background"],
     "wind": ["over wind", "in the wind", "with wind blowing"], "babble": ["in a crowd", "over crowd chatter"],
     "bird_vocalization": ["with birdsong in the background", "among birds"],
     "room_tone": ["in a quiet room", "over room tone"], "fire": ["over a crackling fire", "by a fire"],
-    "lava": ["over bubbling lava"], "water": ["by running water", "over flowing water"],
+    "lava": ["over bubbling lava"], "stream": ["by a stream", "over a babbling brook"],
+    "ship": ["aboard a ship"], "outside_rural": ["outdoors at night", "in the countryside"], "water": ["by running water", "over flowing water"],
     "white_noise": ["over hiss", "over white noise"], "pink_noise": ["over a soft noise"],
 }
 
