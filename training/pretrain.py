@@ -254,6 +254,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 elapsed = time.perf_counter() - t0
                 record = {"step": step, "lr": lr, "grad_norm": float(grad_norm), "skipped": skipped,
                           **{k: float(v) for k, v in last_losses.items()}, "elapsed_s": elapsed}
+                if use_cuda:
+                    record["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
                 log_file.write(json.dumps(record) + "\n")
                 log_file.flush()
                 for k, v in record.items():
