@@ -33,16 +33,18 @@ import soundfile as sf
 
 from training.kit import augment as aug
 from training.kit.hear_suite import (KWS_WORDS, SAMPLE_RATE, SILENCE, UNKNOWN, BankAudio, Cycler, finish,
-                                     pools_by_unit, split_units, vary, with_background)
+                                     one_torch_thread, pools_by_unit, speaker_rank, split_units, vary,
+                                     with_background)
 
 log = logging.getLogger(__name__)
 
-# Per size: Speech Commands takes (renderings per voice and word in train/dev, clips per class in test) and
-# the seconds of each background bed; VoxCeleb1 takes (renderings per text, most speakers).
+# Per size. Speech Commands: (renderings per voice and word in train/dev, clips per class in test, most
+# train voices, most non-keyword words per voice), and the seconds of each background bed. VoxCeleb1:
+# (renderings per text, most speakers, most texts per speaker).
 COUNTS: dict[str, dict[str, tuple[int, ...]]] = {
-    "tiny": {"speech_commands": (2, 3), "bed_seconds": (4,), "voxceleb1": (2, 8)},
-    "small": {"speech_commands": (6, 15), "bed_seconds": (20,), "voxceleb1": (4, 20)},
-    "medium": {"speech_commands": (20, 100), "bed_seconds": (60,), "voxceleb1": (8, 50)},
+    "tiny": {"speech_commands": (1, 3, 8, 3), "bed_seconds": (4,), "voxceleb1": (1, 8, 8)},
+    "small": {"speech_commands": (3, 15, 30, 10), "bed_seconds": (20,), "voxceleb1": (3, 20, 30)},
+    "medium": {"speech_commands": (10, 100, 1000, 1000), "bed_seconds": (60,), "voxceleb1": (8, 50, 1000)},
 }
 VOX_FIRST_ID = 10001
 
@@ -85,13 +87,14 @@ def _folder_safe(word: str) -> str:
 def build_speech_commands(audio: BankAudio, records: list[dict], root: Path, size: str, seed: int) -> dict:
     """Write root/train and root/test in Speech Commands v0.01's layout; returns the manifest."""
     rng = np.random.default_rng([seed, 1])
-    reps, test_per_class = COUNTS[size]["speech_commands"]
+    reps, test_per_class, max_voices, unknown_per_voice = COUNTS[size]["speech_commands"]
     words = [r for r in audio.usable([r for r in records if r.get("kind") == "speech"]) if r["labels"].get("word")]
     kws = [r for r in words if r["labels"]["word"].lower() in KWS_WORDS]
     if not kws or len(words) == len(kws):
         raise ValueError(f"speech_commands: the bank needs speech records with labels.word in {KWS_WORDS} "
                          "and other words for _unknown_")
     train_v, valid_v, test_v = split_units([r["group"] for r in kws], rng, "speech_commands voices")
+    train_v, valid_v = train_v[:max_voices], valid_v[:max(1, max_voices // 4)]
     if not valid_v:  # two voices: dev shares the train voice (s3prl needs a dev set)
         valid_v = train_v
     beds = audio.usable([r for r in records if r.get("kind") == "noise"])
@@ -110,7 +113,11 @@ def build_speech_commands(audio: BankAudio, records: list[dict], root: Path, siz
     for split, voices in (("train", train_v), ("valid", valid_v)):
         for voice in sorted(set(voices)):
             prefix = speaker_hash(voice, seed, split)
-            for rec in (r for r in words if r["group"] == voice):
+            said = [r for r in words if r["group"] == voice]
+            others = [r for r in said if r["labels"]["word"].lower() not in KWS_WORDS]
+            keep = {r["id"] for r in said if r["labels"]["word"].lower() in KWS_WORDS}
+            keep |= {others[i]["id"] for i in rng.permutation(len(others))[:unknown_per_voice]}
+            for rec in (r for r in said if r["id"] in keep):
                 folder = _folder_safe(rec["labels"]["word"])
                 for _ in range(reps):
                     n = takes[folder, prefix]
@@ -150,14 +157,15 @@ def build_speech_commands(audio: BankAudio, records: list[dict], root: Path, siz
 def build_voxceleb1(audio: BankAudio, records: list[dict], root: Path, size: str, seed: int) -> dict:
     """Write root/iden_split.txt and root/dev/wav/idXXXXX/<video>/<utt>.wav; returns the manifest."""
     rng = np.random.default_rng([seed, 2])
-    reps, max_speakers = COUNTS[size]["voxceleb1"]
+    reps, max_speakers, max_texts = COUNTS[size]["voxceleb1"]
     speech = [r for r in audio.usable([r for r in records if r.get("kind") == "speech"])
               if r["labels"].get("speaker") and r["labels"].get("text")]
     by_speaker: dict[str, list[dict]] = defaultdict(list)
     for r in speech:
         by_speaker[r["labels"]["speaker"]].append(r)
     texts = {s: {r["labels"]["text"] for r in rs} for s, rs in by_speaker.items()}
-    eligible = sorted((s for s in by_speaker if len(texts[s]) >= 3), key=lambda s: (-len(texts[s]), s))
+    eligible = sorted((s for s in by_speaker if len(texts[s]) >= 3),
+                      key=lambda s: (*speaker_rank(by_speaker[s]), s))
     speakers = sorted(eligible[:max_speakers])
     if len(speakers) < 2:
         raise ValueError(f"voxceleb1: needs at least 2 speakers with >= 3 distinct texts, found {speakers}")
@@ -169,7 +177,10 @@ def build_voxceleb1(audio: BankAudio, records: list[dict], root: Path, size: str
     for i, spk in enumerate(speakers):
         sid = f"id{VOX_FIRST_ID + i}"
         speaker_ids[spk] = sid
-        pools = pools_by_unit(by_speaker[spk], lambda r: r["labels"]["text"], rng, f"voxceleb1/{spk}")
+        chosen = sorted(texts[spk])
+        chosen = {chosen[j] for j in rng.permutation(len(chosen))[:max_texts]}
+        recs = [r for r in by_speaker[spk] if r["labels"]["text"] in chosen]
+        pools = pools_by_unit(recs, lambda r: r["labels"]["text"], rng, f"voxceleb1/{spk}")
         for split, recs in pools.items():
             for rec in recs:
                 # A YouTube-like 11-character video id per text.
@@ -203,7 +214,8 @@ def build_superb(records: list[dict], out_dir: Path, size: str, seed: int, bank_
     for name, build in (("speech_commands", build_speech_commands), ("voxceleb1", build_voxceleb1)):
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir))
         try:
-            manifest[name] = build(audio, records, tmp, size, seed)
+            with one_torch_thread():
+                manifest[name] = build(audio, records, tmp, size, seed)
             final = out_dir / name
             if final.exists():
                 shutil.rmtree(final)
