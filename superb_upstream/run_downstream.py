@@ -13,8 +13,10 @@ cpu when no GPU is visible (s3prl's default is cuda, and -m evaluate does not ta
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import sys
+import types
 from pathlib import Path
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -86,18 +88,56 @@ def _key_voxceleb1_cache() -> None:
     cls._mamclap_keyed_cache = True
 
 
+class LazyHub(types.ModuleType):
+    """Stands in for s3prl.hub. s3prl's own hub imports every upstream's hubconf, transformers and
+    scikit-learn among them: tens of seconds per process, for a name lookup. This one holds our entries and
+    imports s3prl's hub only when another upstream is asked for (then ours are set on it too)."""
+
+    def __init__(self, entries: dict) -> None:
+        super().__init__("s3prl.hub", self.__doc__)
+        self._entries, self._real = dict(entries), None
+        for name, entry in entries.items():
+            setattr(self, name, entry)
+
+    def _load_real(self) -> types.ModuleType:
+        if self._real is None:
+            import s3prl
+
+            del sys.modules["s3prl.hub"]  # let the import system load s3prl's file, then put this one back
+            try:
+                self._real = importlib.import_module("s3prl.hub")
+            finally:
+                sys.modules["s3prl.hub"] = s3prl.hub = self
+            for name, entry in self._entries.items():
+                setattr(self._real, name, entry)
+        return self._real
+
+    def __getattr__(self, name: str):  # only for names not set on this module
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._load_real(), name)
+
+    def __dir__(self) -> list[str]:
+        """Our entries only (s3prl lists dir(hub) in its --help; listing all would import them all)."""
+        return sorted(self._entries)
+
+
 def prepare() -> None:
-    """Install the compatibility layer, then register our upstreams on s3prl.hub."""
+    """Install the compatibility layer, then register our upstreams as s3prl.hub."""
     from hear_mamclap import compat
 
     _allow_s3prl_checkpoints()
     compat.prepare_s3prl()
-    import s3prl.hub
+    import s3prl
 
     from superb_upstream.hubconf import ENTRIES
 
-    for name, entry in ENTRIES.items():
-        setattr(s3prl.hub, name, entry)
+    current = sys.modules.get("s3prl.hub")
+    if current is None:
+        sys.modules["s3prl.hub"] = s3prl.hub = LazyHub(ENTRIES)
+    else:  # s3prl's hub is imported already (by the caller): add ours to it
+        for name, entry in ENTRIES.items():
+            setattr(current, name, entry)
     _key_voxceleb1_cache()
 
 

@@ -10,6 +10,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -192,6 +194,22 @@ def test_launcher_fills_in_config_and_device():
     assert "-c" not in explicit
 
 
+def test_launcher_registers_our_upstreams_without_importing_every_other():
+    """s3prl picks the upstream with getattr(s3prl.hub, name); ours resolve without s3prl's full hub
+    (which imports transformers and every other upstream)."""
+    code = ("import sys\n"
+            "from superb_upstream.run_downstream import prepare\n"
+            "prepare()\n"
+            "from s3prl import hub\n"
+            "import s3prl.downstream.runner\n"
+            "from superb_upstream.hubconf import mamclap, mamclap_local\n"
+            "assert hub.mamclap is mamclap and getattr(hub, 'mamclap_local') is mamclap_local\n"
+            "assert sys.modules['s3prl.hub'] is hub and 'transformers' not in sys.modules\n"
+            "print('registered')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "registered" in proc.stdout, proc.stderr[-2000:]
+
+
 def test_results_helpers(tmp_path):
     (tmp_path / "test_predict.txt").write_text("a yes\nb no\nc up\n")
     (tmp_path / "test_truth.txt").write_text("a yes\nb yes\nc up\n")
@@ -246,48 +264,49 @@ def test_voxceleb1_file_lists_follow_the_data(layouts, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_superb_eval_trains_evaluates_and_writes_results(layouts, export, tmp_path, monkeypatch):
-    """`mamclap superb eval`: s3prl -m train for a few steps, then -m evaluate, on both tasks; the test
-    accuracy we read from s3prl's prediction files is the one s3prl logged."""
+@pytest.mark.parametrize("task", ["speech_commands", "voxceleb1"])
+def test_superb_eval_trains_evaluates_and_writes_results(task, layouts, export, tmp_path, monkeypatch):
+    """`mamclap superb eval`: s3prl -m train for a few steps, then -m evaluate on the chosen checkpoint; the
+    test accuracy we read from s3prl's prediction files is the one s3prl logged."""
     from training.cli import main
     from training.results import load_results
 
     monkeypatch.setenv("MAMCLAP_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "results" / "tiny.json"
     expdir = tmp_path / "runs"
-    rc = main(["superb", "eval", "--model", str(export), "--data-root", str(layouts), "--name", "tiny-random",
-               "--out", str(out), "--steps", "2", "--expdir", str(expdir),
-               "-o", "config.downstream_expert.datarc.num_workers=0"])
-    assert rc == 0
+    args = ["superb", "eval", "--model", str(export), "--data-root", str(layouts), "--name", "tiny-random",
+            "--out", str(out), "--task", task, "--steps", "2", "--expdir", str(expdir),
+            "-o", "config.downstream_expert.datarc.num_workers=0"]
+    assert main(args) == 0
     doc = load_results(out)
-    assert doc["harness"] == "superb" and doc["model"] == "tiny-random"
-    n_test = {"speech_commands": len(list((layouts / "speech_commands" / "test").glob("*/*.wav"))),
-              "voxceleb1": sum(line.startswith("3 ") for line in
-                               (layouts / "voxceleb1" / "iden_split.txt").read_text().splitlines())}
-    for task in ("speech_commands", "voxceleb1"):
-        entry = doc["tasks"][task]
-        assert entry["metric"] == "top1_acc" and entry["n_test"] == n_test[task]
-        assert 0.0 <= entry["score"] <= 1.0
-        log = (expdir / task / "log.log").read_text()
-        assert re.search(r"^train at step 2: ", log, re.M) and re.search(r"^dev at step 2: ", log, re.M)
-        logged = float(re.search(r"^test at step 0: (\S+)$", log, re.M).group(1))
-        assert entry["score"] == pytest.approx(logged)
-        assert (expdir / task / entry["extra"]["checkpoint_evaluated"]).is_file()
-    # A second run into the same folders is refused rather than mixing checkpoints of two runs.
-    assert main(["superb", "eval", "--model", str(export), "--data-root", str(layouts), "--name", "x",
-                 "--out", str(tmp_path / "x.json"), "--task", "voxceleb1", "--expdir", str(expdir)]) == 2
+    assert doc["harness"] == "superb" and doc["model"] == "tiny-random" and list(doc["tasks"]) == [task]
+    if task == "speech_commands":
+        n_test = len(list((layouts / task / "test").glob("*/*.wav")))
+    else:
+        n_test = sum(line.startswith("3 ") for line in (layouts / task / "iden_split.txt").read_text().splitlines())
+    entry = doc["tasks"][task]
+    assert entry["metric"] == "top1_acc" and entry["n_test"] == n_test and entry["group"] == "speech"
+    assert 0.0 <= entry["score"] <= 1.0
+    log = (expdir / task / "log.log").read_text()
+    assert re.search(r"^train at step 2: ", log, re.M) and re.search(r"^dev at step 2: ", log, re.M)
+    logged = float(re.search(r"^test at step 0: (\S+)$", log, re.M).group(1))
+    assert entry["score"] == pytest.approx(logged)
+    assert (expdir / task / entry["extra"]["checkpoint_evaluated"]).is_file()
+    # A second run into the same folder is refused rather than mixing checkpoints of two runs.
+    assert main(args) == 2
     shutil.rmtree(expdir)
 
 
-def test_superb_eval_records_a_failing_task(export, tmp_path):
-    """A task whose data is missing gets an error entry; the results file is still written."""
+def test_superb_eval_records_failing_tasks(export, tmp_path):
+    """A task whose data is missing gets an error entry, the next task still runs, the file is written."""
     from training.cli import main
     from training.results import load_results
 
     (tmp_path / "data").mkdir()
     out = tmp_path / "r.json"
     rc = main(["superb", "eval", "--model", str(export), "--data-root", str(tmp_path / "data"), "--name", "t",
-               "--out", str(out), "--task", "voxceleb1", "--expdir", str(tmp_path / "runs")])
+               "--out", str(out), "--task", "voxceleb1", "speech_commands", "--expdir", str(tmp_path / "runs")])
     assert rc == 1
-    entry = load_results(out)["tasks"]["voxceleb1"]
-    assert entry["score"] is None and "iden_split.txt" in entry["error"]
+    tasks = load_results(out)["tasks"]
+    assert tasks["voxceleb1"]["score"] is None and "iden_split.txt" in tasks["voxceleb1"]["error"]
+    assert tasks["speech_commands"]["score"] is None and "test" in tasks["speech_commands"]["error"]
