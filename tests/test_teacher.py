@@ -55,7 +55,7 @@ def clap_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
 
 def laion_checkpoint(state: dict[str, torch.Tensor]) -> dict:
     """Wrapped as LAION's training/main.py saves it (630k-audioset-best.pt): DDP "module." names."""
-    return {"epoch": 45, "name": "2022_12_28-htsat-tiny-roberta-audioset", "optimizer": {"state": {}, "param_groups": []},
+    return {"epoch": 45, "name": "htsat-tiny-roberta", "optimizer": {"state": {}, "param_groups": []},
             "state_dict": {f"module.{k}": v for k, v in state.items()}}
 
 

@@ -43,13 +43,19 @@ Output order is time-major, as hear_mamclap.model's patches: patch (t, f) at ind
 projection=True applies LAION's audio projection (trained on the pooled clip embedding) to every step,
 giving 512-d targets; projection=False keeps the raw 768-d (tiny) / 1024-d (base) HTS-AT features.
 
-Online forward vs cache. The student sees augmented, mixed, randomly cropped audio (training/kit/augment):
-a cache would have to key on the exact waveform of each step, so it would almost never hit; caching the
-un-augmented clip's targets instead would teach the student the wrong audio. The forward is cheap next to
-the student step: HTS-AT-tiny takes ~170 ms per 10 s window on 2 CPU cores (see tests/test_teacher.py's
-benchmark), forward only, while the ViT-B student step (forward and backward over 512 patches plus the
-decoder) is several times that. So the teacher runs online, on the device, inside the training step
-(training/pretrain.py), on exactly the batch the student sees; no cache.
+Online forward vs cache. Measured per 10.255 s clip (ViT-B MAM-CLAP student step = forward + backward):
+H200, batch 32: HTS-AT-tiny forward 0.9 ms in fp32 (0.6 ms under bf16 autocast), student step 1.1 ms in
+bf16; 2 CPU threads (batch 2): teacher 124 ms, student step 665 ms. So on a GPU the teacher costs almost as
+much as the student step, and a cache could save up to ~45% of a training step. Today's loader
+(training/data.py) crops each clip at an offset fixed by its index, without augmentation, so targets per
+item would repeat across epochs and a cache could hit. Against it: any waveform change (the kit's gain,
+speed, pitch, reverb, noise and mixing augmentations, other crops) changes the targets non-linearly (a
+mix's targets are not the mix of the targets), so the cache must key on the exact audio (item, crop,
+augmentation draw, teacher checkpoint) and would stop hitting once augmentation runs online; and it costs
+storage: 32 steps x 768 x 2 bytes (bf16) = 48 KiB per 10 s window, ~100 GB for AudioSet-2M. Chosen:
+online, on the device, inside the training step (training/pretrain.py), on exactly the batch the student
+sees: always exact, no staleness, no storage. If GPU time becomes the bottleneck on augmentation-free runs,
+cache the raw window features (window_features) under that key and align them at load time (cheap).
 """
 from __future__ import annotations
 
@@ -225,8 +231,8 @@ class LaionClapTeacher(Teacher):
         self.n_bands = branch.spec_size // (branch.patch_stride[0] * downsample) // branch.freq_ratio  # 2
         centre_img = (torch.arange(self.n_steps, dtype=torch.float64) + 0.5) * (n_img / self.n_steps) - 0.5
         # align_corners=True: stretched frame k sits at STFT frame k * (n_stft - 1) / (n_img - 1).
-        self.register_buffer("step_times", centre_img * (n_stft - 1) / (n_img - 1) * audio_cfg.hop_size
-                             / self.teacher_rate, persistent=False)  # (S,) seconds from the window start
+        # Geometry tensors are plain float64 attributes, not buffers, so .to(dtype) never rounds them.
+        self.step_times = centre_img * (n_stft - 1) / (n_img - 1) * audio_cfg.hop_size / self.teacher_rate  # (S,) s
 
         # Frequency geometry: teacher band and student patch centres on the teacher's Slaney mel axis.
         mel_w = branch.logmel_extractor.melW.detach()  # (n_fft // 2 + 1, mel_bins)
@@ -239,7 +245,7 @@ class LaionClapTeacher(Teacher):
             freq_w = nearest_weights(patch_mel, band_mel)
         else:
             freq_w = linear_weights(patch_mel, band_mel)
-        self.register_buffer("freq_weights", freq_w.float(), persistent=False)  # (n_freq, G)
+        self.freq_weights = freq_w  # (n_freq, G)
 
         # The token map is the input of HTS-AT's last conv (tscam_conv), after the chunks are regrouped in
         # time: (M, C, bands, steps). A pre-hook hands it over; forward_features does not return it.
@@ -268,7 +274,7 @@ class LaionClapTeacher(Teacher):
         """(B, N) audio at 16 kHz -> (B, n_time * n_freq, dim), n_time = the student's time patches for N."""
         self._check_audio(wav)
         B, N = wav.shape
-        device = self.step_times.device
+        device = self.audio_branch.patch_embed.proj.weight.device
         patch_times = student_patch_times(self.encoder, N).to(device)  # (T,)
         x = AF.resample(wav.to(device, torch.float32), self.sample_rate, self.teacher_rate)  # (B, 3N)
         offsets = [round(s * self.teacher_rate) for s in plan_windows(N / self.sample_rate, self.window_s)]
@@ -277,8 +283,9 @@ class LaionClapTeacher(Teacher):
         feats = self.window_features(windows.flatten(0, 1))  # (B * W, S, G, D)
         feats = feats.reshape(B, len(offsets) * self.n_steps, *feats.shape[2:])  # (B, W * S, G, D)
         starts = torch.tensor(offsets, dtype=torch.float64, device=device) / self.teacher_rate
-        tw = time_weights(patch_times, starts, self.step_times, self.window_s).float()  # (T, W * S)
-        out = torch.einsum("ts,fg,bsgd->btfd", tw, self.freq_weights, feats)  # (B, T, n_freq, D)
+        tw = time_weights(patch_times, starts, self.step_times.to(device), self.window_s)  # (T, W * S)
+        fw = self.freq_weights.to(device, feats.dtype)
+        out = torch.einsum("ts,fg,bsgd->btfd", tw.to(feats.dtype), fw, feats)  # (B, T, n_freq, D)
         return out.flatten(1, 2)  # time-major: patch (t, f) at t * n_freq + f
 
 
@@ -298,8 +305,9 @@ def read_laion_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     state = ckpt["state_dict"] if isinstance(ckpt, Mapping) and "state_dict" in ckpt else ckpt
     if not isinstance(state, Mapping) or not state or not all(
             isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        keys = list(ckpt)[:8] if isinstance(ckpt, Mapping) else "-"
         raise ValueError(f"{path}: expected a LAION CLAP checkpoint (a dict with 'state_dict', or a state dict "
-                         f"of tensors), got {type(ckpt).__name__} with keys {list(ckpt)[:8] if isinstance(ckpt, Mapping) else '-'}")
+                         f"of tensors), got {type(ckpt).__name__} with keys {keys}")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
