@@ -243,6 +243,14 @@ def evaluate(module: str, model: str | Path | None, tasks_dir: Path, work_dir: P
         raise ValueError(f"{tasks_dir} holds no HEAR task folder (a folder with task_metadata.json)")
     if grid_points < 1:
         raise ValueError(f"grid_points must be >= 1, got {grid_points}")
+    # Checked before any work: a task without a known group, or two folders of one task, would only fail
+    # when the results are written, hours later.
+    metadata = {f.name: json.loads((f / "task_metadata.json").read_text()) for f in folders}
+    task_names = [m["task_name"] for m in metadata.values()]
+    if len(set(task_names)) != len(task_names):
+        raise ValueError(f"{tasks_dir}: several folders hold the same task ({sorted(task_names)})")
+    for m in metadata.values():
+        results.task_group(m["task_name"], m)
     model_path = str(Path(model).resolve()) if model is not None else None
     work_dir.mkdir(parents=True, exist_ok=True)
     _stamp_or_refuse(work_dir, {"module": module, "model": model_path, "model_options": model_options or {},
@@ -265,12 +273,12 @@ def evaluate(module: str, model: str | Path | None, tasks_dir: Path, work_dir: P
 
     entries = {}
     for i, folder in enumerate(folders, 1):
-        metadata = json.loads((folder / "task_metadata.json").read_text())
-        task, metric = metadata["task_name"], metadata["evaluation"][0]
+        meta = metadata[folder.name]
+        task, metric = meta["task_name"], meta["evaluation"][0]
         task_dir = emb_module / folder.name
         times = {"embedding_seconds": _seconds(task_dir / "profile.embeddings.json", "time_elapsed"),
                  "prediction_seconds": _seconds(task_dir / "prediction-done.json", "time")}
-        group = results.task_group(task, metadata)
+        group = results.task_group(task, meta)
         if folder.name in errors:
             entry = results.error_entry(group, metric, errors[folder.name], seed=seed, extra=times)
         else:

@@ -1,0 +1,191 @@
+"""The HEAR harness around hear_mamclap: hear-validator on our modules, the baselines' contracts, and
+`mamclap hear eval` end to end on tiny tasks of the mini suite (heareval's own runners)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hear_mamclap import compat
+from hear_mamclap.checkpoint import export_encoder
+from hear_mamclap.model import EncoderConfig, MAMCLAPEncoder
+
+REPO = Path(__file__).resolve().parents[1]
+BANK = Path(os.environ.get("MAMCLAP_DATA", REPO / "data")) / "bank"
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    return export_encoder(MAMCLAPEncoder(EncoderConfig.preset("tiny")), tmp_path_factory.mktemp("export") / "tiny",
+                          metadata={"seed": 7})
+
+
+def validate(module: str, model: Path | None = None, pythonpath: Path | None = None) -> str:
+    """Run the hear-validator command on module; return its output, failing the test when it fails."""
+    pytest.importorskip("hearvalidator")
+    env = {**os.environ, **compat.runtime_env()}
+    env["PYTHONPATH"] = os.pathsep.join(str(p) for p in (pythonpath, REPO) if p is not None)
+    exe = Path(sys.executable).parent / "hear-validator"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "hearvalidator.validate"]
+    cmd += [module] + (["--model", str(model)] if model is not None else []) + ["--device", "cpu"]
+    proc = subprocess.run(cmd, env=env, text=True, capture_output=True, cwd=REPO)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "Looks good!" in proc.stdout, output[-4000:]
+    return output
+
+
+# --------------------------------------------------------------------------------------------- validator
+
+
+def test_hear_validator_passes_on_a_tiny_export(tiny_export):
+    out = validate("hear_mamclap", tiny_export)
+    assert "Interval between timestamps is 40.0ms" in out
+
+
+@pytest.mark.slow
+def test_hear_validator_passes_on_the_baselines(tiny_export, tmp_path):
+    validate("hear_mamclap.baselines.logmel")
+    validate("hear_mamclap.baselines.random_init", tiny_export)  # the export's architecture, random weights
+    # The validator passes no options; a module fixing crepe's small capacity keeps this test short on a CPU.
+    (tmp_path / "crepe_tiny_capacity.py").write_text(
+        "from functools import partial\n"
+        "from hear_mamclap.baselines.crepe import get_scene_embeddings, get_timestamp_embeddings, load_model\n"
+        "load_model = partial(load_model, capacity='tiny')\n")
+    out = validate("crepe_tiny_capacity", pythonpath=tmp_path)
+    assert "Interval between timestamps is 50.0ms" in out
+
+
+# --------------------------------------------------------------------------------------------- baselines
+
+
+def test_random_init_is_seeded_and_follows_the_checkpoint(tiny_export):
+    from hear_mamclap.baselines import random_init
+
+    a, b = random_init.load_model(preset="tiny"), random_init.load_model(preset="tiny")
+    c = random_init.load_model(preset="tiny", seed=1)
+    for (name, pa), pb, pc in zip(a.named_parameters(), b.parameters(), c.parameters()):
+        assert torch.equal(pa, pb), name
+    assert not torch.equal(a.encoder.patch_embed.weight, c.encoder.patch_embed.weight)
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    random_init.load_model(preset="tiny")
+    assert torch.equal(torch.rand(1), before), "load_model must leave the global generator alone"
+
+    from hear_mamclap.checkpoint import load_encoder
+    trained = load_encoder(tiny_export)
+    rand = random_init.load_model(str(tiny_export), seed=5)
+    assert rand.encoder.cfg == trained.cfg
+    assert not torch.equal(rand.encoder.patch_embed.weight, trained.patch_embed.weight)
+    x = 0.1 * torch.randn(2, 16000)
+    assert random_init.get_scene_embeddings(x, rand).shape == (2, rand.scene_embedding_size)
+    with pytest.raises(ValueError, match="not both"):
+        random_init.load_model(str(tiny_export), preset="tiny")
+    with pytest.raises(ValueError, match="unknown encoder preset"):
+        random_init.load_model(preset="huge")
+
+
+def test_crepe_matches_torchcrepe_embed_in_batches_and_chunks():
+    torchcrepe = pytest.importorskip("torchcrepe")
+    from hear_mamclap.baselines import crepe
+
+    model = crepe.load_model(capacity="tiny")
+    g = torch.Generator().manual_seed(0)
+    x = 0.1 * torch.randn(3, 16000 + 123, generator=g)
+    emb, ts = crepe.get_timestamp_embeddings(x, model)
+    assert emb.shape == (3, 1 + x.shape[1] // 800, model.timestamp_embedding_size) and ts.shape == emb.shape[:2]
+    assert torch.allclose(ts[0], torch.arange(emb.shape[1], dtype=torch.float32) * 50.0)
+    ref = torchcrepe.embed(x[1:2], 16000, 800, "tiny")  # torchcrepe's own function, one clip: (1, T, 32, C)
+    torch.testing.assert_close(emb[1:2], ref.reshape(1, emb.shape[1], -1), atol=1e-4, rtol=1e-4)
+    chunked = crepe.load_model(capacity="tiny", frames_per_forward=5)
+    torch.testing.assert_close(crepe.get_timestamp_embeddings(x, chunked)[0], emb, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(crepe.get_scene_embeddings(x, model), emb.mean(1))
+    with pytest.raises(ValueError, match="hop_ms"):
+        crepe.load_model(hop_ms=60)
+    with pytest.raises(ValueError, match="capacity"):
+        crepe.load_model(capacity="medium")
+    with pytest.raises(ValueError, match="2-D"):
+        crepe.get_scene_embeddings(x[0], model)
+
+
+# ------------------------------------------------------------------------------------ mamclap hear eval
+
+
+@pytest.fixture(scope="module")
+def tiny_tasks(tmp_path_factory) -> Path:
+    """Three tiny tasks of the mini suite: a scene multiclass task, the event task, and the keyword task
+    with one of its test files broken, so that task must fail alone."""
+    from training.kit.hear_suite import build_hear_suite
+
+    index = BANK / "index.jsonl"
+    if not index.is_file():
+        pytest.skip(f"no source bank at {BANK}: build it with `mamclap data bank`")
+    records = [json.loads(line) for line in index.read_text().splitlines() if line.strip()]
+    out = tmp_path_factory.mktemp("suite") / "tasks"
+    build_hear_suite(records, out, "tiny", seed=0, bank_dir=BANK,
+                     tasks=["mini_drum_stroke", "mini_dcase", "mini_speech_commands"])
+    broken = sorted((out / "mini_speech_commands-v1.0-full" / "16000" / "test").glob("*.wav"))[0]
+    broken.write_bytes(b"RIFF, but not a wav file")
+    return out
+
+
+@pytest.mark.slow
+def test_hear_eval_writes_results_with_scores_and_the_failed_task(tiny_tasks, tiny_export, tmp_path, capsys):
+    pytest.importorskip("heareval")
+    from training import cli
+    from training.results import load_results
+
+    out, work = tmp_path / "results" / "tiny.json", tmp_path / "work"
+    rc = cli.main(["hear", "eval", "--module", "hear_mamclap", "--model", str(tiny_export), "--tasks-dir",
+                   str(tiny_tasks), "--name", "tiny-random", "--out", str(out), "--work-dir", str(work),
+                   "--grid", "faster", "--grid-points", "1"])
+    printed = capsys.readouterr().out
+    assert rc == 1, "a failed task makes the exit status non-zero"
+    doc = load_results(out)
+    assert doc["model"] == "tiny-random" and doc["harness"] == "hear" and doc["checkpoint"] == str(tiny_export)
+    assert doc["command"].startswith("mamclap hear eval") and doc["settings"]["grid"] == "faster"
+    assert set(doc["tasks"]) == {"mini_drum_stroke", "mini_dcase", "mini_speech_commands"}
+
+    drum, dcase, kws = (doc["tasks"][t] for t in ("mini_drum_stroke", "mini_dcase", "mini_speech_commands"))
+    assert drum["group"] == "music" and drum["metric"] == "top1_acc" and 0 <= drum["score"] <= 1
+    assert dcase["group"] == "environmental" and dcase["metric"] == "event_onset_200ms_fms"
+    assert 0 <= dcase["score"] <= 1 and math.isfinite(dcase["scores"]["segment_1s_er"])
+    for task, entry in (("mini_drum_stroke", drum), ("mini_dcase", dcase)):
+        assert entry["seed"] == 7  # from the export's metadata
+        n_test = len(json.loads((tiny_tasks / f"{task}-v1.0-full" / "test.json").read_text()))
+        assert entry["n_test"] == n_test
+        assert entry["extra"]["embedding_seconds"] > 0 and entry["extra"]["prediction_seconds"] > 0
+    assert kws["score"] is None and "embeddings" in kws["error"] and kws["group"] == "speech"
+    assert "mini_drum_stroke: top1_acc =" in printed and "mini_speech_commands: FAILED" in printed
+
+    # Another module in the same work dir would reuse these embeddings: refused before any work.
+    with pytest.raises(ValueError, match="holds embeddings of another run"):
+        cli.main(["hear", "eval", "--module", "hear_mamclap.baselines.logmel", "--tasks-dir", str(tiny_tasks),
+                  "--name", "logmel", "--out", str(tmp_path / "logmel.json"), "--work-dir", str(work)])
+
+    # The predictions launcher on its own, over the module folder: finished tasks are read back, not retrained.
+    rc = cli.main(["hear", "predict", str(work / "embeddings" / "hear_mamclap"), "--grid", "faster"])
+    printed = capsys.readouterr().out
+    assert rc == 0 and f"top1_acc = {drum['score']:.4f}" in printed
+
+
+def test_eval_refuses_bad_arguments(tmp_path, tiny_export):
+    from training.hear_harness import evaluate
+
+    with pytest.raises(ValueError, match="holds no HEAR task folder"):
+        evaluate("hear_mamclap", tiny_export, tmp_path, tmp_path / "work", "x")
+    task = tmp_path / "tasks" / "mystery-v1.0-full"
+    task.mkdir(parents=True)
+    (task / "task_metadata.json").write_text(json.dumps({"task_name": "mystery", "evaluation": ["top1_acc"]}))
+    with pytest.raises(ValueError, match="no task folders \\['nope'\\]"):
+        evaluate("hear_mamclap", tiny_export, tmp_path / "tasks", tmp_path / "work", "x", tasks=["nope"])
+    with pytest.raises(ValueError, match="no group known for task 'mystery'"):
+        evaluate("hear_mamclap", tiny_export, tmp_path / "tasks", tmp_path / "work", "x")
+    assert not (tmp_path / "work").exists(), "nothing is started before the arguments are checked"
