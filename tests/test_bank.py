@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 
 from training.kit import bank_sources
-from training.kit.bank import KINDS, SR, build_bank, load_bank, plan, validate_record
+from training.kit.bank import KINDS, SR, _batches, _render_batch, build_bank, load_bank, plan, validate_record
 from training.kit.build import cache_root
 from training.kit.debian import DATA_PACKAGES, SetupError, package_info, package_root, setup
 
@@ -118,6 +118,22 @@ def test_same_seed_same_bytes(small_bank: Path, tmp_path: Path):
     build_bank(other, CACHE, seed=1, workers=2, limit=6, sources=("espeak",), progress=False)
     ids0 = {r["id"] for r in load_bank(small_bank) if r["source"]["synth"] == "espeak-ng"}
     assert {r["id"] for r in load_bank(other)} != ids0  # the seed chooses voices and words
+
+
+def test_notes_do_not_depend_on_batch_order(tmp_path: Path):
+    """Which process renders which batch, in which order, must not change a note's bytes."""
+    jobs, _ = plan(CACHE, seed=0, limit=40, sources=("music",))
+    batches = _batches(jobs)
+    assert len(batches) > 3 and max(len(b) for b in batches) > 1
+
+    def render_all(order: list[list[dict]], name: str) -> dict[str, bytes]:
+        out = tmp_path / name
+        (out / "audio" / "music").mkdir(parents=True)
+        for b in order:
+            _render_batch(b, str(out))
+        return {p.name: p.read_bytes() for p in (out / "audio" / "music").iterdir()}
+
+    assert render_all(batches, "forward") == render_all(batches[::-1], "reverse")
 
 
 def test_bad_sources_are_skipped_and_counted(tmp_path: Path):

@@ -19,8 +19,12 @@ Vocabularies (labels) are those of bank_sources.py:
     drum    stroke: STROKE_RULES targets (kick, snare, rimshot, side_stick, closed_hihat, open_hihat,
             pedal_hihat, tom, crash, ride, ride_bell, splash, china, cymbal, clap, cowbell, tambourine,
             shaker, woodblock, clave, conga, bongo, djembe, cajon, agogo, finger_snap); kit: the kit folder.
-    env     class: ENV_RULES targets with >= ENV_MIN_FILES source files; detail: footstep material.
-    noise   class: NOISE_RULES targets (birdsong_ambience, night, campfire, ship, stream, lava, fire).
+    env     class: ENV_RULES targets with >= ENV_MIN_FILES source files (with the packages of 2026-11:
+            bell, bird, camera, chicken, cow, digging, door, duck, engine, explosion, fire, footsteps,
+            glass, gunshot, hammer, horse, insect, mammal, pig, sheep, telephone, water, wolf), at most
+            ENV_MAX_S s from the start of each file; detail: footstep material or null; group: the file.
+    noise   class: NOISE_RULES targets (birdsong_ambience, night, campfire, ship, stream, lava, fire):
+            NOISE_SEGMENT_S pieces of ambience loops; group: the source file.
 
 Same seed, same packages -> byte-identical index.jsonl and audio. A source that cannot be read or
 synthesized is skipped and listed in bank.json; the bank is written to a temporary folder and renamed
@@ -128,21 +132,22 @@ def _run_synth(cmd: list[str], wav: Path) -> np.ndarray:
     return to_16k_mono(x, sr)
 
 
-_SYNTHS: dict[str, tuple] = {}  # soundfont path -> (Synth, sfid), one per worker process
+def _note(r: dict, synths: dict) -> tuple[np.ndarray, bool]:
+    """One soundfont note, (samples, True: the release tail is cut).
 
-
-def _note(r: dict) -> np.ndarray:
+    FluidSynth keeps state across notes that system_reset() and all_sounds_off() do not clear (a note
+    rendered twice in one synth differs by about -53 dB), so the same note would differ with the order of
+    the notes before it. A batch (one soundfont and instrument, fixed order) therefore gets a fresh synth.
+    """
     import fluidsynth
-    if r["soundfont"] not in _SYNTHS:
-        fs = fluidsynth.Synth(gain=0.5, samplerate=float(SR))
-        fs.setting("synth.reverb.active", 0)  # no effect tails carried from one note to the next
-        fs.setting("synth.chorus.active", 0)
+    if r["soundfont"] not in synths:
+        fs = fluidsynth.Synth(gain=0.5, samplerate=float(SR),
+                              **{"synth.reverb.active": 0, "synth.chorus.active": 0})  # dry notes
         sfid = fs.sfload(r["soundfont"])
         if sfid < 0:
             raise RenderError(f"fluidsynth cannot load {r['soundfont']}")
-        _SYNTHS[r["soundfont"]] = (fs, sfid)
-    fs, sfid = _SYNTHS[r["soundfont"]]
-    fs.system_reset()
+        synths[r["soundfont"]] = (fs, sfid)
+    fs, sfid = synths[r["soundfont"]]
     if fs.program_select(0, sfid, 0, r["program"]) != 0:
         raise RenderError(f"no program {r['program']} in {r['soundfont']}")
     fs.noteon(0, r["pitch"], r["velocity"])
@@ -154,8 +159,9 @@ def _note(r: dict) -> np.ndarray:
     return x.mean(axis=1), True
 
 
-def render(job: dict) -> np.ndarray:
-    """The finished 16 kHz clip of a job (RenderError when it cannot be made)."""
+def render(job: dict, synths: dict | None = None) -> np.ndarray:
+    """The finished 16 kHz clip of a job (RenderError when it cannot be made); synths: the batch's
+    soundfont synthesizers."""
     r = job["render"]
     if r["op"] == "file":
         x, cut = _read_file(r["path"], r["start"], r["max_s"])
@@ -173,7 +179,7 @@ def render(job: dict) -> np.ndarray:
                 raise SetupError(f"{cmd[0]} is not installed: {SETUP_HINT}") from None
         cut = False
     elif r["op"] == "note":
-        x, cut = _note(r)
+        x, cut = _note(r, {} if synths is None else synths)
     else:
         raise ValueError(f"unknown render op {r['op']!r}")
     return finish(x, cut)
@@ -181,10 +187,10 @@ def render(job: dict) -> np.ndarray:
 
 def _render_batch(jobs: list[dict], tmp_dir: str) -> list[tuple[str, dict | None, str | None]]:
     """Render and write a batch; (id, record, None) or (id, None, reason) per job."""
-    out = []
+    out, synths = [], {}
     for job in jobs:
         try:
-            x = render(job)
+            x = render(job, synths)
         except RenderError as e:
             out.append((job["id"], None, str(e)))
             continue
@@ -194,6 +200,8 @@ def _render_batch(jobs: list[dict], tmp_dir: str) -> list[tuple[str, dict | None
         pcm = np.round(x * 32767).astype(np.int16)
         sf.write(str(Path(tmp_dir) / rec["path"]), pcm, SR, format="FLAC", subtype="PCM_16")
         out.append((job["id"], rec, None))
+    for fs, _ in synths.values():
+        fs.delete()
     return out
 
 
@@ -219,11 +227,19 @@ def plan(cache_dir: Path, seed: int, limit: int | None = None,
 
 
 def _batches(jobs: list[dict], size: int = 32) -> list[list[dict]]:
-    """Notes of one soundfont stay together (a worker loads each soundfont once)."""
+    """Jobs in batches of `size`; the notes of one soundfont and instrument form one batch whatever their
+    number (each batch renders them in a fresh synth, see _note)."""
     groups = defaultdict(list)
     for j in jobs:
-        groups[j["render"].get("soundfont", j["render"]["op"])].append(j)
-    return [g[i: i + size] for _, g in sorted(groups.items()) for i in range(0, len(g), size)]
+        r = j["render"]
+        groups[(r["op"], r.get("soundfont", ""), r.get("program", -1))].append(j)
+    batches = []
+    for (op, _, _), group in sorted(groups.items()):
+        if op == "note":
+            batches.append(group)
+        else:
+            batches += [group[i: i + size] for i in range(0, len(group), size)]
+    return batches
 
 
 def summarize(records: list[dict]) -> dict:
