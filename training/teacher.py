@@ -280,7 +280,8 @@ class LaionClapTeacher(Teacher):
         offsets = [round(s * self.teacher_rate) for s in plan_windows(N / self.sample_rate, self.window_s)]
         x = nn.functional.pad(x, (0, max(0, offsets[-1] + self.window_samples - x.shape[1])))  # pad short clips
         windows = torch.stack([x[:, o:o + self.window_samples] for o in offsets], dim=1)  # (B, W, 480000)
-        feats = self.window_features(windows.flatten(0, 1))  # (B * W, S, G, D)
+        dtype = self.audio_branch.patch_embed.proj.weight.dtype  # resampling stays in float32 either way
+        feats = self.window_features(windows.flatten(0, 1).to(dtype))  # (B * W, S, G, D)
         feats = feats.reshape(B, len(offsets) * self.n_steps, *feats.shape[2:])  # (B, W * S, G, D)
         starts = torch.tensor(offsets, dtype=torch.float64, device=device) / self.teacher_rate
         tw = time_weights(patch_times, starts, self.step_times.to(device), self.window_s)  # (T, W * S)
