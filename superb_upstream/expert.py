@@ -56,15 +56,18 @@ def check_wavs(wavs, sample_rate: int = SAMPLE_RATE) -> None:
 
 class UpstreamExpert(nn.Module):
     """What s3prl's `-u mamclap -k CKPT` builds. ckpt: an encoder export (folder or .safetensors) or a
-    pretraining checkpoint. model_config (`-g`, optional): a YAML file of keyword options below."""
+    pretraining checkpoint; or encoder: one already in memory. model_config (`-g`, optional): a YAML file of
+    the keyword options freq_reduce and windows_per_forward. refresh: s3prl's re-download flag (-r); nothing
+    is downloaded, so it has no effect."""
 
-    def __init__(self, ckpt: str | None = None, model_config: str | None = None, *,
-                 freq_reduce: Literal["concat", "mean"] = "concat", windows_per_forward: int = 8,
-                 **kwargs) -> None:
+    def __init__(self, ckpt: str | None = None, model_config: str | None = None, refresh: bool = False, *,
+                 encoder: MAMCLAPEncoder | None = None, freq_reduce: Literal["concat", "mean"] = "concat",
+                 windows_per_forward: int = 8) -> None:
         super().__init__()
-        if not ckpt:
+        if (encoder is None) == (not ckpt):
             raise ValueError("the mamclap upstream needs a checkpoint: pass -k PATH (an encoder export folder, "
-                             "its encoder.safetensors, or a pretraining checkpoint)")
+                             "its encoder.safetensors, or a pretraining checkpoint)" if encoder is None else
+                             "give either ckpt or encoder, not both")
         if model_config:
             options = yaml.safe_load(Path(model_config).read_text()) or {}
             unknown = set(options) - {"freq_reduce", "windows_per_forward"}
@@ -73,24 +76,11 @@ class UpstreamExpert(nn.Module):
                                  "freq_reduce, windows_per_forward")
             freq_reduce = options.get("freq_reduce", freq_reduce)
             windows_per_forward = options.get("windows_per_forward", windows_per_forward)
-        self.encoder = load_encoder(ckpt)
-        self.configure(freq_reduce, windows_per_forward)
-
-    @classmethod
-    def from_encoder(cls, encoder: MAMCLAPEncoder, freq_reduce: Literal["concat", "mean"] = "concat",
-                     windows_per_forward: int = 8) -> UpstreamExpert:
-        """An expert over an encoder already in memory (no checkpoint file)."""
-        expert = cls.__new__(cls)
-        nn.Module.__init__(expert)
-        expert.encoder = encoder.eval()
-        expert.configure(freq_reduce, windows_per_forward)
-        return expert
-
-    def configure(self, freq_reduce: str, windows_per_forward: int) -> None:
         if freq_reduce not in ("concat", "mean"):
             raise ValueError(f"freq_reduce must be 'concat' or 'mean', got {freq_reduce!r}")
         if not isinstance(windows_per_forward, int) or windows_per_forward < 1:
             raise ValueError(f"windows_per_forward must be an integer >= 1, got {windows_per_forward!r}")
+        self.encoder = (encoder if encoder is not None else load_encoder(ckpt)).eval()
         if self.encoder.cfg.sample_rate != SAMPLE_RATE:
             raise ValueError(f"s3prl feeds {SAMPLE_RATE} Hz audio; this encoder expects "
                              f"{self.encoder.cfg.sample_rate} Hz")

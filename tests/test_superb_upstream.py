@@ -35,7 +35,7 @@ def tiny_encoder() -> MAMCLAPEncoder:
 
 @pytest.fixture(scope="module")
 def expert() -> UpstreamExpert:
-    return UpstreamExpert.from_encoder(tiny_encoder())
+    return UpstreamExpert(encoder=tiny_encoder())
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +99,8 @@ def test_long_utterances_in_groups_of_windows_match_one_pass():
     encoder = tiny_encoder()
     wavs = waves(70000, 30000)  # 4.4 s: four 1.28 s encoder windows
     with torch.no_grad():
-        one = UpstreamExpert.from_encoder(encoder, windows_per_forward=1)(wavs)
-        all_at_once = UpstreamExpert.from_encoder(encoder, windows_per_forward=8)(wavs)
+        one = UpstreamExpert(encoder=encoder, windows_per_forward=1)(wavs)
+        all_at_once = UpstreamExpert(encoder=encoder, windows_per_forward=8)(wavs)
     for a, b in zip(one["hidden_states"], all_at_once["hidden_states"]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
@@ -159,7 +159,9 @@ def test_bad_checkpoints_and_options(export, tmp_path):
     with pytest.raises(ValueError, match="unknown upstream options"):
         mamclap(str(export), str(config))
     with pytest.raises(ValueError, match="freq_reduce"):
-        UpstreamExpert.from_encoder(tiny_encoder(), freq_reduce="max")
+        UpstreamExpert(encoder=tiny_encoder(), freq_reduce="max")
+    with pytest.raises(ValueError, match="not both"):
+        UpstreamExpert(str(export), encoder=tiny_encoder())
 
 
 @pytest.mark.parametrize("wavs, message", [
