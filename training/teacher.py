@@ -22,9 +22,9 @@ Geometry. HTS-AT takes 10 s at 48 kHz (1001 centred STFT frames, hop 10 ms), str
 in a token map of 2 frequency bands x 32 time steps per window (one step = 1024/32 stretched frames,
 0.3128 s). Its frame-level output ("fine_grained_embedding") is that map averaged over the bands, each step
 repeated 32 times. Audio is resampled 16 -> 48 kHz here; any length is cut into 10 s windows: a clip up to
-10.5 s takes one window (zero-padded when shorter, centred when a little longer: the student's 10.255 s (1024-frame) clip
-costs one window, not two), a longer one ceil(d / 10) windows spread evenly from its start to its end
-(overlapping, never padded). Short clips are zero-padded rather than repeated because the student sees the
+10.5 s takes one window (zero-padded when shorter, centred when a little longer: the student's 1024-frame
+10.255 s clip costs one window, not two), a longer one ceil(d / 10) windows spread evenly from its start to
+its end (overlapping, never padded). Short clips are zero-padded rather than repeated because the student sees the
 same zeros; repeating would put real sound where the student has none.
 
 Alignment (TeacherConfig.align), both through true times in seconds: each student time patch t has the
