@@ -34,7 +34,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,24 +261,35 @@ def per_class_pools(recs: list[dict], cls: Callable[[dict], str], unit: Callable
     return pools, dropped
 
 
-def speaker_rank(recs: list[dict]) -> tuple:
-    """Sort key for picking classes of speech: recorded voices first, then those with the most texts."""
-    recorded = any(r["labels"].get("voice_type") == "recorded" for r in recs)
-    return not recorded, -len({r["labels"]["text"] for r in recs})
+def pick_speech_classes(by_class: dict[str, list[dict]], n: int, min_texts: int,
+                        same_language: bool = False) -> list[str]:
+    """Up to n classes of speech records with >= min_texts distinct texts: recorded voices first; with
+    same_language, speakers whose language has the most recorded speakers next (so the language does not give
+    the speaker away); then those with the most texts."""
+    texts = {c: {r["labels"]["text"] for r in rs} for c, rs in by_class.items()}
+    eligible = [c for c in by_class if len(texts[c]) >= min_texts]
+    recorded = {c: any(r["labels"].get("voice_type") == "recorded" for r in by_class[c]) for c in eligible}
+    language = {c: by_class[c][0]["labels"].get("language") for c in eligible}
+    peers = Counter(language[c] for c in eligible if recorded[c])
+
+    def rank(c: str) -> tuple:
+        return not recorded[c], -peers[language[c]] if same_language else 0, -len(texts[c]), c
+
+    return sorted(sorted(eligible, key=rank)[:n])
 
 
 class Cycler:
-    """Draws records of one pool in shuffled rounds, so every source is used before any repeats."""
+    """Draws items (records of a pool, or classes) in shuffled rounds, so each is used before any repeats."""
 
-    def __init__(self, recs: list[dict], rng: np.random.Generator) -> None:
-        self.recs, self.rng, self.queue = list(recs), rng, []
+    def __init__(self, items: list, rng: np.random.Generator) -> None:
+        self.items, self.rng, self.queue = list(items), rng, []
 
     def __bool__(self) -> bool:
-        return bool(self.recs)
+        return bool(self.items)
 
-    def next(self) -> dict:
+    def next(self):
         if not self.queue:
-            self.queue = [self.recs[i] for i in self.rng.permutation(len(self.recs))]
+            self.queue = [self.items[i] for i in self.rng.permutation(len(self.items))]
         return self.queue.pop()
 
 
@@ -446,7 +457,8 @@ class Builder:
         vocab = sorted({c.labels[0] for clips in splits.values() for c in clips})
         return TaskData(splits, vocab, "voice", dropped)
 
-    def _by_text(self, spec: TaskSpec, cls: Callable[[dict], str | None], min_texts: int) -> TaskData:
+    def _by_text(self, spec: TaskSpec, cls: Callable[[dict], str | None], min_texts: int,
+                 same_language: bool) -> TaskData:
         """Speaker or language ID: classes hold out whole words (texts) for valid and test."""
         task, rng = spec.name, self.rng(spec.name)
         n = int(spec.sample_duration * SAMPLE_RATE)
@@ -454,10 +466,7 @@ class Builder:
         by_class: dict[str, list[dict]] = defaultdict(list)
         for r in recs:
             by_class[cls(r)].append(r)
-        texts = {c: {r["labels"]["text"] for r in rs} for c, rs in by_class.items()}
-        eligible = sorted((c for c in by_class if len(texts[c]) >= min_texts),
-                          key=lambda c: (*speaker_rank(by_class[c]), c))
-        keep = sorted(eligible[: self.counts("classes")[0]])
+        keep = pick_speech_classes(by_class, self.counts("classes")[0], min_texts, same_language)
         if len(keep) < 2:
             raise ValueError(f"{task}: needs at least 2 classes with >= {min_texts} distinct texts, found {keep}")
 
@@ -475,10 +484,10 @@ class Builder:
         return TaskData(splits, sorted(set(keep) - set(untrained)), "text", dropped)
 
     def speaker_id(self, spec: TaskSpec) -> TaskData:
-        return self._by_text(spec, lambda r: r["labels"].get("speaker"), min_texts=3)
+        return self._by_text(spec, lambda r: r["labels"].get("speaker"), min_texts=3, same_language=True)
 
     def language_id(self, spec: TaskSpec) -> TaskData:
-        return self._by_text(spec, lambda r: r["labels"].get("language"), min_texts=3)
+        return self._by_text(spec, lambda r: r["labels"].get("language"), min_texts=3, same_language=False)
 
     # -- music -----------------------------------------------------------------------------------------
 
@@ -559,17 +568,21 @@ class Builder:
         dropped = sorted(set(by_class) - set(classes))
         return TaskData(splits, classes, "source file", dropped)
 
-    def _source_pools(self, task: str, rng: np.random.Generator) -> tuple[dict[str, dict[str, list[dict]]], list[str]]:
-        """Sound classes for mixtures and events: env classes, plus speech and music as classes of their own."""
+    def _source_pools(self, task: str,
+                      rng: np.random.Generator) -> tuple[dict[str, dict[str, list[dict]]], list[str]]:
+        """Sound classes for mixtures and events: env classes, plus speech and music as classes of their own;
+        up to the size's class count, those with the most source files first."""
         def cls(r: dict) -> str:
             return r["labels"]["class"] if r["kind"] == "env" else r["kind"]
 
         recs = self.audio.usable(self.kind["env"]) + self.audio.usable(self.kind["speech"]) \
             + self.audio.usable(self.kind["music"])
         pools, dropped = per_class_pools(recs, cls, lambda r: r["group"], rng, task)
-        if len(pools) < 2:
+        files = {c: len({r["group"] for rs in p.values() for r in rs}) for c, p in pools.items()}
+        keep = sorted(sorted(pools, key=lambda c: (-files[c], c))[: self.counts("classes")[0]])
+        if len(keep) < 2:
             raise ValueError(f"{task}: needs at least 2 sound classes with >= 2 source files each")
-        return pools, dropped
+        return {c: pools[c] for c in keep}, sorted(dropped + [c for c in pools if c not in keep])
 
     def mixtures(self, spec: TaskSpec) -> TaskData:
         task, rng = spec.name, self.rng(spec.name)
@@ -579,10 +592,16 @@ class Builder:
         splits: dict[str, list[Clip]] = {s: [] for s in SPLITS}
         for si, split in enumerate(["train", "valid", "test"]):
             cyclers = {c: Cycler(pools[c][split], rng) for c in classes}
-            present = [c for c in classes if cyclers[c]]
+            # Classes drawn in shuffled rounds, so every class appears before any repeats.
+            draw = Cycler([c for c in classes if cyclers[c]], rng)
             for _ in range(self.counts(task)[si]):
-                k = int(rng.integers(1, min(3, len(present)) + 1))
-                chosen = sorted(rng.choice(present, size=k, replace=False).tolist())
+                k = int(rng.integers(1, min(3, len(draw.items)) + 1))
+                chosen: list[str] = []
+                while len(chosen) < k:
+                    c = draw.next()
+                    if c not in chosen:  # already in this mixture: it counts for the round all the same
+                        chosen.append(c)
+                chosen.sort()
                 recs = [cyclers[c].next() for c in chosen]
                 parts = []
                 for rec in recs:
@@ -602,13 +621,13 @@ class Builder:
         splits: dict[str, list[Clip]] = {s: [] for s in SPLITS}
         for si, split in enumerate(["train", "valid", "test"]):
             cyclers = {c: Cycler(pools[c][split], rng) for c in classes}
-            present = [c for c in classes if cyclers[c]]
+            draw = Cycler([c for c in classes if cyclers[c]], rng)  # every class before any repeats
             for _ in range(self.counts(task)[si]):
                 x = np.zeros(n, np.float32)
                 events, recs = [], []
                 t = int(rng.uniform(0.2, 1.5) * SAMPLE_RATE)
                 while t < n - SAMPLE_RATE // 2:
-                    c = present[int(rng.integers(len(present)))]
+                    c = draw.next()
                     rec = cyclers[c].next()
                     src = vary(self.audio.load(rec), rng, "sound")
                     src = src[: int(rng.uniform(2.0, 4.0) * SAMPLE_RATE)]  # events last at most a few seconds

@@ -33,7 +33,7 @@ import soundfile as sf
 
 from training.kit import augment as aug
 from training.kit.hear_suite import (KWS_WORDS, SAMPLE_RATE, SILENCE, UNKNOWN, BankAudio, Cycler, finish,
-                                     one_torch_thread, pools_by_unit, speaker_rank, split_units, vary,
+                                     one_torch_thread, pick_speech_classes, pools_by_unit, split_units, vary,
                                      with_background)
 
 log = logging.getLogger(__name__)
@@ -164,9 +164,7 @@ def build_voxceleb1(audio: BankAudio, records: list[dict], root: Path, size: str
     for r in speech:
         by_speaker[r["labels"]["speaker"]].append(r)
     texts = {s: {r["labels"]["text"] for r in rs} for s, rs in by_speaker.items()}
-    eligible = sorted((s for s in by_speaker if len(texts[s]) >= 3),
-                      key=lambda s: (*speaker_rank(by_speaker[s]), s))
-    speakers = sorted(eligible[:max_speakers])
+    speakers = pick_speech_classes(by_speaker, max_speakers, min_texts=3, same_language=True)
     if len(speakers) < 2:
         raise ValueError(f"voxceleb1: needs at least 2 speakers with >= 3 distinct texts, found {speakers}")
     beds = [audio.load(r) for r in audio.usable([r for r in records if r.get("kind") == "noise"])]
