@@ -86,10 +86,6 @@ class UpstreamExpert(nn.Module):
                              f"{self.encoder.cfg.sample_rate} Hz")
         self.freq_reduce, self.windows_per_forward = freq_reduce, windows_per_forward
 
-    @property
-    def feature_dim(self) -> int:
-        return self.encoder.feature_dim(self.freq_reduce)
-
     def get_downsample_rates(self, key: str) -> int:
         """Samples per output frame, the same for every key."""
         return HOP_SAMPLES
