@@ -417,6 +417,7 @@ def write_audioset_layout(corpus_dir: Path, out_dir: Path, progress: bool = True
             w = csv.writer(f)
             w.writerow(["YTID", "caption"])
             w.writerows(captions)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the layout is for any reader
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
