@@ -14,6 +14,7 @@ import sys
 COMMANDS = [
     ("training.kit.cli", "data"),
     ("training.pretrain", "pretrain"),
+    ("training.clap_train", "teacher"),
     ("superb_upstream.superb", "superb"),
     ("training.hear_harness", "hear"),
 ]

@@ -1,0 +1,143 @@
+"""`mamclap teacher`: metrics against hand-computed cases, caption embeddings from the file equal MiniLM's
+own, stale files refused, and the CLI trains on the tiny kit, writing metrics with chance levels and a
+checkpoint that load_teacher reads strictly."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.clap_train import (PROMPT, caption_table, chance_recall, clip_metrics, held_out, load_caption_table,
+                                 load_text_encoder, open_corpus, recall_at)
+
+REPO = Path(__file__).resolve().parents[1]
+HOLDOUT = "0.2"  # 9 of the tiny kit's 32 clips: a few seconds of HTS-AT forwards on CPU
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "training.cli", *args], cwd=REPO, env=env, check=True,
+                          capture_output=True, text=True, timeout=900)
+
+
+# ---- metrics (fast) ----
+
+
+def test_recall_counts_ties_against_the_model_and_shared_captions_as_correct():
+    n = 6
+    same = torch.eye(n, dtype=torch.bool)
+    assert recall_at(torch.eye(n), same) == {"R@1": 1.0, "R@5": 1.0}
+    assert recall_at(torch.ones(n, n), same) == {"R@1": 0.0, "R@5": 0.0}  # a collapsed model retrieves nothing
+    reverse = torch.arange(n, 0, -1).float().expand(n, n)  # every query ranks item 0 first, item 5 last
+    assert recall_at(reverse, same) == {"R@1": pytest.approx(1 / n, abs=1e-6), "R@5": pytest.approx(5 / n, abs=1e-6)}
+    # Clips 0 and 1 share a caption: retrieving either one is a hit for both.
+    dup = same.clone()
+    dup[0, 1] = dup[1, 0] = True
+    sim = torch.eye(n)
+    sim[0, 0], sim[0, 1] = 0.5, 0.9
+    assert recall_at(sim, same)["R@1"] == pytest.approx(5 / 6, abs=1e-6)
+    assert recall_at(sim, dup)["R@1"] == 1.0
+
+
+def test_chance_levels():
+    same = torch.eye(9, dtype=torch.bool)
+    assert chance_recall(same, 1) == pytest.approx(1 / 9, abs=1e-6)
+    assert chance_recall(same, 5) == pytest.approx(5 / 9, abs=1e-6)
+    assert chance_recall(torch.eye(3, dtype=torch.bool), 5) == 1.0
+    pair = torch.eye(4, dtype=torch.bool)
+    pair[0, 1] = pair[1, 0] = True  # two correct items among 4 for queries 0 and 1
+    assert chance_recall(pair, 1) == pytest.approx((2 * 0.5 + 2 * 0.25) / 4, abs=1e-6)
+    # Zero-shot chance: mean over clips of (#labels / #classes present).
+    audio = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    labels = torch.zeros(3, 10)
+    labels[0, [1, 2]] = labels[1, 2] = labels[2, [1, 2, 5]] = 1
+    present = torch.tensor([1, 2, 5, 7])
+    prompts = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    metrics, chance = clip_metrics(audio, audio, ["a", "b", "c"], labels, prompts, present)
+    assert chance["zero_shot_top1"] == pytest.approx((2 / 4 + 1 / 4 + 3 / 4) / 3, abs=1e-6)
+    assert metrics["audio_to_text"]["R@1"] == 1.0  # captions equal to the audio embeddings
+
+
+# ---- the tiny kit ----
+
+
+@pytest.fixture(scope="module")
+def corpus() -> Path:
+    """The tiny kit's shards (built once; reused by later runs from data/)."""
+    from training.kit.build import build_kit, data_root, kit_dir
+    build_kit("tiny", seed=0, progress=False)
+    return kit_dir("tiny", 0, data_root()) / "corpus"
+
+
+@pytest.fixture(scope="module")
+def caption_file(corpus, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("captions") / "captions.pt"
+    out = run_cli("teacher", "embed-captions", "--data", str(corpus), "--out", str(path))
+    assert json.loads(out.stdout.strip().splitlines()[-1])["captions"] == 32
+    return path
+
+
+@pytest.mark.slow
+def test_caption_embeddings_round_trip(corpus, caption_file):
+    table = torch.load(caption_file, map_location="cpu", weights_only=True)
+    clips, captions = open_corpus(corpus)
+    assert table["keys"] == sorted(captions) and table["captions"] == [captions[k] for k in table["keys"]]
+    assert table["embeddings"].dtype == torch.float16 and table["embeddings"].shape == (32, 384)
+    assert table["prompt_embeddings"].shape == (len(clips.vocabulary), 384)
+    # The same texts embedded on the fly, in another order and batch, in float32.
+    encoder = load_text_encoder("cpu")
+    texts = table["captions"][::-1]
+    direct = encoder.encode(texts, convert_to_tensor=True, normalize_embeddings=True).flip(0)
+    torch.testing.assert_close(table["embeddings"].float(), direct, atol=2e-3, rtol=0)
+    prompts = encoder.encode([PROMPT.format(name) for _, name in clips.vocabulary[:5]], convert_to_tensor=True,
+                             normalize_embeddings=True)
+    torch.testing.assert_close(table["prompt_embeddings"][:5].float(), prompts, atol=2e-3, rtol=0)
+    # In training, the same function embeds without a file.
+    onfly = caption_table(captions, clips.vocabulary, encoder)
+    torch.testing.assert_close(onfly["embeddings"].float(), table["embeddings"].float(), atol=2e-3, rtol=0)
+    assert load_caption_table(caption_file, captions, clips.vocabulary)["keys"] == table["keys"]
+    edited = {**captions, table["keys"][0]: "A different caption."}
+    with pytest.raises(ValueError, match="does not match the corpus"):
+        load_caption_table(caption_file, edited, clips.vocabulary)
+    with pytest.raises(FileNotFoundError, match="corpus folder"):
+        open_corpus(corpus.parent / "no-such-corpus")
+
+
+@pytest.mark.slow
+def test_cli_trains_and_the_checkpoint_loads_strictly(corpus, caption_file, tmp_path):
+    from hear_mamclap.model import EncoderConfig
+    from training.teacher import TeacherConfig, load_teacher, read_laion_state_dict
+
+    out = tmp_path / "clap"
+    run_cli("teacher", "train", "--data", str(corpus), "--caption-embeddings", str(caption_file),
+            "--out-dir", str(out), "--steps", "2", "--batch-size", "2", "--warmup-steps", "1", "--log-every", "1",
+            "--workers", "0", "--holdout", HOLDOUT)
+    metrics = json.loads((out / "metrics.json").read_text())
+    n_eval = sum(held_out(k, float(HOLDOUT)) for k in open_corpus(corpus)[1])
+    assert metrics["step"] == 2 and metrics["held_out_clips"] == n_eval and metrics["train_clips"] == 32 - n_eval
+    assert math.isfinite(metrics["final_loss"])
+    chance = metrics["chance"]
+    for direction in ("audio_to_text", "text_to_audio"):  # the tiny kit's captions are all different
+        assert chance[direction] == {"R@1": pytest.approx(1 / n_eval, abs=1e-5),
+                                     "R@5": pytest.approx(min(5, n_eval) / n_eval, abs=1e-5)}
+        for when in ("initial", "final"):
+            assert set(metrics[when][direction]) == {"R@1", "R@5"}
+            assert 0 <= metrics[when][direction]["R@1"] <= metrics[when][direction]["R@5"] <= 1
+    assert 0 < chance["zero_shot_top1"] < 1 and 0 <= metrics["final"]["zero_shot_top1"] <= 1
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2]
+
+    state = read_laion_state_dict(out / "clap.pt")
+    assert {k.split(".", 1)[0] for k in state} == {"audio_branch", "audio_projection", "text_projection",
+                                                   "logit_scale_a"}
+    assert state["text_projection.0.weight"].shape == (512, 384)
+    teacher = load_teacher(out / "clap.pt", EncoderConfig.preset("tiny"), TeacherConfig(projection=True))
+    for name, value in teacher.audio_projection.state_dict().items():
+        torch.testing.assert_close(value, state[f"audio_projection.{name}"], atol=0, rtol=0)
+    targets = teacher(torch.randn(1, 16000) * 0.1)
+    assert teacher.dim == 512 and torch.isfinite(targets).all()
