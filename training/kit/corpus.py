@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+from tqdm import tqdm
 
 from training.kit import augment, ontology
 
@@ -350,8 +351,7 @@ def _config_dict(cfg: CorpusConfig) -> dict:
     return json.loads(json.dumps(asdict(cfg)))
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
+def _progress(total: int, desc: str, enabled: bool) -> tqdm:
     return tqdm(total=total, desc=desc, disable=not enabled, unit="shard")
 
 
@@ -398,7 +398,6 @@ def write_audioset_layout(corpus_dir: Path, out_dir: Path, progress: bool = True
         (tmp / "audio").mkdir()
         write_class_csv(tmp / "class_labels_indices.csv")
         rows, captions, mids = [], [], set()
-        from tqdm import tqdm
         for shard in tqdm(shards, desc="audioset layout", disable=not progress, unit="shard"):
             for key, flac, meta in iter_shard(shard):
                 (tmp / "audio" / f"{key}.flac").write_bytes(flac)
