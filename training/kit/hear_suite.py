@@ -4,7 +4,7 @@ Each task is a folder ``<task>-v1.0-full/`` that heareval 2021.1.3 reads unchang
 
     task_metadata.json      hearpreprocess's task config (task_name, version, embedding_type, prediction_type,
                             split_mode, sample_duration, evaluation, default_mode, mode, splits, nfolds, ...)
-    labelvocabulary.csv     idx,label (labels sorted, as hearpreprocess writes them)
+    labelvocabulary.csv     idx,label (labels sorted, as hearpreprocess writes them; pitch: all of 21-108)
     <split>.json            scene: {"file.wav": [label, ...]}; event: {"file.wav": [{"label", "start", "end"}]}
                             with start and end in milliseconds
     16000/<split>/*.wav     16 kHz mono 16-bit PCM, every clip exactly sample_duration long
@@ -21,9 +21,12 @@ Tasks (speech, music, environment), and what their test material holds out:
     mini_mixtures           multilabel mixtures of 1-3 sources, 5 s, mAP held-out source files
     mini_dcase              events over a background bed, onsets in ms   held-out source files
 
-Sources are varied with gain, speed (pitch with tempo), reverb and background beds, so a size can hold more
-clips than the bank has. Every clip is rendered from a seeded generator: the same bank, size and seed give
-the same suite.
+Sources are varied by augment.py (gain, speed, pitch shift, time stretch, reverb, noise) in ways that keep
+each task's label, and laid over background beds that are themselves held out between splits, so a size can
+hold more clips than the bank has. Test classes always have training material (classes without it are
+dropped and listed in the manifest). Every clip is rendered from a seeded generator per task: the same bank,
+size and seed give the same suite. Held-out units follow the bank's "group" (voice, soundfont, kit, source
+file), or (speaker or language, text) for the two identification tasks.
 """
 from __future__ import annotations
 
