@@ -118,14 +118,49 @@ def prepare_s3prl() -> None:
     """Make s3prl 0.4.18's downstreams (speech_commands, voxceleb1, runner) import and read audio with
     torchaudio 2.11 on Python 3.11. Call it before importing anything from s3prl.downstream.
 
+    Also: full checkpoint loading (s3prl's own checkpoints), and voxceleb1's file-list cache keyed by data.
     huggingface_hub's HfFolder and Repository, which s3prl's runner imports, are kept by pinning
     huggingface-hub < 1 (pyproject.toml), not patched here."""
     apply_runtime_env()
+    # s3prl saves argparse.Namespace objects in its downstream checkpoints and reloads them with plain
+    # torch.load, which torch >= 2.6 refuses (weights_only=True). The checkpoints are the run's own.
+    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
     # s3prl's runner imports torch.utils.tensorboard, which would import TensorFlow (see prepare_tensorboard).
     prepare_tensorboard()
     _load_triton_before_tensorflow()
     _install_torchaudio_layer()
     _install_catalyst_sampler()
+    _key_voxceleb1_cache()
+
+
+def s3prl_cache_dir() -> Path:
+    """Where prepare_s3prl keeps s3prl's voxceleb1 file lists: $MAMCLAP_CACHE/s3prl_voxceleb1, by default
+    <repo>/cache/s3prl_voxceleb1 (git-ignored)."""
+    root = os.environ.get("MAMCLAP_CACHE") or Path(__file__).resolve().parents[1] / "cache"
+    return Path(root) / "s3prl_voxceleb1"
+
+
+def _key_voxceleb1_cache() -> None:
+    """s3prl's voxceleb1 SpeakerClassifiDataset caches its train/dev/test file lists as
+    <s3prl>/downstream/voxceleb1/.cache/<mode>.pkl and reuses them whatever data it is given next, so a
+    second data set silently trains on the first one's file list. Key the cache by the data root and the
+    split file's contents, under s3prl_cache_dir()."""
+    import hashlib
+
+    import s3prl.downstream.voxceleb1.dataset as vox
+
+    cls = vox.SpeakerClassifiDataset
+    if getattr(cls, "_mamclap_keyed_cache", False):
+        return
+    original_init = cls.__init__
+
+    def keyed_init(self, mode, file_path, meta_data, max_timestep=None):
+        digest = hashlib.sha1(str(Path(file_path).resolve()).encode() + b"\0" + Path(meta_data).read_bytes())
+        vox.CACHE_PATH = str(s3prl_cache_dir() / digest.hexdigest()[:16]) + os.sep
+        original_init(self, mode, file_path, meta_data, max_timestep)
+
+    cls.__init__ = keyed_init
+    cls._mamclap_keyed_cache = True
 
 
 @dataclass(frozen=True)

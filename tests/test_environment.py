@@ -216,3 +216,31 @@ def test_sentence_encoder_loads_offline():
         print(tuple(emb.shape))
     """)
     assert out.strip().endswith("(2, 384)")
+
+
+@pytest.mark.slow
+def test_s3prl_voxceleb1_file_lists_are_cached_per_data_set(tmp_path):
+    """Two VoxCeleb1-layout roots in a row: without the keyed cache the second reuses the first's file list."""
+    out = run_python(f"""
+        import os
+        from pathlib import Path
+        import numpy as np, soundfile as sf
+        os.environ["MAMCLAP_CACHE"] = {str(tmp_path / "cache")!r}
+        from hear_mamclap.compat import prepare_s3prl
+        prepare_s3prl()
+        import s3prl.downstream.voxceleb1.dataset as vox
+        for name, n_train in (("a", 2), ("b", 3)):
+            root = Path({str(tmp_path)!r}) / name
+            lines = []
+            for i in range(n_train + 1):
+                wav = root / "dev" / "wav" / "id10001" / "vid" / f"{{i:05d}}.wav"
+                wav.parent.mkdir(parents=True, exist_ok=True)
+                sf.write(wav, np.zeros(1600, dtype=np.float32), 16000)
+                lines.append(f"{{1 if i < n_train else 3}} id10001/vid/{{i:05d}}.wav")
+            (root / "iden_split.txt").write_text("\\n".join(lines) + "\\n")
+            ds = vox.SpeakerClassifiDataset("train", root, str(root / "iden_split.txt"))
+            wav, label = ds[0][:2]
+            print(name, len(ds), len(wav), label)
+    """)
+    assert "a 2 1600 0" in out and "b 3 1600 0" in out
+    assert len(list((tmp_path / "cache" / "s3prl_voxceleb1").iterdir())) == 2
