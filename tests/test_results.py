@@ -41,6 +41,7 @@ def test_round_trip(tmp_path):
     (lambda d: d["tasks"]["mini_esc"].pop("n_test"), "missing keys \\['n_test'\\]"),
     (lambda d: d["tasks"]["mini_esc"].update(seed=1.5), "seed must be an integer"),
     (lambda d: d["tasks"]["mini_dcase"].update(score=0.1), "a task with an error has score null"),
+    (lambda d: d.update(settings=["grid", "faster"]), "'settings', when present, must be an object"),
 ])
 def test_bad_documents_name_the_problem(tmp_path, change, message):
     d = json.loads(json.dumps(doc()))
