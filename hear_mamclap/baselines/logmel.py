@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 import torchaudio
 
+from hear_mamclap import check_audio
+
 SAMPLE_RATE = 16000
 N_MELS = 128
 WIN_LENGTH = 400  # 25 ms
@@ -39,18 +41,6 @@ class LogMel(nn.Module):
         return logmel.reshape(logmel.shape[0], -1, POOL, N_MELS).mean(2)  # (B, T, n_mels)
 
 
-def _check_audio(audio: torch.Tensor) -> None:
-    if not isinstance(audio, torch.Tensor) or audio.ndim != 2:
-        raise ValueError(f"expected audio as a 2-D torch.Tensor (n_sounds, n_samples), got "
-                         f"{getattr(audio, 'shape', type(audio))}")
-    if not audio.is_floating_point():
-        raise ValueError(f"expected floating-point audio in [-1, 1], got dtype {audio.dtype}")
-    if audio.shape[1] < WIN_LENGTH:
-        raise ValueError(f"expected at least {WIN_LENGTH} samples (one 25 ms frame), got {audio.shape[1]}")
-    if not torch.isfinite(audio).all():
-        raise ValueError("audio contains NaN or Inf")
-
-
 def load_model(model_file_path: str = "") -> LogMel:
     """The baseline has no weights; a model path is accepted and ignored for API compatibility."""
     return LogMel().eval()
@@ -58,7 +48,7 @@ def load_model(model_file_path: str = "") -> LogMel:
 
 @torch.no_grad()
 def get_timestamp_embeddings(audio: torch.Tensor, model: LogMel) -> tuple[torch.Tensor, torch.Tensor]:
-    _check_audio(audio)
+    check_audio(audio, WIN_LENGTH)
     emb = model(audio.to(torch.float32))
     # With center=True, analysis frame i is centred at i * 10 ms; a pooled window covers POOL of them.
     frame_ms = 1000.0 * FRAME_HOP / SAMPLE_RATE
