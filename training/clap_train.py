@@ -31,7 +31,6 @@ strictly), metrics.json (written atomically), log.jsonl (training loss per logge
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import hashlib
