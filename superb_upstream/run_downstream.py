@@ -12,9 +12,7 @@ cpu when no GPU is visible (s3prl's default is cuda, and -m evaluate does not ta
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
-import os
 import sys
 import types
 from pathlib import Path
@@ -57,37 +55,6 @@ def complete_argv(argv: list[str]) -> list[str]:
     return argv
 
 
-# ---- run-time fixes that belong in hear_mamclap.compat.prepare_s3prl (kept here until they move there) ----
-
-
-def _allow_s3prl_checkpoints() -> None:
-    """s3prl saves argparse.Namespace objects in its downstream checkpoints and reloads them with plain
-    torch.load; torch >= 2.6 defaults to weights_only=True, which refuses them. The checkpoints are the
-    run's own, so full loading is safe."""
-    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
-
-
-def _key_voxceleb1_cache() -> None:
-    """s3prl's voxceleb1 dataset caches its train/dev/test file lists in <s3prl>/downstream/voxceleb1/.cache/
-    and reuses them whatever data it is given next. Key the cache by the data root and the split file's
-    contents instead, under $MAMCLAP_CACHE (default <repo>/cache)/s3prl_voxceleb1/."""
-    import s3prl.downstream.voxceleb1.dataset as vox
-
-    cls = vox.SpeakerClassifiDataset
-    if getattr(cls, "_mamclap_keyed_cache", False):
-        return
-    original_init = cls.__init__
-
-    def keyed_init(self, mode, file_path, meta_data, max_timestep=None):
-        root = Path(os.environ.get("MAMCLAP_CACHE", REPO / "cache")) / "s3prl_voxceleb1"
-        digest = hashlib.sha1(str(Path(file_path).resolve()).encode() + b"\0" + Path(meta_data).read_bytes())
-        vox.CACHE_PATH = str(root / digest.hexdigest()[:16]) + os.sep
-        original_init(self, mode, file_path, meta_data, max_timestep)
-
-    cls.__init__ = keyed_init
-    cls._mamclap_keyed_cache = True
-
-
 class LazyHub(types.ModuleType):
     """Stands in for s3prl.hub. s3prl's own hub imports every upstream's hubconf, transformers and
     scikit-learn among them: tens of seconds per process, for a name lookup. This one holds our entries and
@@ -126,7 +93,6 @@ def prepare() -> None:
     """Install the compatibility layer, then register our upstreams as s3prl.hub."""
     from hear_mamclap import compat
 
-    _allow_s3prl_checkpoints()
     compat.prepare_s3prl()
     import s3prl
 
@@ -138,7 +104,6 @@ def prepare() -> None:
     else:  # s3prl's hub is imported already (by the caller): add ours to it
         for name, entry in ENTRIES.items():
             setattr(current, name, entry)
-    _key_voxceleb1_cache()
 
 
 def main(argv: list[str] | None = None) -> int:
