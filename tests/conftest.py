@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 # The same settings launchers take from hear_mamclap.compat.runtime_env(), kept literal here so collecting
 # the tests imports nothing heavy: no test may reach a model hub, and transformers must not import TensorFlow.
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "USE_TF": "0", "WANDB_MODE": "disabled",
@@ -13,3 +15,14 @@ for _key, _value in OFFLINE_ENV.items():
 
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "slow: end-to-end tests of a minute or more (CI runs them too)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under MAMCLAP_STRICT_SKIPS=1 (`make test`, so CI) a skipped test fails: a test that skips because
+    data or a package is missing would otherwise pass a run that tested nothing."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get("MAMCLAP_STRICT_SKIPS") == "1":
+        report.outcome = "failed"
+        report.longrepr = f"skipped under MAMCLAP_STRICT_SKIPS=1 (make test must run every test): {report.longrepr}"
