@@ -116,8 +116,8 @@ def test_s3prl_voxceleb1_reads_the_layout(superb, tmp_path, monkeypatch):
     compat.prepare_s3prl()
     import s3prl.downstream.voxceleb1.dataset as vox
 
-    # s3prl caches its file lists under its own package folder; point that cache at a fresh folder.
-    monkeypatch.setattr(vox, "CACHE_PATH", str(tmp_path) + "/")
+    # compat keys s3prl's voxceleb1 file-list cache by data root under $MAMCLAP_CACHE: keep it in tmp_path.
+    monkeypatch.setenv("MAMCLAP_CACHE", str(tmp_path))
     out, manifest = superb
     root = out / "voxceleb1"
     n_speakers = len(manifest["voxceleb1"]["speaker_ids"])
