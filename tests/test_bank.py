@@ -122,9 +122,12 @@ def test_same_seed_same_bytes(small_bank: Path, tmp_path: Path):
 
 def test_notes_do_not_depend_on_batch_order(tmp_path: Path):
     """Which process renders which batch, in which order, must not change a note's bytes."""
-    jobs, _ = plan(CACHE, seed=0, limit=40, sources=("music",))
+    jobs, _ = plan(CACHE, seed=0, sources=("music",))
+    # TimGM6mb loads in milliseconds (the .sf3 fonts take seconds); its piano and organ showed the leak
+    jobs = [j for j in jobs if j["labels"]["soundfont"] == "TimGM6mb" and j["labels"]["midi_pitch"] % 6 == 0
+            and j["labels"]["instrument"] in ("acoustic_grand_piano", "drawbar_organ", "violin")]
     batches = _batches(jobs)
-    assert len(batches) > 3 and max(len(b) for b in batches) > 1
+    assert len(batches) == 3 and min(len(b) for b in batches) > 1
 
     def render_all(order: list[list[dict]], name: str) -> dict[str, bytes]:
         out = tmp_path / name
