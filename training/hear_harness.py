@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -55,7 +56,10 @@ def _run(args: list[str], cwd: Path, what: str) -> None:
     proc = subprocess.run(args, cwd=cwd, env=_env(), text=True, capture_output=True)
     if proc.returncode != 0:
         tail = (proc.stdout[-3000:] + "\n" + proc.stderr[-6000:]).strip()
-        raise RuntimeError(f"{what} failed with exit status {proc.returncode} (cwd {cwd}):\n{tail}")
+        # The exception that ended the subprocess: the last "SomeError: message" line of its traceback.
+        errors = [line for line in proc.stderr.splitlines() if re.match(r"^[\w.]+(Error|Exception)\b", line)]
+        cause = f": {errors[-1]}" if errors else ""
+        raise RuntimeError(f"{what} failed with exit status {proc.returncode}{cause} (cwd {cwd})\n{tail}")
 
 
 def task_folders(tasks_dir: Path) -> list[Path]:
@@ -315,20 +319,30 @@ def _seed_of_export(model: str | Path | None) -> int | None:
 
 
 def _embedding_task_dirs(paths: list[Path]) -> list[Path]:
-    """Embedded task folders from the arguments: each is one, or a module folder holding several."""
+    """Embedded task folders from the arguments: each is one, or a module folder holding several, of which
+    those whose embeddings finished (heareval's .done.embeddings) are taken and the others named."""
     dirs = []
     for p in paths:
         if (p / "task_metadata.json").is_file():
             dirs.append(p)
         elif p.is_dir() and task_folders(p):
-            dirs.extend(task_folders(p))
+            for d in task_folders(p):
+                if (d / ".done.embeddings").exists():
+                    dirs.append(d)
+                else:
+                    print(f"skipping {d.name}: its embeddings did not finish", file=sys.stderr, flush=True)
         else:
             raise ValueError(f"{p} is neither an embedded task folder (with task_metadata.json) nor a folder of them")
+    if not dirs:
+        raise ValueError(f"no finished embeddings in {[str(p) for p in paths]}")
     return dirs
 
 
 def _predict_command(args) -> int:
-    dirs = _embedding_task_dirs(args.emb_dirs)
+    try:
+        dirs = _embedding_task_dirs(args.emb_dirs)
+    except ValueError as err:
+        raise SystemExit(f"mamclap hear predict: {err}") from None
     failed = 0
     for i, d in enumerate(dirs, 1):
         start = time.perf_counter()
@@ -355,9 +369,20 @@ def _eval_command(args) -> int:
     out = args.out or Path("results") / f"{args.name}.json"
     work_dir = args.work_dir or Path("runs") / "hear" / args.name
     seed = args.seed if args.seed is not None else _seed_of_export(args.model)
-    doc = evaluate(args.module, args.model, args.tasks_dir, work_dir, args.name, tasks=args.tasks,
-                   model_options=options, grid=args.grid, grid_points=args.grid_points, seed=seed,
-                   command=shlex.join(["mamclap", *sys.argv[1:]]), log=lambda line: print(line, flush=True))
+    # The command as it ran, every setting explicit (defaults included), so the results file says how to redo it.
+    command = ["mamclap", "hear", "eval", "--module", args.module, "--tasks-dir", str(args.tasks_dir),
+               "--name", args.name, "--out", str(out), "--work-dir", str(work_dir), "--grid", args.grid,
+               "--grid-points", str(args.grid_points)]
+    command += ["--model", str(args.model)] if args.model is not None else []
+    command += ["--model-options", args.model_options] if options else []
+    command += ["--tasks", *args.tasks] if args.tasks else []
+    command += ["--seed", str(seed)] if seed is not None else []
+    try:
+        doc = evaluate(args.module, args.model, args.tasks_dir, work_dir, args.name, tasks=args.tasks,
+                       model_options=options, grid=args.grid, grid_points=args.grid_points, seed=seed,
+                       command=shlex.join(command), log=lambda line: print(line, flush=True))
+    except ValueError as err:  # bad arguments, found before any work: a message, not a traceback
+        raise SystemExit(f"mamclap hear eval: {err}") from None
     results.save_results(doc, out)
     failed = [t for t, e in doc["tasks"].items() if "error" in e]
     print(f"wrote {out}: {len(doc['tasks']) - len(failed)} tasks scored"
