@@ -8,9 +8,9 @@ as a subprocess with cwd set to a work directory (by default the parent of the o
 The predictions step needs run-time fixes for torch >= 2.6 and Lightning 1.9.5 (hear_mamclap/compat.py), so
 its subprocess is ``python -c`` that applies them and then calls heareval's click command.
 
-On top of the two steps, `evaluate` runs both for each task of a suite on its own (so one failing task is
-recorded as an error, not the end of the run), reads heareval's test scores and writes one results JSON
-(training/results.py). Command line:
+On top of the two steps, `evaluate` runs both over a suite (all tasks in one heareval run; when that fails,
+the unfinished tasks one by one, so a failing task is recorded as an error, not the end of the run), reads
+heareval's test scores and writes one results JSON (training/results.py). Command line:
 
     mamclap hear eval --module hear_mamclap --model CKPT --tasks-dir DIR --name NAME --out results/NAME.json
     mamclap hear predict EMB_DIR... [--grid faster|default]
