@@ -116,7 +116,7 @@ def cpu_real_time_factor(model: hear.HearModel, threads: int, seconds: float, it
         audio = 0.1 * torch.randn(n, round(CLIP_SECONDS * hear.SAMPLE_RATE), generator=torch.Generator().manual_seed(0))
         out = {"threads": threads, "seconds_of_audio": n * CLIP_SECONDS}
         for kind, fn in (("scene", hear.get_scene_embeddings), ("timestamp", hear.get_timestamp_embeddings)):
-            taken = time_call(lambda: fn(audio, model), "cpu", iters, warmup=1)
+            taken = time_call(lambda: fn(audio, model), "cpu", iters, warmup=2)
             out[f"{kind}_rtf"] = taken / (n * CLIP_SECONDS)
         return out
     finally:
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
            "size": args.size if args.model is None else str(args.model), "batch_size": batch, "bf16": bf16,
            "compile": args.compile, "clip_seconds": CLIP_SECONDS,
            "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6}
-    warmup = 3 if cuda else 1
+    warmup = 3 if cuda else 2
     iters = args.iters if cuda else max(1, min(args.iters, 2))
     res.update(clips_per_second(model, args.device, batch, iters, warmup, bf16))
     if args.reference is not None:
