@@ -13,7 +13,7 @@ from training.results import (FORMAT, ResultsError, error_entry, load_results, m
 def doc(model: str = "m", seed: int = 0, score: float = 0.5, harness: str = "hear",
         created: str | None = None) -> dict:
     tasks = {"mini_esc": task_entry("environmental", "top1_acc", score, {"top1_acc": score, "d_prime": math.nan},
-                                    n_test=40, seed=seed, extra={"folds": 5}),
+                                    n_test=40, seed=seed, extra={"folds": {"fold00": {"d_prime": math.inf}}}),
              "mini_dcase": error_entry("environmental", "event_onset_200ms_fms", RuntimeError("boom"), seed=seed)}
     return new_results(model, harness, tasks, checkpoint="/ckpt", command=["mamclap", "hear", "eval"],
                        created=created or f"2026-11-25T23:0{seed}:00+00:00")
@@ -25,6 +25,7 @@ def test_round_trip(tmp_path):
     back = load_results(path)
     assert back == d and back["format"] == FORMAT
     assert back["tasks"]["mini_esc"]["scores"]["d_prime"] is None  # NaN is not JSON: stored as null
+    assert back["tasks"]["mini_esc"]["extra"]["folds"]["fold00"]["d_prime"] is None
     assert back["tasks"]["mini_dcase"]["error"] == "RuntimeError: boom"
     assert back["command"] == "mamclap hear eval" and "torch" in back["environment"]
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["m.json"]  # no temp file left

@@ -111,12 +111,24 @@ def _finite_or_none(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def json_safe(obj: Any) -> Any:
+    """obj with every non-finite float (at any depth of dicts, lists and tuples) replaced by None, so it
+    can be written as strict JSON; other values unchanged."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def task_entry(group: str, metric: str, score: float | None, scores: dict[str, Any], n_test: int,
                seed: int | None = None, extra: dict | None = None, error: str | None = None) -> dict:
     """One task's entry. score is the primary metric's test score; with error given, score may be None."""
     entry = {"group": group, "metric": metric, "score": _finite_or_none(score),
              "scores": {k: _finite_or_none(v) for k, v in scores.items()}, "seed": seed, "n_test": int(n_test),
-             "extra": dict(extra or {})}
+             "extra": json_safe(dict(extra or {}))}
     if error is not None:
         entry["error"] = str(error)
     _check_task(entry, "<task entry>")
