@@ -169,3 +169,28 @@ def test_unreadable_clips_are_skipped_and_counted(corpus, tmp_path):
                   "--steps", "6", *COMMON)
     summary = json.loads(res.stdout[res.stdout.index("{"):])
     assert summary["step"] == 6 and summary["skipped"] >= 3
+
+
+def test_checkpoint_moves_between_world_sizes(corpus, tmp_path):
+    """A checkpoint of a 2-process run resumes on 1 process (and the reverse) with the same global batch,
+    giving the losses of an uninterrupted run."""
+    args = ("--preset", "supmam", "--data", str(corpus), "--size", "tiny", "--warmup-steps", "2",
+            "--log-every", "1", "--workers", "0", "--base-lr", "0.01", "--ckpt-every", "3")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                "-m", "training.cli", "pretrain", *args, "--device", "cpu"]
+    run_cli("pretrain", *args, "--steps", "6", "--batch-size", "8", "--out-dir", str(tmp_path / "one"))
+    # 2 processes to step 3, then 1 process to step 6.
+    subprocess.run([*torchrun, "--steps", "3", "--batch-size", "4", "--out-dir", str(tmp_path / "two_one")],
+                   cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=600)
+    assert checkpointing.load(tmp_path / "two_one" / "checkpoint.pt")["world_size"] == 2
+    run_cli("pretrain", *args, "--steps", "6", "--out-dir", str(tmp_path / "two_one"), "--resume")
+    # 1 process to step 3, then 2 processes to step 6.
+    run_cli("pretrain", *args, "--steps", "3", "--batch-size", "8", "--out-dir", str(tmp_path / "one_two"))
+    subprocess.run([*torchrun, "--steps", "6", "--out-dir", str(tmp_path / "one_two"), "--resume"],
+                   cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=600)
+    one = losses(tmp_path / "one")
+    for moved in (losses(tmp_path / "two_one"), losses(tmp_path / "one_two")):
+        assert sorted(moved) == sorted(one)
+        for step in one:
+            assert moved[step] == pytest.approx(one[step], rel=1e-4, abs=1e-5), step

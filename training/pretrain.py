@@ -140,6 +140,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         cfg = dataclasses.replace(saved, steps=cfg.steps, out_dir=cfg.out_dir, workers=cfg.workers,
                                   device=cfg.device, compile=cfg.compile, data=cfg.data or saved.data,
                                   teacher=cfg.teacher or saved.teacher)
+        # On another number of processes, keep the global batch (so the data order, the masks and the
+        # learning rate continue unchanged): the per-process batch absorbs the difference.
+        saved_world = state.get("world_size", 1)
+        if saved_world != world:
+            global_batch = saved.batch_size * saved.accum * saved_world
+            if global_batch % (world * saved.accum):
+                raise ValueError(f"--resume on {world} processes: the checkpoint's global batch {global_batch} "
+                                 f"(batch {saved.batch_size} x accum {saved.accum} x {saved_world} processes) "
+                                 f"does not split evenly")
+            cfg = dataclasses.replace(cfg, batch_size=global_batch // (world * saved.accum))
         start_step = state["step"]
     torch.manual_seed(cfg.seed)
 
@@ -161,8 +171,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        checkpointing.set_rng_state(state["rng"][rank] if isinstance(state["rng"], list)
-                                    else state["rng"])
+        checkpointing.set_rng_state(state["rng"][min(rank, len(state["rng"]) - 1)])
     ddp_model = DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None) \
         if world > 1 else model
     step_fn = torch.compile(ddp_model) if cfg.compile else ddp_model
@@ -191,7 +200,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             checkpointing.save_atomic({
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "step": step, "rng": rngs, "config": model.cfg.to_dict(),
-                "train_config": dataclasses.asdict(cfg),
+                "train_config": dataclasses.asdict(cfg), "world_size": world,
                 "vocabulary": [list(v) for v in dataset.vocabulary]}, ckpt_path)
 
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if use_cuda else torch.autocast("cpu", enabled=False)
