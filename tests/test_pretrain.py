@@ -181,12 +181,13 @@ def test_checkpoint_moves_between_world_sizes(corpus, tmp_path):
                 "-m", "training.cli", "pretrain", *args, "--device", "cpu"]
     run_cli("pretrain", *args, "--steps", "6", "--batch-size", "8", "--out-dir", str(tmp_path / "one"))
     # 2 processes to step 3, then 1 process to step 6.
-    subprocess.run([*torchrun, "--steps", "3", "--batch-size", "4", "--out-dir", str(tmp_path / "two_one")],
+    subprocess.run([*torchrun, "--steps", "6", "--stop-at", "3", "--batch-size", "4", "--out-dir", str(tmp_path / "two_one")],
                    cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=600)
-    assert checkpointing.load(tmp_path / "two_one" / "checkpoint.pt")["world_size"] == 2
+    saved = checkpointing.load(tmp_path / "two_one" / "checkpoint.pt")
+    assert saved["world_size"] == 2 and saved["step"] == 3
     run_cli("pretrain", *args, "--steps", "6", "--out-dir", str(tmp_path / "two_one"), "--resume")
     # 1 process to step 3, then 2 processes to step 6.
-    run_cli("pretrain", *args, "--steps", "3", "--batch-size", "8", "--out-dir", str(tmp_path / "one_two"))
+    run_cli("pretrain", *args, "--steps", "6", "--stop-at", "3", "--batch-size", "8", "--out-dir", str(tmp_path / "one_two"))
     subprocess.run([*torchrun, "--steps", "6", "--out-dir", str(tmp_path / "one_two"), "--resume"],
                    cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=600)
     one = losses(tmp_path / "one")

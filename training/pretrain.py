@@ -42,7 +42,8 @@ class TrainConfig:
     teacher_features: str = "frames"  # frames | tokenmap (training.teacher.TeacherConfig)
     teacher_align: str = "time_interp"  # time_interp | grid_resample
     teacher_projection: bool = False  # LAION's 512-d audio projection on each step
-    steps: int = 200
+    steps: int = 200                 # length of the run (the learning-rate schedule ends here)
+    stop_at: int = 0                 # stop (with a checkpoint) after this step, 0 = at `steps`; resume later
     batch_size: int = 8              # per process and micro-batch
     accum: int = 1                   # micro-batches per optimizer step
     base_lr: float = 2e-4            # scaled by global batch / 256 (AudioMAE)
@@ -137,7 +138,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         state = checkpointing.load(ckpt_path)
         saved = TrainConfig(**{**state["train_config"], "overrides": tuple(
             tuple(kv) for kv in state["train_config"]["overrides"])})
-        cfg = dataclasses.replace(saved, steps=cfg.steps, out_dir=cfg.out_dir, workers=cfg.workers,
+        cfg = dataclasses.replace(saved, steps=cfg.steps, stop_at=cfg.stop_at, out_dir=cfg.out_dir, workers=cfg.workers,
                                   device=cfg.device, compile=cfg.compile, data=cfg.data or saved.data,
                                   teacher=cfg.teacher or saved.teacher)
         # On another number of processes, keep the global batch (so the data order, the masks and the
@@ -271,8 +272,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 for k, v in record.items():
                     if k != "step":
                         writer.add_scalar(f"train/{k}", v, step)
-        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+        if step % cfg.ckpt_every == 0 or step == cfg.steps or step == cfg.stop_at:
             save(step)
+        if step == cfg.stop_at:
+            break
     if rank == 0:
         progress.close()
         writer.close()
