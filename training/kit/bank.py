@@ -39,6 +39,7 @@ import subprocess
 import tempfile
 import time
 from collections import Counter, defaultdict
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from math import gcd
@@ -314,7 +315,9 @@ def build_bank(out_dir: Path, cache_dir: Path, seed: int = 0, workers: int = 2, 
             results += _render_batch(b, str(tmp))
             bar and bar.update(len(b))
     else:
-        with ProcessPoolExecutor(workers) as pool:
+        # spawn, not fork: a forked worker can inherit a lock held by torch's or OpenMP's threads in the
+        # parent (pytest, a kit build) and wait on it forever.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             for b, res in zip(batches, pool.map(_render_batch, batches, [str(tmp)] * len(batches))):
                 results += res
                 bar and bar.update(len(b))
