@@ -195,3 +195,18 @@ def test_checkpoint_moves_between_world_sizes(corpus, tmp_path):
         assert sorted(moved) == sorted(one)
         for step in one:
             assert moved[step] == pytest.approx(one[step], rel=1e-4, abs=1e-5), step
+
+
+def test_audioset_layout_trains_with_the_same_labels(corpus, tmp_path):
+    """The AudioSet CSV layout of the same corpus gives the same clips and multi-hot labels as the shards."""
+    from training.data import AudioClips
+    from training.kit.corpus import write_audioset_layout
+    write_audioset_layout(corpus, tmp_path / "audioset", progress=False)
+    csv_path = tmp_path / "audioset" / "unbalanced_train_segments.csv"
+    shards, audioset = AudioClips(corpus, n_samples=16000), AudioClips(csv_path, n_samples=16000)
+    assert audioset.vocabulary == shards.vocabulary and len(audioset) == len(shards)
+    by_key = {item.key: item.labels for item in shards.items}
+    assert all(by_key[item.key] == item.labels and item.labels for item in audioset.items)
+    run_cli("pretrain", "--preset", "supmam", "--data", str(csv_path), "--out-dir", str(tmp_path / "run"),
+            "--steps", "2", *COMMON)
+    assert checkpointing.load(tmp_path / "run" / "checkpoint.pt")["step"] == 2
