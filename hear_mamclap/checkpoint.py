@@ -97,8 +97,36 @@ def _from_training_checkpoint(path: Path) -> tuple[EncoderConfig, dict, dict]:
              if k.startswith(prefix)}
     if not state:
         raise ValueError(f"{path}: no '{prefix}*' weights in checkpoint['model']")
+    return EncoderConfig.from_dict(ckpt["config"]["encoder"]), state, _checkpoint_metadata(ckpt)
+
+
+def _checkpoint_metadata(ckpt: dict) -> dict:
+    """The provenance of a pretraining checkpoint, in the keys export_encoder's metadata uses."""
     metadata = {k: ckpt[k] for k in ("step",) if k in ckpt}
-    return EncoderConfig.from_dict(ckpt["config"]["encoder"]), state, metadata
+    train = ckpt.get("train_config")
+    if isinstance(train, dict):
+        metadata.update(variant=train.get("preset"), size=train.get("size"), seed=train.get("seed"),
+                        train_config=train)
+    metadata["pretrain_config"] = ckpt["config"]
+    return metadata
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The provenance of an encoder export (its encoder.json "metadata") or of a pretraining checkpoint
+    (variant, size, seed, step, pretrain_config, train_config); {} for an export written without any.
+    Reads no weights from an export."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / WEIGHTS_NAME
+    if path.suffix == ".safetensors":
+        manifest = path.parent / CONFIG_NAME
+        if not manifest.is_file():
+            raise FileNotFoundError(f"{path}: no {CONFIG_NAME} beside it (an encoder export is a folder with "
+                                    f"{WEIGHTS_NAME} and {CONFIG_NAME})")
+        return dict(json.loads(manifest.read_text()).get("metadata", {}))
+    if not path.is_file():
+        raise FileNotFoundError(f"no encoder export or pretraining checkpoint at {path}")
+    return _checkpoint_metadata(torch.load(path, map_location="cpu", weights_only=True))
 
 
 def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> MAMCLAPEncoder:

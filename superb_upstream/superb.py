@@ -94,7 +94,7 @@ def run_s3prl(argv: list[str], log: Path) -> None:
 
 
 def evaluate_task(task: str, model: Path, data_root: Path, expdir: Path, steps: int | None, device: str | None,
-                  seed: int, overrides: list[str]) -> dict:
+                  seed: int, overrides: list[str], pretraining_seed: int | None = None) -> dict:
     """Train then evaluate one task; returns its results entry."""
     from training.results import task_entry, task_group
 
@@ -113,8 +113,10 @@ def evaluate_task(task: str, model: Path, data_root: Path, expdir: Path, steps: 
     run_s3prl(["-m", "evaluate", "-e", str(ckpt), *common], expdir / "evaluate.log")
     accuracy, n_test = read_test_accuracy(expdir)
     print(f"[superb] {task}: test {METRIC} {accuracy:.4f} on {n_test} utterances", flush=True)
-    return task_entry(task_group(task), METRIC, accuracy, {METRIC: accuracy}, n_test, seed=seed,
-                      extra={"checkpoint_evaluated": ckpt.name, "steps": steps, "expdir": str(expdir)})
+    # The entry's seed is the pretraining run's (tables average over those); s3prl's own seed goes to extra.
+    return task_entry(task_group(task), METRIC, accuracy, {METRIC: accuracy}, n_test, seed=pretraining_seed,
+                      extra={"checkpoint_evaluated": ckpt.name, "steps": steps, "expdir": str(expdir),
+                             "s3prl_seed": seed})
 
 
 def superb_eval(args) -> int:
@@ -129,6 +131,13 @@ def superb_eval(args) -> int:
         print(f"--steps must be >= 1, got {args.steps}", file=sys.stderr)
         return 2
     expdir = args.expdir or REPO / "runs" / "superb" / args.name
+    from hear_mamclap.checkpoint import read_metadata
+    try:
+        provenance = read_metadata(model)
+    except (OSError, ValueError, RuntimeError) as err:
+        print(f"no model at {model}: {err}", file=sys.stderr)
+        return 2
+    pretraining_seed = provenance.get("seed") if isinstance(provenance.get("seed"), int) else None
     tasks = {}
     for task in args.task:
         task_dir = expdir / task
@@ -139,11 +148,11 @@ def superb_eval(args) -> int:
             shutil.rmtree(task_dir)
         try:
             tasks[task] = evaluate_task(task, model, args.data_root, task_dir, args.steps, args.device, args.seed,
-                                        args.override)
+                                        args.override, pretraining_seed=pretraining_seed)
         except (RuntimeError, OSError, ValueError) as err:
             print(f"[superb] {task}: FAILED: {err}", file=sys.stderr, flush=True)
-            tasks[task] = error_entry(task_group(task), METRIC, err, seed=args.seed)
-    doc = new_results(args.name, "superb", tasks, checkpoint=str(model.resolve()))
+            tasks[task] = error_entry(task_group(task), METRIC, err, seed=pretraining_seed)
+    doc = new_results(args.name, "superb", tasks, checkpoint=str(model.resolve()), pretraining=provenance)
     save_results(doc, args.out)
     print(f"[superb] wrote {args.out}")
     return 0 if all("error" not in entry for entry in tasks.values()) else 1

@@ -80,6 +80,14 @@ def test_every_preset_trains_from_the_cli(preset, corpus, tmp_path, request):
     assert ckpt["step"] == 3 and ckpt["config"]["encoder"]["width"] == 64
     encoder = load_encoder(out / "encoder")
     assert encoder.cfg.n_mels == 64
+    # The export and the checkpoint carry the provenance the harnesses copy into results files.
+    from hear_mamclap.checkpoint import read_metadata
+    for source in (out / "encoder", out / "checkpoint.pt"):
+        meta = read_metadata(source)
+        assert (meta["variant"], meta["seed"], meta["size"]) == (preset, 0, "tiny"), source
+        assert meta["pretrain_config"]["lambda_cls"] == (0.5 if preset.startswith("sup") else 0.0)
+        assert meta["pretrain_config"]["distill_masked_weight"] == (1.0 if preset.endswith("_clap") else 0.0)
+    assert read_metadata(out / "encoder")["step"] == 3
 
 
 def test_clap_preset_without_teacher_is_a_clear_error(corpus, tmp_path):

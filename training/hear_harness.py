@@ -300,19 +300,26 @@ def evaluate(module: str, model: str | Path | None, tasks_dir: Path, work_dir: P
         entries[task] = entry
     settings = {"module": module, "model_options": model_options or {}, "tasks_dir": str(tasks_dir),
                 "work_dir": str(work_dir), "grid": grid, "grid_points": grid_points}
-    return results.new_results(name, "hear", entries, checkpoint=model_path, command=command, settings=settings)
+    return results.new_results(name, "hear", entries, checkpoint=model_path, command=command, settings=settings,
+                               pretraining=_provenance(model))
+
+
+def _provenance(model: str | Path | None) -> dict:
+    """The pretraining provenance of a mamclap export or checkpoint; {} for anything else (baselines)."""
+    if model is None:
+        return {}
+    from hear_mamclap.checkpoint import read_metadata
+
+    try:
+        return read_metadata(model)
+    except (OSError, ValueError, RuntimeError):  # not a mamclap checkpoint (another module's weights)
+        return {}
 
 
 def _seed_of_export(model: str | Path | None) -> int | None:
-    """The "seed" an encoder export records in its encoder.json metadata, if any."""
-    if model is None:
-        return None
-    path = Path(model)
-    manifest = (path if path.is_dir() else path.parent) / "encoder.json"
-    if not manifest.is_file():
-        return None
-    seed = json.loads(manifest.read_text()).get("metadata", {}).get("seed")
-    return seed if isinstance(seed, int) else None
+    """The pretraining seed a mamclap export or checkpoint records, if any."""
+    seed = _provenance(model).get("seed")
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 
 # ---------------------------------------------------------------------------------------------- commands

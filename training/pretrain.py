@@ -281,7 +281,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         writer.close()
         log_file.close()
         from hear_mamclap.checkpoint import export_encoder
-        export_encoder(model.encoder, out_dir / "encoder")
+        # Provenance the harnesses copy into every results file, so tables can group runs by variant,
+        # seed and loss weights without parsing run names.
+        export_encoder(model.encoder, out_dir / "encoder", metadata={
+            "variant": cfg.preset, "size": cfg.size, "seed": cfg.seed, "step": step,
+            "pretrain_config": model.cfg.to_dict(), "train_config": dataclasses.asdict(cfg)})
     if world > 1:
         dist.barrier()
     return {"step": step, "losses": last_losses, "skipped": skipped}

@@ -4,6 +4,8 @@
      "model": "mam-clap-base", "checkpoint": "/path/to/export" | null, "harness": "hear" | "superb",
      "created": "2026-11-25T23:40:00+00:00", "command": "mamclap hear eval ...",
      "environment": {"python": ..., "torch": ..., ...}, "settings": {...} (optional: how the harness ran),
+     "pretraining": {"variant": "mam_clap", "seed": 0, "pretrain_config": {...}, ...} (optional: the
+                    checkpoint's provenance, hear_mamclap.checkpoint.read_metadata),
      "tasks": {"mini_esc": {"group": "environmental", "metric": "top1_acc", "score": 0.61,
                             "scores": {"top1_acc": 0.61, "mAP": 0.66}, "seed": 0, "n_test": 80,
                             "extra": {...}},
@@ -144,9 +146,10 @@ def error_entry(group: str, metric: str, error: BaseException | str, n_test: int
 
 def new_results(model: str, harness: str, tasks: dict[str, dict], checkpoint: str | Path | None = None,
                 command: str | list[str] | None = None, created: str | None = None,
-                settings: dict | None = None) -> dict:
+                settings: dict | None = None, pretraining: dict | None = None) -> dict:
     """A results document (validated). command defaults to this process's command line; settings (optional)
-    records how the harness ran (module, options, grid, ...)."""
+    records how the harness ran (module, options, grid, ...); pretraining (optional) is the checkpoint's
+    provenance (hear_mamclap.checkpoint.read_metadata: variant, seed, loss weights), which the tables group by."""
     if command is None:
         command = [Path(sys.argv[0]).name, *sys.argv[1:]]
     if not isinstance(command, str):
@@ -157,6 +160,8 @@ def new_results(model: str, harness: str, tasks: dict[str, dict], checkpoint: st
            "command": command, "environment": environment(), "tasks": dict(tasks)}
     if settings is not None:
         doc["settings"] = dict(settings)
+    if pretraining:
+        doc["pretraining"] = json_safe(dict(pretraining))
     return validate_results(doc)
 
 
@@ -215,6 +220,8 @@ def validate_results(doc: Any, source: str = "<results>") -> dict:
         raise ResultsError(f"{source}: 'created' must be an ISO 8601 time, got {doc['created']!r}") from None
     _require(isinstance(doc.get("environment"), dict), source, "'environment' must be an object of versions")
     _require(isinstance(doc.get("settings", {}), dict), source, "'settings', when present, must be an object")
+    _require(isinstance(doc.get("pretraining", {}), dict), source,
+             "'pretraining', when present, must be an object")
     _require(isinstance(doc.get("tasks"), dict), source, "'tasks' must be an object {task: entry}")
     for name, entry in doc["tasks"].items():
         _check_task(entry, f"{source}: tasks[{name!r}]")
