@@ -1,0 +1,225 @@
+"""`mamclap tables` on hand-written fixture results (tests/fixtures/results): the cells of every format,
+checked against means and t intervals computed here from the fixture files; column order; the ablation's
+rows from provenance; the separate reported table; the plots; bad input."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import shutil
+import statistics
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+from scipy import stats
+
+from training.cli import main
+
+FIXTURES = Path(__file__).parent / "fixtures" / "results"
+STEMS = ("leaderboard", "ablation", "reported")
+
+
+def expected(values: list[float]) -> str:
+    """The cell text for values, computed independently of training.results.summarize."""
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.3f}"
+    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return f"{mean:.3f} ± {half:.3f} (n={len(values)})"
+
+
+def latex(cell: str) -> str:
+    return cell.replace("±", r"$\pm$").replace("—", "---")
+
+
+def scores(model: str, harness: str = "hear") -> dict[int | None, dict[str, float | None]]:
+    """seed -> task -> score, read straight from the fixture files of one model."""
+    out = {}
+    for path in sorted(FIXTURES.glob("*.json")):
+        doc = json.loads(path.read_text())
+        if doc["model"] == model and doc["harness"] == harness:
+            for task, entry in doc["tasks"].items():
+                out.setdefault(entry["seed"], {})[task] = entry["score"]
+    return out
+
+
+def read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
+    rows = list(csv.reader(io.StringIO(path.read_text())))
+    return rows[0], rows[1:]
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tables")
+    run = out.parent / "run-a"
+    run.mkdir()
+    lines = [json.dumps({"step": s, "loss": 5.0 / s, "recon": 1.0 / s}) for s in (10, 20, 30)]
+    (run / "log.jsonl").write_text("\n".join(lines) + '\n{"step": 40, "lo')  # a line cut short by a kill
+    assert main(["tables", str(FIXTURES), "--out", str(out), "--runs", str(run)]) == 0
+    return out
+
+
+def test_writes_every_format_atomically(tables, capsys):
+    names = sorted(p.name for p in tables.iterdir())
+    assert names == sorted([f"{s}.{e}" for s in STEMS for e in ("md", "csv", "tex")]
+                           + ["group_scores.png", "pretrain_losses.png"])  # no temp files left
+
+
+def test_leaderboard_cells_in_every_format(tables):
+    header, rows = read_csv(tables / "leaderboard.csv")
+    # groups in fixed order, tasks sorted within a group, SUPERB after HEAR, then the means
+    assert header == ["model", "environmental: mini_dcase (event_onset_200ms_fms)",
+                      "environmental: mini_esc (top1_acc)", "music: mini_nsynth_pitch (pitch_acc)",
+                      "speech: mini_speech_commands (top1_acc)", "speech: SUPERB KS (top1_acc)",
+                      "speech: SUPERB SID (top1_acc)", "environmental mean", "music mean", "speech mean", "overall"]
+    by_model = {r[0]: dict(zip(header, r)) for r in rows}
+    assert len(by_model) == 9 and rows[-1][0] == "logmel-baseline"  # baselines after pretrained models
+
+    hear = scores("mam-clap-small")
+    assert sorted(hear) == [0, 1, 2]
+    esc = expected([hear[s]["mini_esc"] for s in hear])
+    env = expected([(hear[s]["mini_esc"] + hear[s]["mini_dcase"]) / 2 for s in hear])
+    overall = expected([((hear[s]["mini_esc"] + hear[s]["mini_dcase"]) / 2 + hear[s]["mini_nsynth_pitch"]
+                         + hear[s]["mini_speech_commands"]) / 3 for s in hear])
+    superb = scores("mam-clap-small", "superb")
+    ks = expected([superb[s]["speech_commands"] for s in superb])
+    row = by_model["mam-clap-small"]
+    assert row["environmental: mini_esc (top1_acc)"] == esc == "0.650 ± 0.138 (n=3)"
+    assert (row["environmental mean"], row["overall"], row["speech: SUPERB KS (top1_acc)"]) == (env, overall, ks)
+    assert ks.endswith("(n=2)")
+
+    md = (tables / "leaderboard.md").read_text()
+    tex = (tables / "leaderboard.tex").read_text()
+    assert f"| {' | '.join(r for r in rows[[r[0] for r in rows].index('mam-clap-small')])} |" in md
+    assert f"mam-clap-small & {latex(row[header[1]])} & {latex(esc)} &" in tex
+    assert latex(esc) == r"0.650 $\pm$ 0.138 (n=3)" and r"\multicolumn{3}{c}{speech}" in tex
+
+    # one seed: no interval; the baseline without provenance is a row like any other
+    base = scores("logmel-baseline")[None]
+    assert by_model["logmel-baseline"]["music: mini_nsynth_pitch (pitch_acc)"] == f"{base['mini_nsynth_pitch']:.3f}"
+    assert by_model["logmel-baseline"]["speech: SUPERB KS (top1_acc)"] == "—"
+
+
+def test_failed_task_shows_a_dash_and_its_error(tables):
+    header, rows = read_csv(tables / "leaderboard.csv")
+    row = {r[0]: dict(zip(header, r)) for r in rows}["supmam-clap-small"]
+    assert row["environmental: mini_dcase (event_onset_200ms_fms)"] == "—"
+    assert row["environmental mean"] == "—" and row["overall"] == "—"  # a group mean needs all its tasks
+    assert row["music mean"] == "0.300"
+    md = (tables / "leaderboard.md").read_text()
+    assert ("- error: supmam-clap-small / mini_dcase (event_onset_200ms_fms) (seed 0): RuntimeError: heareval "
+            "predictions failed\n") in md
+    assert "Behind it: 11 run(s) (model × pretraining seed) of 9 model(s) from 13 results file(s)" in md
+    assert str(FIXTURES / "logmel-baseline.hear.json") in md
+    assert r"supmam-clap-small & --- & 0.700" in (tables / "leaderboard.tex").read_text()
+
+
+def test_ablation_rows_come_from_provenance(tables):
+    header, rows = read_csv(tables / "ablation.csv")
+    assert header[:5] == ["table", "configuration", "size", "step", "runs"]
+    got = {(r[0], r[1]): dict(zip(header, r)) for r in rows}
+    assert sorted(got) == sorted([
+        ("variants", "MAM"), ("variants", "MAM-CLAP"), ("variants", "SupMAM-CLAP"),
+        ("positions", "visible only (w_visible=1, w_masked=0)"), ("positions", "masked only (w_visible=0, w_masked=1)"),
+        ("positions", "visible + masked (w_visible=1, w_masked=1)"),
+        ("lambda_cls", "SupMAM, lambda_cls=0.1"), ("lambda_cls", "SupMAM-CLAP, lambda_cls=0.5"),
+        ("lambda_cls", "SupMAM-CLAP, lambda_cls=1")])
+    assert [r[1] for r in rows if r[0] == "positions"][0].startswith("visible only")  # paper's row order
+    # two models of one configuration (masked-a seed 0, masked-b seed 1) pool into one row
+    masked = got[("positions", "masked only (w_visible=0, w_masked=1)")]
+    runs = [scores("masked-a")[0], scores("masked-b")[1]]
+    assert masked["runs"] == "2"
+    assert masked["music mean"] == expected([r["mini_nsynth_pitch"] for r in runs])
+    assert masked["environmental mean"] == expected([(r["mini_esc"] + r["mini_dcase"]) / 2 for r in runs])
+    both = got[("positions", "visible + masked (w_visible=1, w_masked=1)")]
+    assert both["runs"] == "3" and both == {**got[("variants", "MAM-CLAP")], "table": "positions",
+                                            "configuration": both["configuration"]}
+    sid = [s["voxceleb1"] for s in scores("mam-clap-small", "superb").values()]
+    assert both["SUPERB SID (top1_acc)"] == expected(sid)
+    assert got[("lambda_cls", "SupMAM-CLAP, lambda_cls=0.5")]["environmental mean"] == "—"
+    md = (tables / "ablation.md").read_text()
+    assert md.count("### Ablation") == 3 and "masked-a (seed 0), masked-b (seed 1)" in md
+    assert "logmel" not in md  # baselines have no provenance
+    assert "Behind it: 5 run(s)" in md and r"\caption{Ablation (2)" in (tables / "ablation.tex").read_text()
+
+
+def test_reported_numbers_are_separate_and_labelled(tables):
+    header, rows = read_csv(tables / "reported.csv")
+    assert header == ["model", "AS-2M mAP", "AS-20K mAP", "ESC-50 acc", "SPC-2 acc", "VoxCeleb1 acc", "kind", "source"]
+    assert all(r[header.index("kind")] == "reported" for r in rows) and len(rows) == 6
+    assert rows[0][:5] == ["SupMAM-CLAP", "48.5", "38.6", "97.6", "98.7"]  # shared/PAPER.md
+    assert {r[0]: r[5] for r in rows}["M2D-CLAP"] == "95.5"
+    md = (tables / "reported.md").read_text()
+    assert "NOT measured here" in md and "PAPER.md" in md
+    for stem in ("leaderboard", "ablation"):
+        for ext in ("md", "csv", "tex"):
+            text = (tables / f"{stem}.{ext}").read_text()
+            assert "reported" not in text.lower() and "BEATs" not in text and "48.5" not in text
+
+
+def test_plots_are_pngs(tables, capsys):
+    for name in ("group_scores.png", "pretrain_losses.png"):
+        data = (tables / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        image = matplotlib.image.imread(tables / name)
+        assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_folder_notes_other_json_and_pools_only_same_config(tmp_path, capsys):
+    data = tmp_path / "in"
+    shutil.copytree(FIXTURES, data)
+    (data / "bench.json").write_text(json.dumps({"samples_per_s": 687}))
+    # same label, size and step as masked-b, but another batch size: a row of its own, with a note saying why
+    doc = json.loads((data / "masked-b.s1.hear.json").read_text())
+    doc.update(model="masked-c", created="2026-11-26T03:00:00+00:00")
+    doc["pretraining"]["train_config"]["batch_size"] = 128
+    (data / "masked-c.json").write_text(json.dumps(doc))
+    out = tmp_path / "out"
+    assert main(["tables", str(data), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.split()
+    tables = [str(out / f"{s}.{e}") for s in STEMS for e in ("md", "csv", "tex")]
+    assert printed == [*tables, str(out / "group_scores.png")]
+    assert f"ignored 1 JSON file(s) that are not mamclap-results files: {data / 'bench.json'} (format None)" in \
+        (out / "leaderboard.md").read_text()
+    _, rows = read_csv(out / "ablation.csv")
+    masked = [r for r in rows if r[1].startswith("masked only")]
+    assert sorted(r[4] for r in masked) == ["1", "2"]
+    assert "2 rows 'masked only (w_visible=0, w_masked=1)' differ in: batch_size" in (out / "ablation.md").read_text()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: (d / "x.json").write_text(json.dumps({"format": "bench"})), "not a mamclap-results file"),
+    (lambda d: (d / "x.json").write_text("{"), "not valid JSON"),
+    (lambda d: d / "missing.json", "no such file or folder"),
+    (lambda d: d / "empty", "no mamclap-results files in"),
+])
+def test_bad_input_is_a_clear_error(tmp_path, capsys, make, message):
+    (tmp_path / "empty").mkdir()
+    target = make(tmp_path)
+    target = target if isinstance(target, Path) else tmp_path / "x.json"
+    out = tmp_path / "out"
+    assert main(["tables", str(target), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mamclap tables: ") and message in err and "Traceback" not in err
+    assert not out.exists()  # nothing written
+
+
+def test_bad_results_and_runs_are_errors(tmp_path, capsys):
+    bad = json.loads((FIXTURES / "mam-small.s0.hear.json").read_text())
+    bad["tasks"]["mini_esc"]["score"] = "high"
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    out = tmp_path / "out"
+    assert main(["tables", str(tmp_path), "--out", str(out)]) == 2  # found in a folder, still not skipped
+    assert "score must be a finite number" in capsys.readouterr().err
+    # the same document twice under two names: merge_results refuses it
+    dup = tmp_path / "dup"
+    dup.mkdir()
+    for name in ("a.json", "b.json"):
+        shutil.copy(FIXTURES / "mam-small.s0.hear.json", dup / name)
+    assert main(["tables", str(dup), "--out", str(out)]) == 2
+    assert "repeats harness/checkpoint/created" in capsys.readouterr().err
+    assert main(["tables", str(FIXTURES), "--out", str(out), "--runs", str(tmp_path / "no-run")]) == 2
+    assert "no log.jsonl" in capsys.readouterr().err
+    assert not out.exists()

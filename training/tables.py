@@ -1,0 +1,563 @@
+"""`mamclap tables`: the leaderboard, the paper's ablation and its reported numbers, in Markdown, CSV and
+LaTeX, with plots, from the results JSONs of the HEAR and SUPERB harnesses (training.results).
+
+    mamclap tables                                    # every results file under results/
+    mamclap tables results/hear x.superb.json --out results/tables --runs runs/mam runs/mam_clap
+
+A *run* is one evaluated checkpoint: the documents (HEAR and SUPERB) of one model at one pretraining seed
+and provenance. A cell is the mean over runs of a task's primary test score, with the half-width of a 95% t
+interval (training.results.summarize) when there are several runs. A group mean is computed per run (the
+mean over the group's HEAR tasks, all of which the run must have) and then summarised over runs in the
+same way; the overall mean is the mean of a run's group means. The ablation picks its rows from each run's
+"pretraining" provenance (loss weights), never from model names, and pools runs of one configuration.
+Every number written comes from the input files, except the separate "reported" table, which copies the
+paper's numbers (REPORTED) and labels them so.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from training.mam import VARIANTS, PretrainConfig
+from training.plots import plot_group_scores, plot_losses, read_log
+from training.results import (FORMAT, GROUPS, HARNESSES, ResultsError, merge_results, summarize, task_name,
+                              validate_results)
+
+Column = tuple[str, str]  # (harness, task)
+
+VARIANT_NAMES = {"mam": "MAM", "mam_clap": "MAM-CLAP", "supmam": "SupMAM", "supmam_clap": "SupMAM-CLAP"}
+SUPERB_NAMES = {"speech_commands": "KS", "voxceleb1": "SID"}  # s3prl downstream -> SUPERB's abbreviation
+WEIGHT_FIELDS = ("recon_weight", "distill_visible_weight", "distill_masked_weight", "lambda_cls")
+# train_config fields that define a configuration besides the model config (seed, output folder, workers,
+# logging and device do not); data and teacher are paths, compared by their last components so that the same
+# files on another machine pool together.
+RECIPE_FIELDS = ("steps", "batch_size", "accum", "base_lr", "weight_decay", "warmup_steps", "clip_grad",
+                 "teacher_features", "teacher_align", "teacher_projection")
+DASH = "—"  # a failed or missing score
+
+# Fine-tuning numbers as reported, copied from shared/PAPER.md ("Reported numbers for SupMAM-CLAP ... Peers,
+# from their own papers"); the paper is Xin, Peng and Lu, Interspeech 2023 (arXiv 2401.15953). Not measured
+# here: written only to the "reported" table. AudioSet in mAP (%), the others in accuracy (%); None = not given.
+REPORTED_SOURCE = "shared/PAPER.md"
+REPORTED_COLUMNS = ("AS-2M mAP", "AS-20K mAP", "ESC-50 acc", "SPC-2 acc", "VoxCeleb1 acc")
+REPORTED: tuple[tuple[str, tuple[float | None, ...], str], ...] = (
+    ("SupMAM-CLAP", (48.5, 38.6, 97.6, 98.7, None), "Xin, Peng and Lu 2023 (arXiv 2401.15953)"),
+    ("AudioMAE ViT-B", (47.3, 37.0, None, None, None), "AudioMAE paper, as quoted in PAPER.md"),
+    ("BEATs iter3", (48.0, 38.3, 95.6, 98.3, None), "BEATs paper, as quoted in PAPER.md"),
+    ("EAT-base (30 ep)", (48.9, 41.3, 95.9, 98.3, None), "EAT paper, as quoted in PAPER.md"),
+    ("M2D-CLAP", (48.5, 41.8, 97.4, 98.3, 95.5), "M2D-CLAP paper, as quoted in PAPER.md"),
+    ("AST", (45.9, 34.7, 95.6, None, None), "AST paper, as quoted in PAPER.md"),
+)
+
+
+# ------------------------------------------------------------------------------------------- the runs
+
+
+@dataclass(frozen=True)
+class ColumnInfo:
+    group: str
+    metric: str
+
+
+@dataclass
+class Run:
+    """One evaluated checkpoint: a model's scores at one pretraining seed, from one or more documents."""
+    model: str
+    seed: int | None
+    pretraining: dict
+    scores: dict[Column, list[float]] = field(default_factory=dict)
+    errors: dict[Column, list[str]] = field(default_factory=dict)
+    sources: set[str] = field(default_factory=set)
+
+    def entry(self, col: Column) -> dict | None:
+        """This run's result for col in summarize()'s run form (the mean when several documents scored it),
+        its error when it only failed, None when it was not evaluated."""
+        if col in self.scores:
+            return {"score": sum(self.scores[col]) / len(self.scores[col]), "seed": self.seed}
+        if col in self.errors:
+            return {"score": None, "error": self.errors[col][0], "seed": self.seed}
+        return None
+
+    def group_score(self, group: str, columns: dict[Column, ColumnInfo]) -> float | None:
+        """Mean of this run's scores over the group's HEAR columns; None unless it has all of them."""
+        cols = [c for c, info in columns.items() if info.group == group and c[0] == "hear"]
+        if not cols or any(c not in self.scores for c in cols):
+            return None
+        return sum(self.entry(c)["score"] for c in cols) / len(cols)
+
+    def overall(self, columns: dict[Column, ColumnInfo]) -> float | None:
+        """Mean of this run's group means over the groups the HEAR columns cover; None if one is missing."""
+        groups = hear_groups(columns)
+        means = [self.group_score(g, columns) for g in groups]
+        if not groups or any(m is None for m in means):
+            return None
+        return sum(means) / len(means)
+
+
+def hear_groups(columns: dict[Column, ColumnInfo]) -> list[str]:
+    return [g for g in GROUPS if any(info.group == g and c[0] == "hear" for c, info in columns.items())]
+
+
+def column_label(col: Column, info: ColumnInfo) -> str:
+    harness, task = col
+    name = f"SUPERB {SUPERB_NAMES.get(task, task)}" if harness == "superb" else task
+    return f"{name} ({info.metric})"
+
+
+def _ordered(columns: dict[Column, ColumnInfo]) -> dict[Column, ColumnInfo]:
+    """Groups in GROUPS order; HEAR before SUPERB within a group; tasks sorted by name."""
+    return dict(sorted(columns.items(), key=lambda kv: (GROUPS.index(kv[1].group), HARNESSES.index(kv[0][0]),
+                                                        kv[0][1])))
+
+
+def _read_json(path: Path) -> tuple[Any, str | None]:
+    """(the parsed JSON, None), or (None, why it could not be read)."""
+    try:
+        return json.loads(path.read_text()), None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return None, f"not valid JSON ({err})"
+
+
+def find_results(inputs: list[Path]) -> tuple[list[tuple[dict, str]], list[str]]:
+    """(document, path) for each results file named or found under a named folder, and a note on the JSON
+    files of the folders that are not results files. A named file must be a results file, and a file whose
+    format says results must validate: an error, never a note, so a table does not silently lose a run."""
+    found: list[tuple[Path, Any]] = []
+    ignored: list[str] = []
+    for path in inputs:
+        if path.is_dir():
+            for f in sorted(path.rglob("*.json")):
+                obj, problem = _read_json(f)
+                if problem is None and isinstance(obj, dict) and obj.get("format") == FORMAT:
+                    found.append((f, obj))
+                else:
+                    why = problem or (f"format {obj.get('format')!r}" if isinstance(obj, dict) else
+                                      "not a JSON object")
+                    ignored.append(f"{f} ({why})")
+        elif path.is_file():
+            obj, problem = _read_json(path)
+            if problem is not None:
+                raise ResultsError(f"{path}: {problem}")
+            found.append((path, obj))
+        else:
+            raise ResultsError(f"{path}: no such file or folder (expected {FORMAT} JSON files or folders "
+                               "holding them)")
+    docs, seen = [], set()
+    for f, obj in found:
+        if f.resolve() not in seen:  # a file named and also found in a named folder counts once
+            seen.add(f.resolve())
+            docs.append((validate_results(obj, str(f)), str(f)))
+    if not docs:
+        raise ResultsError(f"no {FORMAT} files in {', '.join(map(str, inputs))}: pass the results JSONs of "
+                           "`mamclap hear eval` / `mamclap superb eval`, or folders holding them")
+    if ignored:
+        return docs, [f"ignored {len(ignored)} JSON file(s) that are not {FORMAT} files: {', '.join(ignored)}"]
+    return docs, []
+
+
+def collect_runs(docs: list[tuple[dict, str]]) -> tuple[dict[Column, ColumnInfo], list[Run]]:
+    """The columns (ordered) and the runs of the documents. The documents of each model and harness are
+    merged with merge_results (which refuses a repeated document); a run is keyed by model, pretraining
+    seed and the exact provenance, so HEAR and SUPERB documents of one checkpoint form one run."""
+    by_model: dict[str, list[tuple[dict, str]]] = defaultdict(list)
+    for doc, path in docs:
+        by_model[doc["model"]].append((doc, path))
+    columns: dict[Column, ColumnInfo] = {}
+    runs: dict[tuple, Run] = {}
+    for model, model_docs in by_model.items():
+        for harness in HARNESSES:
+            chosen = [(d, p) for d, p in model_docs if d["harness"] == harness]
+            if not chosen:
+                continue
+            try:
+                merged = merge_results([d for d, _ in chosen])
+            except ResultsError as err:
+                raise ResultsError(f"{err} (files {', '.join(p for _, p in chosen)})") from None
+            for task, merged_task in merged["tasks"].items():
+                col = (harness, task_name(task))
+                info = ColumnInfo(merged_task["group"], merged_task["metric"])
+                if columns.setdefault(col, info) != info:
+                    raise ResultsError(f"{harness} task {col[1]!r} has group/metric {info.group}/{info.metric} "
+                                       f"for model {model!r} but {columns[col].group}/{columns[col].metric} for "
+                                       "another model: one column cannot hold both")
+                for r in merged_task["runs"]:
+                    doc, path = chosen[r["source"]]
+                    provenance = doc.get("pretraining", {})
+                    key = (model, r["seed"], json.dumps(provenance, sort_keys=True))
+                    run = runs.setdefault(key, Run(model, r["seed"], provenance))
+                    run.sources.add(path)
+                    if r.get("error") is None:
+                        run.scores.setdefault(col, []).append(r["score"])
+                    else:
+                        run.errors.setdefault(col, []).append(r["error"])
+    return _ordered(columns), list(runs.values())
+
+
+# ------------------------------------------------------------------------------------------- cells
+
+
+def fmt(summary: dict) -> str:
+    """'0.612' for one score, '0.612 ± 0.031 (n=3)' for several, DASH for none."""
+    if summary["n"] == 0:
+        return DASH
+    if summary["n"] == 1:
+        return f"{summary['mean']:.3f}"
+    return f"{summary['mean']:.3f} ± {summary['ci95']:.3f} (n={summary['n']})"
+
+
+def _values(values: list[float | None]) -> dict:
+    return summarize([{"score": v} for v in values if v is not None])
+
+
+def _cells_for(runs: list[Run], columns: dict[Column, ColumnInfo], groups: list[str],
+               extra_columns: list[Column]) -> tuple[list[str], list[dict]]:
+    """Cells of the group means, the overall mean, then extra_columns; and their summaries (for the plots)."""
+    summaries = [_values([r.group_score(g, columns) for r in runs]) for g in groups]
+    if groups:
+        summaries.append(_values([r.overall(columns) for r in runs]))
+    for col in extra_columns:
+        summaries.append(summarize([e for r in runs if (e := r.entry(col)) is not None]))
+    return [fmt(s) for s in summaries], summaries
+
+
+def _first_line(text: str, limit: int = 200) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else text
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+# ------------------------------------------------------------------------------------------- tables
+
+
+@dataclass
+class Table:
+    key: str    # short name: the first CSV column when a file holds several tables
+    title: str
+    caption: str
+    header: list[str]
+    rows: list[list[str]]
+    spans: list[tuple[str, int]] = field(default_factory=list)  # column groups over header (label, width)
+    notes: list[str] = field(default_factory=list)              # Markdown lines under the table
+
+
+def _provenance_line(runs: list[Run]) -> str:
+    sources = sorted({s for r in runs for s in r.sources})
+    models = sorted({r.model for r in runs})
+    return (f"Behind it: {len(runs)} run(s) (model × pretraining seed) of {len(models)} model(s) from "
+            f"{len(sources)} results file(s): {', '.join(sources)}.")
+
+
+def leaderboard(columns: dict[Column, ColumnInfo], runs: list[Run]) -> tuple[Table, dict[str, list[dict]]]:
+    """One row per model: every task column, then the HEAR group means and the overall mean. Also returns,
+    per model, the group-mean summaries (for the plot)."""
+    groups = hear_groups(columns)
+    by_model: dict[str, list[Run]] = defaultdict(list)
+    for r in runs:
+        by_model[r.model].append(r)
+
+    def order(model: str) -> tuple:
+        variant = next((r.pretraining.get("variant") for r in by_model[model] if r.pretraining), None)
+        return (variant is None, VARIANTS.index(variant) if variant in VARIANTS else len(VARIANTS), model)
+
+    rows, notes, group_summaries = [], [], {}
+    for model in sorted(by_model, key=order):
+        model_runs = by_model[model]
+        task_cells = [fmt(summarize([e for r in model_runs if (e := r.entry(c)) is not None])) for c in columns]
+        mean_cells, summaries = _cells_for(model_runs, columns, groups, [])
+        group_summaries[model] = summaries[:len(groups)]
+        rows.append([model, *task_cells, *mean_cells])
+        for r in sorted(model_runs, key=lambda r: (r.seed is None, r.seed or 0)):
+            for col, info in columns.items():
+                if col in r.errors and col not in r.scores:
+                    notes.append(f"error: {model} / {column_label(col, info)} (seed {r.seed}): "
+                                 f"{_first_line(r.errors[col][0])}")
+    spans = [("", 1)] + [(g, sum(1 for i in columns.values() if i.group == g)) for g in GROUPS
+                         if any(i.group == g for i in columns.values())]
+    if groups:
+        spans.append(("HEAR means", len(groups) + 1))
+    header = ["model", *(column_label(c, i) for c, i in columns.items()), *(f"{g} mean" for g in groups)]
+    header += ["overall"] if groups else []
+    caption = ("Each task's primary test score, mean over runs (pretraining seeds) with ± the "
+               "half-width of the 95% t interval and n when there are several; " + DASH + " = failed or not "
+               "run. Group means are taken per run over the group's HEAR tasks (a run needs all of them) and "
+               "overall is the mean of the group means; SUPERB columns are not in the means. "
+               + _provenance_line(runs))
+    return Table("leaderboard", "Leaderboard", caption, header, rows, spans, notes), group_summaries
+
+
+def _weights(provenance: dict) -> tuple[float, ...] | None:
+    config = provenance.get("pretrain_config")
+    if not isinstance(config, dict):
+        return None
+    try:
+        return tuple(float(config[k]) for k in WEIGHT_FIELDS)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def config_key(provenance: dict) -> str:
+    """What makes two runs the same configuration: the model config, size, evaluated step and the training
+    recipe; not the seed or the model's name."""
+    train = provenance.get("train_config") if isinstance(provenance.get("train_config"), dict) else {}
+    distils = any(w > 0 for w in (_weights(provenance) or (0, 0, 0, 0))[1:3])
+    key = {"pretrain_config": provenance.get("pretrain_config"), "size": provenance.get("size"),
+           "step": provenance.get("step"), **{k: train.get(k) for k in RECIPE_FIELDS},
+           "teacher": Path(train["teacher"]).name if distils and train.get("teacher") else None,
+           "data": "/".join(Path(train["data"]).parts[-2:]) if train.get("data") else None}
+    return json.dumps(key, sort_keys=True)
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): obj}
+
+
+def ablation(columns: dict[Column, ColumnInfo], runs: list[Run]) -> tuple[list[Table], list[str]]:
+    """The paper's three ablation tables from the runs' provenance, and notes on runs left out of them.
+
+    (1) variants: runs whose loss weights equal a preset's (PretrainConfig.preset); (2) distillation
+    positions: lambda_cls == 0 and distillation on visible only, masked only or both; (3) lambda_cls > 0, by
+    value, per family (SupMAM, or SupMAM-CLAP when it also distils). Rows pool runs by config_key."""
+    notes, classified = [], []
+    for r in runs:
+        if not r.pretraining:
+            continue  # a baseline: leaderboard only
+        weights = _weights(r.pretraining)
+        if weights is None:
+            notes.append(f"{r.model} (seed {r.seed}): provenance has no pretrain_config with {WEIGHT_FIELDS}; "
+                         "left out of the ablation")
+            continue
+        classified.append((r, weights))
+    runs_in = [r for r, _ in classified]
+    used = {c for r in runs_in for c in (*r.scores, *r.errors)}
+    cols = {c: i for c, i in columns.items() if c in used}
+    groups = hear_groups(cols)
+    superb_cols = [c for c in cols if c[0] == "superb"]
+    presets = {v: _weights({"pretrain_config": PretrainConfig.preset(v).to_dict()}) for v in VARIANTS}
+
+    sections: dict[str, dict[tuple, list[Run]]] = {"variants": defaultdict(list), "positions": defaultdict(list),
+                                                   "lambda_cls": defaultdict(list)}
+    labels: dict[tuple, str] = {}
+    for r, (recon, visible, masked, lam) in classified:
+        ckey = config_key(r.pretraining)
+        for i, v in enumerate(VARIANTS):
+            if (recon, visible, masked, lam) == presets[v]:
+                sections["variants"][(i, ckey)].append(r)
+                labels[(i, ckey)] = VARIANT_NAMES[v]
+        if lam == 0 and (visible > 0 or masked > 0):
+            position = 2 if visible > 0 and masked > 0 else (0 if visible > 0 else 1)
+            key = (position, visible, masked, ckey)
+            sections["positions"][key].append(r)
+            labels[key] = (f"{('visible only', 'masked only', 'visible + masked')[position]} "
+                           f"(w_visible={visible:g}, w_masked={masked:g})")
+        if lam > 0:
+            family = 1 if visible > 0 or masked > 0 else 0
+            key = (family, lam, ckey)
+            sections["lambda_cls"][key].append(r)
+            labels[key] = f"{('SupMAM', 'SupMAM-CLAP')[family]}, lambda_cls={lam:g}"
+
+    header = ["configuration", "size", "step", "runs", *(f"{g} mean" for g in groups)]
+    header += (["overall"] if groups else []) + [column_label(c, cols[c]) for c in superb_cols]
+    titles = {"variants": "Ablation (1): MAM vs MAM-CLAP vs SupMAM vs SupMAM-CLAP at their preset weights",
+              "positions": "Ablation (2): distillation on visible / masked / both positions (lambda_cls = 0)",
+              "lambda_cls": "Ablation (3): weight of the classification loss lambda_cls"}
+    tables = []
+    for name, rows_by_key in sections.items():
+        rows, table_notes, table_runs, seen = [], [], [], defaultdict(list)
+        for key in sorted(rows_by_key):
+            row_runs = rows_by_key[key]
+            table_runs += row_runs
+            first = row_runs[0].pretraining
+            ident = (labels[key], str(first.get("size", "")), str(first.get("step", "")))
+            seen[ident].append(key[-1])
+            cells, _ = _cells_for(row_runs, cols, groups, superb_cols)
+            rows.append([*ident, str(len(row_runs)), *cells])
+            members = ", ".join(f"{r.model} (seed {r.seed})" for r in sorted(row_runs, key=lambda r: (r.model,
+                                                                                        str(r.seed))))
+            table_notes.append(f"{' / '.join(ident)}: {members}")
+        for ident, keys in seen.items():
+            if len(keys) > 1:  # rows that look alike: say what tells them apart
+                flat = [_flatten(json.loads(k)) for k in keys]
+                differ = sorted(f for f in set().union(*flat) if len({json.dumps(d.get(f)) for d in flat}) > 1)
+                table_notes.append(f"{len(keys)} rows '{ident[0]}' differ in: {', '.join(differ)}")
+        if not rows:
+            table_notes.append("no run with pretraining provenance fits this table")
+        caption = ("Rows come from each run's pretraining provenance (loss weights), not model "
+                   "names; runs of one configuration pool across model names and seeds. Cells: mean over runs "
+                   "of the per-run HEAR group mean (a run needs every HEAR task of the group), the overall mean "
+                   "(mean of the group means) and SUPERB accuracy, ± the half-width of the 95% t interval and n "
+                   "when there are several. " + (_provenance_line(table_runs) if table_runs else
+                                                   "Behind it: 0 runs."))
+        tables.append(Table(name, titles[name], caption, header, rows, notes=table_notes))
+    return tables, notes
+
+
+def reported_table() -> Table:
+    rows = [[model, *(DASH if v is None else f"{v:.1f}" for v in values), "reported", source]
+            for model, values, source in REPORTED]
+    caption = ("Fine-tuning numbers (AudioSet mAP %, accuracy %; SPC-2 = Speech Commands V2) copied from "
+               f"{REPORTED_SOURCE}, which quotes the SupMAM-CLAP paper and each peer's own paper. NOT measured "
+               "here, on other tasks than the measured tables: never compare them cell by cell. Behind it: 0 "
+               "runs of this project; "
+               f"source file: {REPORTED_SOURCE}.")
+    return Table("reported", "Reported numbers (not measured here)", caption,
+                 ["model", *REPORTED_COLUMNS, "kind", "source"], rows)
+
+
+# ------------------------------------------------------------------------------------------- rendering
+
+
+def _flat_header(table: Table) -> list[str]:
+    """Markdown and CSV have one header row: a task column's group is written into its header."""
+    if not table.spans:
+        return list(table.header)
+    labels = [label for label, width in table.spans for _ in range(width)]
+    return [f"{g}: {h}" if g in GROUPS else h for g, h in zip(labels, table.header)]
+
+
+def to_markdown(tables: list[Table], notes: list[str] = ()) -> str:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    blocks = []
+    for t in tables:
+        header = _flat_header(t)
+        blocks += [f"### {t.title}", t.caption,
+                   "\n".join([line(header), line(["---"] * len(header)), *(line(row) for row in t.rows)])]
+        if t.notes:
+            blocks.append("\n".join(f"- {n}" for n in t.notes))
+    if notes:
+        blocks.append("\n".join(f"- note: {n}" for n in notes))
+    return "\n\n".join(blocks) + "\n"
+
+
+def to_csv(tables: list[Table]) -> str:
+    """One header row; with several tables (the ablation) a first column "table" names each row's table."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    several = len(tables) > 1
+    writer.writerow((["table"] if several else []) + _flat_header(tables[0]))
+    for t in tables:
+        for row in t.rows:
+            writer.writerow(([t.key] if several else []) + row)
+    return buf.getvalue()
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "±": r"$\pm$", DASH: "---", "×": r"$\times$"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def to_latex(tables: list[Table]) -> str:
+    """Booktabs tables (\\usepackage{booktabs}), one table environment each."""
+    out = ["% Written by `mamclap tables` from results files; needs \\usepackage{booktabs}."]
+    for t in tables:
+        out += [r"\begin{table}[htbp]", r"\centering", r"\small",
+                rf"\caption{{{latex_escape(t.title)}. {latex_escape(t.caption)}}}",
+                rf"\begin{{tabular}}{{l{'c' * (len(t.header) - 1)}}}", r"\toprule"]
+        if t.spans:
+            cells, rules, start = [], [], 1
+            for label, width in t.spans:
+                cells.append(rf"\multicolumn{{{width}}}{{c}}{{{latex_escape(label)}}}" if label else "")
+                if label:
+                    rules.append(rf"\cmidrule(lr){{{start}-{start + width - 1}}}")
+                start += width
+            out += [" & ".join(cells) + r" \\", " ".join(rules)]
+        out.append(" & ".join(latex_escape(h) for h in t.header) + r" \\")
+        out.append(r"\midrule")
+        out += [" & ".join(latex_escape(c) for c in row) + r" \\" for row in t.rows]
+        if not t.rows:
+            out.append(rf"\multicolumn{{{len(t.header)}}}{{c}}{{no runs}} \\")
+        out += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    return "\n".join(out)
+
+
+def write_atomic(path: Path, text: str) -> Path:
+    """Write text to a temp file beside path, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# ------------------------------------------------------------------------------------------- the command
+
+
+def _loss_logs(run_dirs: list[Path]) -> list[Path]:
+    logs = []
+    for d in run_dirs:
+        log = d if d.is_file() else d / "log.jsonl"
+        if not log.is_file():
+            raise ResultsError(f"--runs {d}: no log.jsonl (expected a pretraining run folder written by "
+                               "`mamclap pretrain`, or its log.jsonl)")
+        if not any(isinstance(r.get("loss"), (int, float)) for r in read_log(log)):
+            raise ResultsError(f"--runs {d}: {log} has no records with a step and a loss")
+        logs.append(log)
+    return logs
+
+
+def make_tables(inputs: list[Path], out: Path, run_dirs: list[Path] = ()) -> list[Path]:
+    """Read the results, write every table and plot into out; the paths written, in order."""
+    logs = _loss_logs(list(run_dirs))  # checked before anything is written
+    docs, notes = find_results(inputs)
+    columns, runs = collect_runs(docs)
+    board, group_summaries = leaderboard(columns, runs)
+    ablation_tables, ablation_notes = ablation(columns, runs)
+    written = []
+    for stem, tables, extra in (("leaderboard", [board], notes), ("ablation", ablation_tables, ablation_notes),
+                                ("reported", [reported_table()], [])):
+        written.append(write_atomic(out / f"{stem}.md", to_markdown(tables, extra)))
+        written.append(write_atomic(out / f"{stem}.csv", to_csv(tables)))
+        written.append(write_atomic(out / f"{stem}.tex", to_latex(tables)))
+    groups = hear_groups(columns)
+    if groups:
+        written.append(plot_group_scores(group_summaries, groups, out / "group_scores.png",
+                                         title="HEAR group means (95% CI over seeds)"))
+    if logs:
+        labels = [log.parent.name if log.name == "log.jsonl" else log.stem for log in logs]
+        written.append(plot_losses(logs, out / "pretrain_losses.png", title="pretraining losses", labels=labels))
+    return written
+
+
+def _command(args: argparse.Namespace) -> int:
+    try:
+        written = make_tables(args.inputs, args.out, args.runs)
+    except ResultsError as err:
+        print(f"mamclap tables: {err}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("tables", help="leaderboard, ablation and reported tables (Markdown, CSV, LaTeX) "
+                                             "and plots from results JSONs", description=__doc__.splitlines()[0])
+    p.add_argument("inputs", nargs="*", type=Path, default=[Path("results")], metavar="RESULTS_JSON_OR_DIR",
+                   help="results files, or folders searched for them (default: results/)")
+    p.add_argument("--out", type=Path, default=Path("results/tables"), help="output folder (default: %(default)s)")
+    p.add_argument("--runs", nargs="+", type=Path, default=[], metavar="PRETRAIN_RUN_DIR",
+                   help="pretraining run folders (or their log.jsonl) whose loss curves to plot")
+    p.set_defaults(func=_command)
