@@ -380,7 +380,7 @@ def ablation(columns: dict[Column, ColumnInfo], runs: list[Run]) -> tuple[list[T
             row_runs = rows_by_key[key]
             table_runs += row_runs
             first = row_runs[0].pretraining
-            ident = (labels[key], str(first.get("size", "")), str(first.get("step", "")))
+            ident = (labels[key], *("" if first.get(k) is None else str(first[k]) for k in ("size", "step")))
             seen[ident].append(key[-1])
             cells, _ = _cells_for(row_runs, cols, groups, superb_cols)
             rows.append([*ident, str(len(row_runs)), *cells])
