@@ -171,6 +171,9 @@ def test_folder_notes_other_json_and_pools_only_same_config(tmp_path, capsys):
     data = tmp_path / "in"
     shutil.copytree(FIXTURES, data)
     (data / "bench.json").write_text(json.dumps({"samples_per_s": 687}))
+    for i in range(6):
+        (data / "work" / f"{i}.json").parent.mkdir(exist_ok=True)
+        (data / "work" / f"{i}.json").write_text("[]")
     # same label, size and step as masked-b, but another batch size: a row of its own, with a note saying why
     doc = json.loads((data / "masked-b.s1.hear.json").read_text())
     doc.update(model="masked-c", created="2026-11-26T03:00:00+00:00")
@@ -178,11 +181,15 @@ def test_folder_notes_other_json_and_pools_only_same_config(tmp_path, capsys):
     (data / "masked-c.json").write_text(json.dumps(doc))
     out = tmp_path / "out"
     assert main(["tables", str(data), "--out", str(out)]) == 0
-    printed = capsys.readouterr().out.split()
+    captured = capsys.readouterr()
+    assert captured.err.startswith("note: ignored 7 JSON file(s)")
+    printed = captured.out.split()
     tables = [str(out / f"{s}.{e}") for s in STEMS for e in ("md", "csv", "tex")]
     assert printed == [*tables, str(out / "group_scores.png")]
-    assert f"ignored 1 JSON file(s) that are not mamclap-results files: {data / 'bench.json'} (format None)" in \
-        (out / "leaderboard.md").read_text()
+    note = (f"ignored 7 JSON file(s) that are not mamclap-results files: {data / 'bench.json'} (format None), "
+            f"{data / 'work' / '0.json'} (not a JSON object), ")
+    assert note in (out / "leaderboard.md").read_text()
+    assert f"{data / 'work' / '3.json'} (not a JSON object) and 2 more\n" in (out / "leaderboard.md").read_text()
     _, rows = read_csv(out / "ablation.csv")
     masked = [r for r in rows if r[1].startswith("masked only")]
     assert sorted(r[4] for r in masked) == ["1", "2"]

@@ -43,6 +43,7 @@ WEIGHT_FIELDS = ("recon_weight", "distill_visible_weight", "distill_masked_weigh
 RECIPE_FIELDS = ("steps", "batch_size", "accum", "base_lr", "weight_decay", "warmup_steps", "clip_grad",
                  "teacher_features", "teacher_align", "teacher_projection")
 DASH = "—"  # a failed or missing score
+MAX_LISTED = 5  # ignored files named in the note (a harness work folder holds thousands of JSON files)
 
 # Fine-tuning numbers as reported, copied from shared/PAPER.md ("Reported numbers for SupMAM-CLAP ... Peers,
 # from their own papers"); the paper is Xin, Peng and Lu, Interspeech 2023 (arXiv 2401.15953). Not measured
@@ -159,9 +160,11 @@ def find_results(inputs: list[Path]) -> tuple[list[tuple[dict, str]], list[str]]
     if not docs:
         raise ResultsError(f"no {FORMAT} files in {', '.join(map(str, inputs))}: pass the results JSONs of "
                            "`mamclap hear eval` / `mamclap superb eval`, or folders holding them")
-    if ignored:
-        return docs, [f"ignored {len(ignored)} JSON file(s) that are not {FORMAT} files: {', '.join(ignored)}"]
-    return docs, []
+    if not ignored:
+        return docs, []
+    shown = ", ".join(ignored[:MAX_LISTED]) + (f" and {len(ignored) - MAX_LISTED} more" if len(ignored) > MAX_LISTED
+                                                 else "")
+    return docs, [f"ignored {len(ignored)} JSON file(s) that are not {FORMAT} files: {shown}"]
 
 
 def collect_runs(docs: list[tuple[dict, str]]) -> tuple[dict[Column, ColumnInfo], list[Run]]:
@@ -525,6 +528,8 @@ def make_tables(inputs: list[Path], out: Path, run_dirs: list[Path] = ()) -> lis
     columns, runs = collect_runs(docs)
     board, group_summaries = leaderboard(columns, runs)
     ablation_tables, ablation_notes = ablation(columns, runs)
+    for note in notes + ablation_notes:
+        print(f"note: {note}", file=sys.stderr)
     written = []
     for stem, tables, extra in (("leaderboard", [board], notes), ("ablation", ablation_tables, ablation_notes),
                                 ("reported", [reported_table()], [])):
