@@ -343,8 +343,7 @@ def ablation(columns: dict[Column, ColumnInfo], runs: list[Run]) -> tuple[list[T
                          "left out of the ablation")
             continue
         classified.append((r, weights))
-    runs_in = [r for r, _ in classified]
-    used = {c for r in runs_in for c in (*r.scores, *r.errors)}
+    used = {c for r, _ in classified for c in (*r.scores, *r.errors)}
     cols = {c: i for c, i in columns.items() if c in used}
     groups = hear_groups(cols)
     superb_cols = [c for c in cols if c[0] == "superb"]
@@ -387,9 +386,8 @@ def ablation(columns: dict[Column, ColumnInfo], runs: list[Run]) -> tuple[list[T
             seen[ident].append(key[-1])
             cells, _ = _cells_for(row_runs, cols, groups, superb_cols)
             rows.append([*ident, str(len(row_runs)), *cells])
-            members = ", ".join(f"{r.model} (seed {r.seed})" for r in sorted(row_runs, key=lambda r: (r.model,
-                                                                                        str(r.seed))))
-            table_notes.append(f"{' / '.join(ident)}: {members}")
+            members = sorted(row_runs, key=lambda r: (r.model, str(r.seed)))
+            table_notes.append(f"{' / '.join(ident)}: " + ", ".join(f"{r.model} (seed {r.seed})" for r in members))
         for ident, keys in seen.items():
             if len(keys) > 1:  # rows that look alike: say what tells them apart
                 flat = [_flatten(json.loads(k)) for k in keys]
