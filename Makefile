@@ -15,9 +15,9 @@ test: setup
 	test -f "$${MAMCLAP_DATA:-data}/bank/index.jsonl" || $(VENV)/bin/mamclap data bank
 	MAMCLAP_STRICT_SKIPS=1 $(PY) -m pytest tests/
 
+# The whole pipeline on the tiny kit (smoke scale, ~20 min on 2 CPU cores); re-running skips finished stages.
 demo: setup
-	$(VENV)/bin/mamclap data build --size tiny
-	$(VENV)/bin/mamclap data show --size tiny
+	$(VENV)/bin/mamclap demo
 
 # Build and test debris; keeps .venv, cache/, data/ and runs/.
 clean:

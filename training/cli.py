@@ -17,6 +17,7 @@ COMMANDS = [
     ("training.clap_train", "teacher"),
     ("superb_upstream.superb", "superb"),
     ("training.hear_harness", "hear"),
+    ("training.demo", "demo"),
     ("training.tables", "tables"),
 ]
 
