@@ -236,15 +236,14 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
-def _execute(argv: list[str], log: Path, append: bool, console: TextIO) -> int:
+def _execute(argv: list[str], log: Path, append: bool, env: dict[str, str], console: TextIO) -> int:
     """Run argv with its output in log; on a terminal, a status line with the elapsed time and the log's last
     line. Returns the exit status; an interrupt stops the stage's process group and propagates."""
-    from hear_mamclap.compat import runtime_env
-
-    env = {**runtime_env(), **os.environ}  # offline, TensorFlow-free, unless the caller set otherwise
     live = console.isatty()
     start = time.perf_counter()
     with open(log, "a" if append else "w") as f:
+        if append:
+            f.write("\n")  # the interrupted run may have stopped mid-line (a progress bar)
         f.write(f"$ {shlex.join(argv)}\n")
         f.flush()
         # Its own session: Ctrl-C reaches the demo only, which then stops the stage's whole group.
@@ -303,6 +302,9 @@ def run_stages(stages: list[Stage], work: Path, console: TextIO = sys.stdout) ->
 
 
 def _run_locked(stages: list[Stage], stamps: Path, logs: Path, console: TextIO) -> list[dict]:
+    from hear_mamclap.compat import runtime_env  # imports torch: a few seconds, so before any stage's clock
+
+    env = {**runtime_env(), **os.environ}  # offline, TensorFlow-free, unless the caller set otherwise
     run_ids: dict[str, str] = {}
     report = []
 
@@ -332,7 +334,8 @@ def _run_locked(stages: list[Stage], stamps: Path, logs: Path, console: TextIO) 
         log = logs / f"{stage.name}.log"
         say(f"{head} ... {'continuing the interrupted run' if extra is not None else 'running'}, log {log}")
         start = time.perf_counter()
-        rc = _execute([sys.executable, *stage.args, *(extra or ())], log, append=extra is not None, console=console)
+        rc = _execute([sys.executable, *stage.args, *(extra or ())], log, append=extra is not None, env=env,
+                      console=console)
         seconds = time.perf_counter() - start
         if rc != 0:
             how = f"was killed by {signal.Signals(-rc).name}" if rc < 0 else f"failed (exit status {rc})"
