@@ -58,7 +58,7 @@ class DemoConfig:
     baseline: bool = True              # also evaluate the log-mel baseline on HEAR
     hear_tasks: tuple[str, ...] = ()   # empty: every task of the kit's mini HEAR suite
     superb_tasks: tuple[str, ...] = SUPERB_TASKS
-    teacher_steps: int = 10            # CLAP teacher (HTS-AT on 10 s windows: ~13 s a step on 2 cores)
+    teacher_steps: int = 10            # CLAP teacher (HTS-AT on 10 s windows: ~4 s a step on 2 cores)
     pretrain_steps: int = 60           # per variant
     superb_steps: int = 40             # s3prl downstream training steps per task
 
