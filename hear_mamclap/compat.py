@@ -6,6 +6,7 @@ a plain torch install:
     runtime_env()        environment for offline, TensorFlow-free runs of heareval, s3prl, transformers
     prepare_tensorboard() torch.utils.tensorboard without importing TensorFlow (which breaks triton)
     prepare_heareval()   heareval 2021.1.3 predictions under torch >= 2.6 and pytorch-lightning 1.9.5
+    prepare_heareval_embeddings()  heareval's embeddings runner for torch modules, with or without TensorFlow
     prepare_s3prl()      s3prl 0.4.18 downstreams under torchaudio 2.11 and Python 3.11
     load_htsat_module()  laion-clap 1.1.7's HTS-AT audio branch, importable offline
     htsat_audio_config() one of laion-clap's HTS-AT audio configurations, as create_htsat_model takes it
@@ -89,6 +90,80 @@ def prepare_heareval() -> None:
     # checkpoints are written by the same run, so loading them in full is safe.
     os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
     _restore_fit_loop_current_epoch_setter()
+    _nvml_device_name_as_bytes()  # the predictions runner imports heareval.gpu_max_mem too
+
+
+def prepare_heareval_embeddings() -> None:
+    """Let heareval 2021.1.3's embeddings runner (and its task_embeddings) run a torch HEAR module where
+    TensorFlow is absent or cannot see the GPU. Call it before importing heareval.embeddings.
+
+    The runner imports tensorflow at the top and, at import, refuses a machine where torch sees a GPU and
+    TensorFlow does not ("GPUs not available in tensorflow, but found by pytorch"); task_embeddings only
+    uses TensorFlow for models that are tf.Module instances. So:
+    - TensorFlow not installed (the GPU machines' image: heareval's TensorFlow pin has no Python 3.12 wheel
+      that fits there): a stand-in `tensorflow` module, whose Module class nothing is an instance of and
+      whose tensor conversion raises, so a torch module runs and a TensorFlow model cannot be mistaken for one;
+    - TensorFlow installed without GPU support on a CUDA machine (tensorflow-cpu, as the CPU machines
+      install it): the check is answered for the torch module, which runs on the GPU through torch.
+    """
+    apply_runtime_env()
+    _load_triton_before_tensorflow()
+    _nvml_device_name_as_bytes()
+    if "tensorflow" in sys.modules:
+        tf = sys.modules["tensorflow"]
+    elif importlib.util.find_spec("tensorflow") is None:
+        sys.modules["tensorflow"] = tf = _tensorflow_stand_in()
+    else:
+        tf = importlib.import_module("tensorflow")
+    if torch.cuda.is_available() and not getattr(tf, "_mamclap_stand_in", False):
+        has_gpu = bool(tf.config.list_physical_devices("GPU"))
+        if not has_gpu:
+            tf.test.is_gpu_available = lambda *args, **kwargs: True  # torch modules only (see docstring)
+
+
+class _DecodableName(str):
+    """A str that also answers .decode(), as the bytes of older pynvml releases did."""
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return str(self)
+
+
+def _nvml_device_name_as_bytes() -> None:
+    """heareval's gpu_max_mem calls nvmlDeviceGetName(handle).decode("utf-8"): pynvml returned bytes until
+    nvidia-ml-py 11.515; newer releases (the GPU machines' image) return str, and both of heareval's runners
+    then fail on a GPU machine with AttributeError. Make the name answer .decode() again. Call it before
+    heareval.gpu_max_mem is imported (it binds the function at import)."""
+    if importlib.util.find_spec("pynvml") is None:
+        return
+    import pynvml
+
+    if getattr(pynvml.nvmlDeviceGetName, "_mamclap", False):
+        return
+    original = pynvml.nvmlDeviceGetName
+
+    def nvmlDeviceGetName(handle):
+        name = original(handle)
+        return _DecodableName(name) if isinstance(name, str) else name
+
+    nvmlDeviceGetName._mamclap = True
+    pynvml.nvmlDeviceGetName = nvmlDeviceGetName
+
+
+def _tensorflow_stand_in() -> types.ModuleType:
+    """The few names heareval's embedding code touches, for processes without TensorFlow."""
+    tf = types.ModuleType("tensorflow", "Stand-in for heareval's embedding runner (hear_mamclap.compat); "
+                                        "TensorFlow is not installed.")
+    tf._mamclap_stand_in = True
+
+    class Module:  # no torch model is an instance of it: heareval takes its torch branch
+        """Stand-in for tf.Module."""
+
+    def convert_to_tensor(*args, **kwargs):
+        raise RuntimeError("TensorFlow is not installed: this process can run torch HEAR modules only")
+
+    tf.Module, tf.convert_to_tensor = Module, convert_to_tensor
+    tf.test = types.SimpleNamespace(is_gpu_available=lambda *args, **kwargs: torch.cuda.is_available())
+    return tf
 
 
 def _restore_fit_loop_current_epoch_setter() -> None:
@@ -128,9 +203,41 @@ def prepare_s3prl() -> None:
     # s3prl's runner imports torch.utils.tensorboard, which would import TensorFlow (see prepare_tensorboard).
     prepare_tensorboard()
     _load_triton_before_tensorflow()
+    _keep_huggingface_hub_names()
     _install_torchaudio_layer()
     _install_catalyst_sampler()
     _key_voxceleb1_cache()
+
+
+def _keep_huggingface_hub_names(hub: types.ModuleType | None = None) -> None:
+    """s3prl's runner and run_downstream import HfFolder and Repository from huggingface_hub, which
+    huggingface-hub 1.0 removed; they are used only to push a trained downstream to the hub
+    (--push_to_hf_hub). Where they are missing (the GPU machines' image ships huggingface-hub 1.x for
+    transformers 5), put replacements there: HfFolder reads the token as huggingface_hub.get_token does and
+    refuses to save one; Repository refuses with a message. The CPU install pins huggingface-hub < 1."""
+    if hub is None:
+        hub = importlib.import_module("huggingface_hub")
+    if not hasattr(hub, "HfFolder"):
+        class HfFolder:
+            """huggingface_hub < 1's token helper, read-only (hear_mamclap.compat)."""
+
+            @staticmethod
+            def get_token() -> str | None:
+                return hub.get_token()
+
+            @staticmethod
+            def save_token(token: str) -> None:
+                raise RuntimeError("saving a hub token is not supported here (huggingface-hub >= 1)")
+
+        hub.HfFolder = HfFolder
+    if not hasattr(hub, "Repository"):
+        class Repository:
+            """huggingface_hub < 1's git-based Repository: refuses (hear_mamclap.compat)."""
+
+            def __init__(self, *args, **kwargs) -> None:
+                raise RuntimeError("pushing to the hub (s3prl --push_to_hf_hub) needs huggingface-hub < 1")
+
+        hub.Repository = Repository
 
 
 def s3prl_cache_dir() -> Path:

@@ -244,3 +244,38 @@ def test_s3prl_voxceleb1_file_lists_are_cached_per_data_set(tmp_path):
     """)
     assert "a 2 1600 0" in out and "b 3 1600 0" in out
     assert len(list((tmp_path / "cache" / "s3prl_voxceleb1").iterdir())) == 2
+
+
+def test_huggingface_hub_names_s3prl_imports_are_kept_for_hub_1():
+    """huggingface-hub 1.x has no HfFolder / Repository; s3prl imports both at the top of its runner."""
+    import types
+
+    hub = types.ModuleType("huggingface_hub_1")
+    hub.get_token = lambda: "hf_token_from_env"
+    compat._keep_huggingface_hub_names(hub)
+    assert hub.HfFolder.get_token() == "hf_token_from_env"
+    with pytest.raises(RuntimeError, match="hub"):
+        hub.HfFolder.save_token("x")
+    with pytest.raises(RuntimeError, match="huggingface-hub < 1"):
+        hub.Repository("dir", clone_from="user/model")
+    import huggingface_hub
+
+    before = (getattr(huggingface_hub, "HfFolder", None), getattr(huggingface_hub, "Repository", None))
+    compat._keep_huggingface_hub_names(huggingface_hub)  # hub < 1 here: its own classes stay
+    assert (huggingface_hub.HfFolder, huggingface_hub.Repository) == before
+
+
+def test_nvml_device_name_answers_decode_as_heareval_expects(monkeypatch):
+    """nvidia-ml-py >= 11.515 returns the GPU name as str; heareval's gpu_max_mem calls .decode() on it."""
+    import pynvml
+
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetName", lambda handle: "NVIDIA H200")  # as the new pynvml does
+    compat._nvml_device_name_as_bytes()
+    name = pynvml.nvmlDeviceGetName(0)
+    assert name == "NVIDIA H200" and name.decode("utf-8") == "NVIDIA H200"
+    wrapped = pynvml.nvmlDeviceGetName
+    compat._nvml_device_name_as_bytes()  # idempotent: no wrapper around the wrapper
+    assert pynvml.nvmlDeviceGetName is wrapped
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetName", lambda handle: b"Tesla V100")  # old pynvml: unchanged
+    compat._nvml_device_name_as_bytes()
+    assert pynvml.nvmlDeviceGetName(0) == b"Tesla V100"

@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -193,3 +194,40 @@ def test_eval_refuses_bad_arguments(tmp_path, tiny_export):
     with pytest.raises(ValueError, match="no group known for task 'mystery'"):
         evaluate("hear_mamclap", tiny_export, tmp_path / "tasks", tmp_path / "work", "x")
     assert not (tmp_path / "work").exists(), "nothing is started before the arguments are checked"
+
+
+
+def test_heareval_embeddings_runner_runs_a_torch_module_without_tensorflow(tiny_tasks, tmp_path):
+    """The GPU machines have no TensorFlow: with compat's stand-in registered, heareval's own embeddings
+    runner embeds a tiny task with a torch module and never imports TensorFlow."""
+    task = tiny_tasks / "mini_drum_stroke-v1.0-full"
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / task.name).symlink_to(task, target_is_directory=True)
+    code = textwrap.dedent(f"""
+        import runpy, sys
+        from hear_mamclap import compat
+        sys.modules["tensorflow"] = compat._tensorflow_stand_in()  # as on a machine without TensorFlow
+        compat.prepare_heareval_embeddings()
+        sys.argv = ["heareval.embeddings.runner", "hear_mamclap.baselines.logmel", "--tasks-dir",
+                    "{tmp_path / 'tasks'}", "--embeddings-dir", "{tmp_path / 'emb'}"]
+        try:
+            runpy.run_module("heareval.embeddings.runner", run_name="__main__", alter_sys=True)
+        except SystemExit as e:
+            assert not e.code, e.code
+        import tensorflow
+        assert tensorflow._mamclap_stand_in and "keras" not in sys.modules
+        try:
+            tensorflow.convert_to_tensor([1.0])
+        except RuntimeError as err:
+            assert "not installed" in str(err)
+        else:
+            raise AssertionError("the stand-in converted a tensor")
+        print("ok")
+    """)
+    env = {**os.environ, **compat.runtime_env(), "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, text=True, capture_output=True)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout[-2000:] + proc.stderr[-4000:]
+    done = tmp_path / "emb" / "hear_mamclap.baselines.logmel" / task.name / ".done.embeddings"
+    assert done.exists()
+    assert list((done.parent / "test").glob("*.embedding.npy"))
+

@@ -1,6 +1,7 @@
 """Run heareval 2021.1.3's two steps from this project, each in a work directory of our choosing.
 
-    embed(module, model, tasks_dir, out_dir)    python -m heareval.embeddings.runner, unmodified
+    embed(module, model, tasks_dir, out_dir)    heareval.embeddings.runner, unmodified, after
+                                                compat.prepare_heareval_embeddings()
     predict(embedding_task_dirs)                heareval.predictions.runner after compat.prepare_heareval()
 
 heareval writes ``embeddings/`` and Lightning's ``logs/`` relative to the current directory, so each step runs
@@ -39,6 +40,17 @@ PREDICT_LAUNCHER = (
     "from heareval.predictions.runner import runner\n"
     "sys.argv[0] = 'heareval.predictions.runner'\n"
     "runner()\n"
+)
+
+
+# The subprocess for embeddings: heareval's runner module as `python -m` would run it, after the fix that
+# lets it run a torch module without TensorFlow or with a CPU-only TensorFlow on a GPU machine.
+EMBED_LAUNCHER = (
+    "import runpy, sys\n"
+    "from hear_mamclap.compat import prepare_heareval_embeddings\n"
+    "prepare_heareval_embeddings()\n"
+    "sys.argv[0] = 'heareval.embeddings.runner'\n"
+    "runpy.run_module('heareval.embeddings.runner', run_name='__main__', alter_sys=True)\n"
 )
 
 
@@ -91,7 +103,7 @@ def embed(module: str, model: str | Path | None, tasks_dir: Path, out_dir: Path,
     with tempfile.TemporaryDirectory(prefix=".tasks-view-", dir=out_dir.parent) as view:
         for p in folders:
             (Path(view) / p.name).symlink_to(p, target_is_directory=True)
-        args = [sys.executable, "-m", "heareval.embeddings.runner", module, "--tasks-dir", view,
+        args = [sys.executable, "-c", EMBED_LAUNCHER, module, "--tasks-dir", view,
                 "--embeddings-dir", str(out_dir)]
         if model is not None:
             args += ["--model", str(Path(model).resolve())]
