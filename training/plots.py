@@ -65,14 +65,22 @@ def plot_losses(logs: list[Path], out_png: Path, title: str = "", labels: list[s
         raise ValueError(f"no loss values in {', '.join(map(str, logs))}: expected log.jsonl lines "
                          '{"step": ..., "loss": ...}')
     fig, axes = plt.subplots(1, len(terms), figsize=(3.2 * len(terms), 3), squeeze=False)
+    # One colour per run in every panel (a panel's own colour cycle would restart where some runs lack the
+    # term, and the single legend would then name the wrong runs).
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    if len(runs) > len(cycle):
+        cycle = [plt.get_cmap("tab20")(i) for i in range(20)]
     for ax, term in zip(axes[0], terms):
         for i, run in enumerate(runs):
             points = [(r["step"], r[term]) for r in run if isinstance(r.get(term), (int, float))]
             if points:
-                ax.plot(*zip(*points), label=(labels[i] if labels else Path(logs[i]).parent.name))
+                ax.plot(*zip(*points), color=cycle[i % len(cycle)],
+                        label=(labels[i] if labels else Path(logs[i]).parent.name))
         ax.set_title(term)
         ax.set_xlabel("step")
-    axes[0][0].legend(fontsize=7)
+    # Every run has a total loss, so the first panel's lines name them all; the legend sits beside the panels.
+    handles, names = axes[0][0].get_legend_handles_labels()
+    axes[0][-1].legend(handles, names, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     if title:
         fig.suptitle(title)
     fig.tight_layout()
