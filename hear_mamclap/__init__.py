@@ -98,18 +98,26 @@ class HearModel(nn.Module):
         n = max(1, math.ceil(duration_ms / self.timestamp_hop_ms))
         return (torch.arange(n, dtype=torch.float64) + 0.5) * self.timestamp_hop_ms
 
-    def interpolate(self, features: torch.Tensor, n_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, P, D) patch features -> (B, T, D) at the timestamp hop, linear in time, and (T,) timestamps."""
+    def interpolate(self, features: torch.Tensor, n_samples: int,
+                    chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, P, D) patch features -> (B, T, D) at the timestamp hop, linear in time, and (T,) timestamps.
+
+        The output is allocated once and filled `chunk` timestamps at a time, so the temporaries stay
+        (B, chunk, D) however long the clip (one hour at 40 ms is 90,000 timestamps)."""
         centres = 1000.0 * self.encoder.frame_times(features.shape[1])  # (P,) ms
         times = self.timestamps_ms(n_samples)  # (T,)
         pos = torch.searchsorted(centres, times).clamp(1, max(1, len(centres) - 1))  # right neighbour
         left = (pos - 1).clamp(max=len(centres) - 1)
         right = pos.clamp(max=len(centres) - 1)
         span = (centres[right] - centres[left]).clamp_min(1e-9)
-        w = ((times - centres[left]) / span).clamp(0, 1).to(features.dtype)  # (T,)
         dev = features.device
-        out = (features[:, left.to(dev)] * (1 - w.to(dev))[None, :, None]
-               + features[:, right.to(dev)] * w.to(dev)[None, :, None])  # (B, T, D)
+        w = ((times - centres[left]) / span).clamp(0, 1).to(dev, features.dtype)  # (T,)
+        left, right = left.to(dev), right.to(dev)
+        out = features.new_empty(features.shape[0], len(times), features.shape[2])  # (B, T, D)
+        for start in range(0, len(times), chunk):
+            end = start + chunk
+            out[:, start:end] = torch.lerp(features[:, left[start:end]], features[:, right[start:end]],
+                                           w[start:end, None])
         return out, times.to(torch.float32)
 
 

@@ -113,3 +113,20 @@ def test_bad_input_gives_clear_error(model, bad, message):
 def test_bad_options_are_refused(encoder, option):
     with pytest.raises(ValueError):
         hear.HearModel(encoder, **option)
+
+
+def test_timestamp_interpolation_in_chunks_equals_the_linear_formula(model):
+    """interpolate() fills its output a chunk of timestamps at a time (bounded temporaries on long audio);
+    any chunk size gives the linear interpolation between the neighbouring patch centres."""
+    x = audio(2, 7.3)
+    features = model.patch_features(x)                                   # (B, P, D)
+    whole, times = model.interpolate(features, x.shape[1], chunk=10**9)
+    for chunk in (1, 7, 64):
+        part, _ = model.interpolate(features, x.shape[1], chunk=chunk)
+        assert torch.equal(part, whole), chunk
+    centres = 1000.0 * model.encoder.frame_times(features.shape[1]).double()
+    t = times.double()[100]                                              # one timestamp between two centres
+    j = int(torch.searchsorted(centres, t))
+    w = (t - centres[j - 1]) / (centres[j] - centres[j - 1])
+    expected = features[:, j - 1].double() * (1 - w) + features[:, j].double() * w
+    assert torch.allclose(whole[:, 100].double(), expected, atol=1e-5)
