@@ -211,7 +211,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         from tqdm import tqdm
         progress = tqdm(total=cfg.steps, initial=start_step, desc=f"pretrain {cfg.preset}", unit="step")
     micro = 0
-    sums: dict[str, float] = {}
+    sums: dict[str, torch.Tensor] = {}
+    unchecked: list[tuple[int, torch.Tensor]] = []  # (step, loss on the device) not yet read on the host
     for wav, labels, n_skipped in loader:
         skipped += int(n_skipped.sum())
         wav = wav.to(device, non_blocking=True)
@@ -230,24 +231,36 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 out = step_fn(mel, teacher=targets, labels=labels if model.cfg.uses_labels else None,
                               noise=noise)
             (out["loss"] / cfg.accum).backward()
+        # Loss values stay on the device: reading them on the host every micro-batch would make the CPU wait
+        # for the GPU each time. They are read where they are needed (logging, checkpoints, the end).
         for k, v in out.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.accum
+            sums[k] = sums.get(k, 0.0) + v.detach().float() / cfg.accum
         micro += 1
         if not sync:
             continue
         micro = 0
-        loss_value = sums["loss"]
+        loss_t = sums["loss"]
         if world > 1:
-            t = torch.tensor([loss_value], device=device)
-            dist.all_reduce(t)
-            loss_value = t.item() / world
-        if not math.isfinite(loss_value):
-            msg = (f"loss is {loss_value} at step {step}: stopping. The last good checkpoint "
-                   f"(step {checkpointing.load(ckpt_path)['step'] if ckpt_path.exists() else 'none'}) "
-                   f"is kept at {ckpt_path}; lower --base-lr or check the data.")
-            if rank == 0:
-                progress.close()
-            raise FloatingPointError(msg)
+            loss_t = loss_t.clone()
+            dist.all_reduce(loss_t)
+            loss_t = loss_t / world
+        unchecked.append((step, loss_t))
+        nxt = step + 1
+        read_now = nxt % cfg.log_every == 0 or nxt % cfg.ckpt_every == 0 or nxt in (cfg.steps, cfg.stop_at)
+        if read_now:
+            # Every loss since the last read, in one transfer; a non-finite one stops the run before this
+            # step's update and before any checkpoint is written after it, so the last checkpoint is good.
+            values = torch.stack([t for _, t in unchecked]).tolist()
+            bad = [(s, v) for (s, _), v in zip(unchecked, values) if not math.isfinite(v)]
+            unchecked.clear()
+            if bad:
+                msg = (f"loss is {bad[0][1]} at step {bad[0][0]}: stopping. The last good checkpoint "
+                       f"(step {checkpointing.load(ckpt_path)['step'] if ckpt_path.exists() else 'none'}) "
+                       f"is kept at {ckpt_path}; lower --base-lr or check the data.")
+                if rank == 0:
+                    progress.close()
+                raise FloatingPointError(msg)
+            loss_value = values[-1]
         lr = lr_at(step, cfg, peak_lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -256,11 +269,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        last_losses = {**sums, "loss": loss_value}
+        last_losses = {**sums, "loss": loss_t}
         sums = {}
         if rank == 0:
             progress.update(1)
-            progress.set_postfix(loss=f"{loss_value:.4f}")
+            if read_now:
+                progress.set_postfix(loss=f"{loss_value:.4f}")
             if step % cfg.log_every == 0 or step == cfg.steps:
                 elapsed = time.perf_counter() - t0
                 record = {"step": step, "lr": lr, "grad_norm": float(grad_norm), "skipped": skipped,
@@ -288,7 +302,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             "pretrain_config": model.cfg.to_dict(), "train_config": dataclasses.asdict(cfg)})
     if world > 1:
         dist.barrier()
-    return {"step": step, "losses": last_losses, "skipped": skipped}
+    return {"step": step, "losses": {k: float(v) for k, v in last_losses.items()}, "skipped": skipped}
 
 
 
