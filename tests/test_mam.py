@@ -181,7 +181,8 @@ def test_full_checkpoint_round_trip(tmp_path) -> None:
     torch.save(ckpt, tmp_path / "ckpt.pt")
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] == 42
     loaded = load_encoder(tmp_path / "ckpt.pt")
-    assert loaded.cfg == cfg.encoder and loaded.metadata == {"step": 42}
+    assert loaded.cfg == cfg.encoder and loaded.metadata["step"] == 42
+    assert loaded.metadata["pretrain_config"] == cfg.to_dict()  # provenance the harnesses record
     x = 0.1 * torch.randn(2, 40000)
     model.eval()
     assert torch.equal(loaded(x).frames, model.encoder(x).frames)
