@@ -55,6 +55,15 @@ def read_log(log: Path) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
+def _save_and_close(plt, fig, out_png: Path) -> Path:
+    """Lay out, write atomically, and free the figure whatever happens."""
+    fig.tight_layout()
+    try:
+        return savefig_atomic(fig, out_png)
+    finally:
+        plt.close(fig)
+
+
 def plot_losses(logs: list[Path], out_png: Path, title: str = "", labels: list[str] | None = None) -> Path:
     """One panel per loss term (total, recon, distill_visible, distill_masked, cls), one line per run."""
     plt = _pyplot()
@@ -83,11 +92,7 @@ def plot_losses(logs: list[Path], out_png: Path, title: str = "", labels: list[s
     axes[0][-1].legend(handles, names, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    try:
-        return savefig_atomic(fig, out_png)
-    finally:
-        plt.close(fig)
+    return _save_and_close(plt, fig, out_png)
 
 
 def plot_group_scores(summaries: dict[str, list[dict]], groups: list[str], out_png: Path,
@@ -109,8 +114,4 @@ def plot_group_scores(summaries: dict[str, list[dict]], groups: list[str], out_p
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    try:
-        return savefig_atomic(fig, out_png)
-    finally:
-        plt.close(fig)
+    return _save_and_close(plt, fig, out_png)
