@@ -23,7 +23,9 @@ def rng_state() -> dict:
              "numpy": np.random.get_state()[1].astype(np.int64).tolist(),
              "numpy_pos": int(np.random.get_state()[2])}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # The process's own device only: a rank uses one GPU, and a state per visible device would not
+        # restore where fewer devices are visible (a 2-GPU checkpoint resumed in a 1-GPU process).
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -32,7 +34,11 @@ def set_rng_state(state: dict) -> None:
     random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
     np.random.set_state(("MT19937", np.array(state["numpy"], dtype=np.uint32), state["numpy_pos"], 0, 0.0))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda = state["cuda"]
+        if isinstance(cuda, (list, tuple)):  # older checkpoints: one state per device visible when saved
+            current = torch.cuda.current_device()
+            cuda = cuda[current] if current < len(cuda) else cuda[0]
+        torch.cuda.set_rng_state(cuda)
 
 
 def save_atomic(obj: dict, path: str | Path) -> None:
