@@ -93,6 +93,14 @@ def test_merge_refuses_mismatches():
         merge_results([doc(seed=0), other])
 
 
+def test_merge_takes_one_task_per_document_created_in_the_same_second():
+    """Per-task evaluations of one checkpoint run side by side and may be stamped with the same second."""
+    esc, dcase = doc(), doc()
+    del esc["tasks"]["mini_dcase"], dcase["tasks"]["mini_esc"]
+    merged = merge_results([esc, dcase])
+    assert sorted(merged["tasks"]) == ["mini_dcase", "mini_esc"] and len(merged["sources"]) == 2
+
+
 def test_task_names_and_groups():
     assert task_name("/x/mini_esc-v1.0-full") == "mini_esc" and task_name("ks") == "ks"
     assert task_group("mini_nsynth_pitch-v1.0-full") == "music"

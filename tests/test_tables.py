@@ -15,6 +15,7 @@ import matplotlib.image
 import pytest
 from scipy import stats
 
+from training import tables as tables_module
 from training.cli import main
 
 FIXTURES = Path(__file__).parent / "fixtures" / "results"
@@ -230,3 +231,28 @@ def test_bad_results_and_runs_are_errors(tmp_path, capsys):
     assert main(["tables", str(FIXTURES), "--out", str(out), "--runs", str(tmp_path / "no-run")]) == 2
     assert "no log.jsonl" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_seed_suffixed_names_share_a_row_and_many_files_are_counted_by_folder(tmp_path, monkeypatch):
+    """`mam-s0`, `mam-s1`, `mam-s2` (names that end in their pretraining seed, as the GPU experiment writes them, one file
+    per task) are one leaderboard row with n=3; a table resting on many files names their folders."""
+    data = tmp_path / "in"
+    data.mkdir()
+    for seed in (0, 1, 2):
+        doc = json.loads((FIXTURES / f"mam-clap-small.s{seed}.hear.json").read_text())
+        for task in list(doc["tasks"]):  # one document per task, as `exp2.py` writes them
+            one = dict(doc, model=f"mam-s{seed}", tasks={task: doc["tasks"][task]})
+            (data / f"mam-s{seed}.{task}.json").write_text(json.dumps(one))
+    other = json.loads((FIXTURES / "logmel-baseline.hear.json").read_text())
+    (data / "logmel-s0.json").write_text(json.dumps(dict(other, model="logmel-s0")))  # seed null: name kept
+    out = tmp_path / "out"
+    monkeypatch.setattr(tables_module, "SOURCES_LISTED", 5)
+    assert main(["tables", str(data), "--out", str(out)]) == 0
+    header, rows = read_csv(out / "leaderboard.csv")
+    by_name = {r[0]: r for r in rows}
+    assert sorted(by_name) == ["logmel-s0", "mam"], by_name.keys()
+    esc = header.index(next(h for h in header if "mini_esc" in h))
+    assert by_name["mam"][esc] == expected([scores("mam-clap-small")[s]["mini_esc"] for s in (0, 1, 2)])
+    n_files = len(list(data.glob("*.json")))
+    assert n_files > tables_module.SOURCES_LISTED
+    assert f"from {n_files} results file(s): {n_files} in {data}/." in (out / "leaderboard.md").read_text()

@@ -281,7 +281,8 @@ def merge_results(docs: Iterable[dict | str | Path]) -> dict:
                                                       "harness", "checkpoint", "source", ("error")}]}}}
 
     Refuses documents of different models, a task whose group or primary metric differ between documents,
-    and the same document twice (same harness, checkpoint and creation time)."""
+    and the same document twice (same harness, checkpoint, creation time and tasks: evaluations of one model
+    run task by task in parallel can finish in the same second)."""
     loaded = []
     for d in docs:
         if isinstance(d, (str, Path)):
@@ -295,9 +296,9 @@ def merge_results(docs: Iterable[dict | str | Path]) -> dict:
         raise ResultsError(f"merge_results: documents of different models {models}; merge one model at a time")
     sources, seen, tasks = [], set(), {}
     for i, (doc, path) in enumerate(loaded):
-        key = (doc["harness"], doc["checkpoint"], doc["created"])
+        key = (doc["harness"], doc["checkpoint"], doc["created"], tuple(sorted(doc["tasks"])))
         if key in seen:
-            raise ResultsError(f"merge_results: document {path or i} repeats harness/checkpoint/created {key}")
+            raise ResultsError(f"merge_results: document {path or i} repeats harness/checkpoint/created/tasks {key}")
         seen.add(key)
         sources.append({"harness": doc["harness"], "checkpoint": doc["checkpoint"], "created": doc["created"],
                         "command": doc["command"], "path": path})

@@ -44,6 +44,7 @@ RECIPE_FIELDS = ("steps", "batch_size", "accum", "base_lr", "weight_decay", "war
                  "teacher_features", "teacher_align", "teacher_projection")
 DASH = "—"  # a failed or missing score
 MAX_LISTED = 5  # ignored files named in the note (a harness work folder holds thousands of JSON files)
+SOURCES_LISTED = 20  # results files named under a table; beyond this, their folders with a count each
 
 # Fine-tuning numbers as reported, copied from shared/PAPER.md ("Reported numbers for SupMAM-CLAP ... Peers,
 # from their own papers"); the paper is Xin, Peng and Lu, Interspeech 2023 (arXiv 2401.15953). Not measured
@@ -252,10 +253,28 @@ class Table:
 
 
 def _provenance_line(runs: list[Run]) -> str:
-    sources = sorted({s for r in runs for s in r.sources})
-    models = sorted({r.model for r in runs})
+    """Which runs and files a table rests on: the files by name when there are few, else their folders with
+    a count each (a per-task experiment writes hundreds of files)."""
+    sources = sorted({s for r in runs for s in r.sources if s})
+    models = sorted({display_name(r) for r in runs})
+    if len(sources) <= SOURCES_LISTED:
+        where = ", ".join(sources)
+    else:
+        folders: dict[str, int] = defaultdict(int)
+        for s in sources:
+            folders[os.path.dirname(s) or "."] += 1
+        where = ", ".join(f"{n} in {folder}/" for folder, n in sorted(folders.items()))
     return (f"Behind it: {len(runs)} run(s) (model × pretraining seed) of {len(models)} model(s) from "
-            f"{len(sources)} results file(s): {', '.join(sources)}.")
+            f"{len(sources)} results file(s): {where}.")
+
+
+def display_name(run: Run) -> str:
+    """The leaderboard's model name: the results' model name less a trailing "-s<seed>" that repeats the
+    run's pretraining seed, so `mam-s0`, `mam-s1` and `mam-s2` are the seeds of one row `mam`."""
+    suffix = f"-s{run.seed}"
+    if run.seed is not None and run.model.endswith(suffix) and len(run.model) > len(suffix):
+        return run.model[:-len(suffix)]
+    return run.model
 
 
 def leaderboard(columns: dict[Column, ColumnInfo], runs: list[Run]) -> tuple[Table, dict[str, list[dict]]]:
@@ -264,7 +283,7 @@ def leaderboard(columns: dict[Column, ColumnInfo], runs: list[Run]) -> tuple[Tab
     groups = hear_groups(columns)
     by_model: dict[str, list[Run]] = defaultdict(list)
     for r in runs:
-        by_model[r.model].append(r)
+        by_model[display_name(r)].append(r)
 
     def order(model: str) -> tuple:
         variant = next((r.pretraining.get("variant") for r in by_model[model] if r.pretraining), None)
@@ -288,7 +307,8 @@ def leaderboard(columns: dict[Column, ColumnInfo], runs: list[Run]) -> tuple[Tab
         spans.append(("HEAR means", len(groups) + 1))
     header = ["model", *(column_label(c, i) for c, i in columns.items()), *(f"{g} mean" for g in groups)]
     header += ["overall"] if groups else []
-    caption = ("Each task's primary test score, mean over runs (pretraining seeds) with ± the "
+    caption = ("Each task's primary test score, mean over runs (pretraining seeds; a model name's trailing "
+               "-s<seed> is dropped, so the seeds of one model share a row) with ± the "
                "half-width of the 95% t interval and n when there are several; " + DASH + " = failed or not "
                "run. Group means are taken per run over the group's HEAR tasks (a run needs all of them) and "
                "overall is the mean of the group means; SUPERB columns are not in the means. "
