@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -167,6 +168,23 @@ def test_hear_eval_writes_results_with_scores_and_the_failed_task(tiny_tasks, ti
     assert kws["score"] is None and kws["group"] == "speech"
     assert kws["error"].startswith("embeddings: RuntimeError") and "LibsndfileError" in kws["error"].splitlines()[0]
     assert "mini_drum_stroke: top1_acc =" in printed and "mini_speech_commands: FAILED" in printed
+
+    # The predictors again, two tasks at a time in their own heareval processes (--jobs 2), on a copy of the
+    # embeddings with the predictions removed: the same scores, the same failed task.
+    work2 = tmp_path / "work2"
+    shutil.copytree(work, work2, symlinks=True)
+    for done in [*work2.glob("embeddings/*/*/prediction-done.json"), *work2.glob("embeddings/*/*/test.predicted-scores.json")]:
+        done.unlink()
+    rc = cli.main(["hear", "eval", "--module", "hear_mamclap", "--model", str(tiny_export), "--tasks-dir",
+                   str(tiny_tasks), "--name", "tiny-random", "--out", str(tmp_path / "jobs2.json"), "--work-dir",
+                   str(work2), "--grid", "faster", "--grid-points", "1", "--jobs", "2"])
+    assert rc == 1 and "2 at a time" in capsys.readouterr().out
+    doc2 = load_results(tmp_path / "jobs2.json")
+    assert doc2["command"].endswith("--jobs 2")
+    for task in ("mini_drum_stroke", "mini_dcase"):
+        assert doc2["tasks"][task]["score"] == doc["tasks"][task]["score"], task
+        assert doc2["tasks"][task]["extra"]["prediction_seconds"] > 0
+    assert doc2["tasks"]["mini_speech_commands"]["score"] is None
 
     # Another module in the same work dir would reuse these embeddings: refused before any work.
     with pytest.raises(SystemExit, match="holds embeddings of another run"):

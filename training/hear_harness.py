@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -63,9 +64,12 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _run(args: list[str], cwd: Path, what: str) -> None:
+def _run(args: list[str], cwd: Path, what: str, threads: int | None = None) -> None:
     cwd.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(args, cwd=cwd, env=_env(), text=True, capture_output=True)
+    env = _env()
+    if threads is not None:  # several heareval processes side by side: share the cores instead of each taking all
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    proc = subprocess.run(args, cwd=cwd, env=env, text=True, capture_output=True)
     if proc.returncode != 0:
         tail = (proc.stdout[-3000:] + "\n" + proc.stderr[-6000:]).strip()
         # The exception that ended the subprocess: the last "SomeError: message" line of its traceback.
@@ -123,7 +127,8 @@ def embedding_folder_name(module: str, model_options: dict | None = None) -> str
 
 
 def predict(embedding_task_dirs: list[Path], grid: str = "faster", grid_points: int = 8,
-            work_dir: Path | None = None, gpus: list[int] | None = None, deterministic: bool = True) -> dict:
+            work_dir: Path | None = None, gpus: list[int] | None = None, deterministic: bool = True,
+            threads: int | None = None) -> dict:
     """Train heareval's downstream predictors on embedded tasks and return {task dir: test scores}.
 
     Scores are heareval's own test.predicted-scores.json of each task (for k-fold tasks, per fold and
@@ -140,7 +145,7 @@ def predict(embedding_task_dirs: list[Path], grid: str = "faster", grid_points: 
     if gpus is not None:
         args += ["--gpus", json.dumps(gpus)]
     cwd = Path(work_dir).resolve() if work_dir is not None else dirs[0].parent
-    _run(args, cwd, "heareval predictions")
+    _run(args, cwd, "heareval predictions", threads=threads)
     return {str(d): json.loads((d / "test.predicted-scores.json").read_text()) for d in dirs}
 
 
@@ -228,6 +233,24 @@ def _batch_then_singly(items: list[str], run: Callable[[list[str]], object], don
     return errors
 
 
+def _predict_in_parallel(names: list[str], emb_module: Path, jobs: int, **kwargs) -> dict[str, str]:
+    """predict() for each task in its own heareval process, `jobs` at a time; {task: error} of the failed."""
+    threads = max(1, (os.cpu_count() or 1) // min(jobs, len(names)))
+
+    def one(name: str) -> str | None:
+        if (emb_module / name / "prediction-done.json").exists():
+            return None
+        try:
+            predict([emb_module / name], threads=threads, **kwargs)
+            return None
+        except Exception as err:  # this task fails alone
+            return f"predictions: {type(err).__name__}: {err}"
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:  # threads only wait on the subprocesses
+        outcomes = list(pool.map(one, names))
+    return {name: err for name, err in zip(names, outcomes) if err is not None}
+
+
 def _seconds(path: Path, key: str) -> float | None:
     """A duration heareval records in one of its JSON files (profile.embeddings.json, prediction-done.json)."""
     try:
@@ -239,14 +262,18 @@ def _seconds(path: Path, key: str) -> float | None:
 def evaluate(module: str, model: str | Path | None, tasks_dir: Path, work_dir: Path, name: str,
              tasks: list[str] | None = None, model_options: dict | None = None, grid: str = "faster",
              grid_points: int = 8, seed: int | None = None, gpus: list[int] | None = None,
-             command: str | None = None, log: Callable[[str], None] = print) -> dict:
+             command: str | None = None, log: Callable[[str], None] = print, jobs: int = 1) -> dict:
     """Embeddings and predictions for the tasks of tasks_dir (or those named in tasks), and a results document
     (training.results, harness "hear") with every task's test scores.
 
     Each step runs heareval once for all tasks; when that fails, the unfinished tasks are run one by one, so a
     task that fails gets an error entry and the others are still scored. Work (embeddings, Lightning logs)
     stays in work_dir, stamped with the module, model, options and grid: a second run there reuses the
-    finished steps, and a run of anything else there is refused."""
+    finished steps, and a run of anything else there is refused.
+
+    jobs > 1 trains the predictors of up to `jobs` tasks at once (one heareval process per task, the cores
+    shared between them); the predictions step is most of the time of an evaluation, and the scores are the
+    same as with jobs=1."""
     tasks_dir, work_dir = Path(tasks_dir).resolve(), Path(work_dir).resolve()
     folders = task_folders(tasks_dir) if tasks_dir.is_dir() else []
     if tasks is not None:
@@ -259,6 +286,8 @@ def evaluate(module: str, model: str | Path | None, tasks_dir: Path, work_dir: P
         raise ValueError(f"{tasks_dir} holds no HEAR task folder (a folder with task_metadata.json)")
     if grid_points < 1:
         raise ValueError(f"grid_points must be >= 1, got {grid_points}")
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     # Checked before any work: a task without a known group, or two folders of one task, would only fail
     # when the results are written, hours later.
     metadata = {f.name: json.loads((f / "task_metadata.json").read_text()) for f in folders}
@@ -281,11 +310,16 @@ def evaluate(module: str, model: str | Path | None, tasks_dir: Path, work_dir: P
         lambda n: (emb_module / n / ".done.embeddings").exists(), "embeddings", log)
     embedded = [n for n in names if n not in errors]
     if embedded:
-        log(f"training heareval's predictors on {len(embedded)} tasks (grid {grid}, {grid_points} points) ...")
-        errors |= _batch_then_singly(
-            embedded, lambda ns: predict([emb_module / n for n in ns], grid=grid, grid_points=grid_points,
-                                         work_dir=work_dir, gpus=gpus),
-            lambda n: (emb_module / n / "prediction-done.json").exists(), "predictions", log)
+        log(f"training heareval's predictors on {len(embedded)} tasks (grid {grid}, {grid_points} points"
+            + (f", {min(jobs, len(embedded))} at a time" if jobs > 1 else "") + ") ...")
+        if jobs > 1 and len(embedded) > 1:
+            errors |= _predict_in_parallel(embedded, emb_module, jobs, grid=grid, grid_points=grid_points,
+                                           work_dir=work_dir, gpus=gpus)
+        else:
+            errors |= _batch_then_singly(
+                embedded, lambda ns: predict([emb_module / n for n in ns], grid=grid, grid_points=grid_points,
+                                             work_dir=work_dir, gpus=gpus),
+                lambda n: (emb_module / n / "prediction-done.json").exists(), "predictions", log)
 
     entries = {}
     for i, folder in enumerate(folders, 1):
@@ -396,10 +430,11 @@ def _eval_command(args) -> int:
     command += ["--model-options", args.model_options] if options else []
     command += ["--tasks", *args.tasks] if args.tasks else []
     command += ["--seed", str(seed)] if seed is not None else []
+    command += ["--jobs", str(args.jobs)] if args.jobs != 1 else []
     try:
         doc = evaluate(args.module, args.model, args.tasks_dir, work_dir, args.name, tasks=args.tasks,
                        model_options=options, grid=args.grid, grid_points=args.grid_points, seed=seed,
-                       command=shlex.join(command), log=lambda line: print(line, flush=True))
+                       command=shlex.join(command), log=lambda line: print(line, flush=True), jobs=args.jobs)
     except ValueError as err:  # bad arguments, found before any work: a message, not a traceback
         raise SystemExit(f"mamclap hear eval: {err}") from None
     results.save_results(doc, out)
@@ -438,4 +473,6 @@ def register(subparsers) -> None:
     s.add_argument("--grid-points", type=int, default=8, help="grid points tried per task")
     s.add_argument("--seed", type=int, default=None,
                    help="seed of the model's pretraining run, for means over seeds (default: the export's metadata)")
+    s.add_argument("--jobs", type=int, default=1,
+                   help="tasks whose predictors train at once, one heareval process each (same scores; default 1)")
     s.set_defaults(func=_eval_command)
