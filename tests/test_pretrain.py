@@ -37,15 +37,8 @@ def corpus() -> Path:
 @pytest.fixture(scope="module")
 def teacher_ckpt(tmp_path_factory) -> Path:
     """A CLAP checkpoint in LAION's layout (randomly initialised HTS-AT-tiny), read by the real loader."""
-    from hear_mamclap.model import EncoderConfig
-    from training.teacher import LaionClapTeacher, TeacherConfig, save_laion_checkpoint
-    torch.manual_seed(0)
-    teacher = LaionClapTeacher(EncoderConfig.preset("tiny"), TeacherConfig(projection=True))
-    state = {f"audio_branch.{k}": v for k, v in teacher.audio_branch.state_dict().items()}
-    state.update({f"audio_projection.{k}": v for k, v in teacher.audio_projection.state_dict().items()})
-    path = tmp_path_factory.mktemp("teacher") / "clap.pt"
-    save_laion_checkpoint(path, state)
-    return path
+    from training.teacher import init_laion_checkpoint
+    return init_laion_checkpoint(tmp_path_factory.mktemp("teacher") / "clap.pt", seed=0)
 
 
 def run_cli(*args: str, env_extra: dict | None = None, check: bool = True, **popen) -> subprocess.CompletedProcess:

@@ -7,6 +7,7 @@ transformer's local windows and residual paths keep a local change strongest whe
 """
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -240,3 +241,21 @@ def test_bad_input_is_refused(teachers):
         teachers["frames"](torch.zeros(1, 2000))
     with pytest.raises(ValueError, match="needs features='tokenmap'"):
         TeacherConfig(align="grid_resample")
+
+
+def test_teacher_init_writes_a_random_laion_checkpoint_the_loader_reads(tmp_path, capsys):
+    """`mamclap teacher init`: a seeded random HTS-AT + projection in LAION's layout (the benchmarks' stand-in
+    teacher); the same seed gives the same weights, another seed others; a bad model name is a clear error."""
+    from training.cli import main
+    from training.teacher import read_laion_state_dict
+    assert main(["teacher", "init", "--out", str(tmp_path / "a.pt"), "--seed", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == "HTSAT-tiny"
+    teacher = load_teacher(tmp_path / "a.pt", ENC, TOKENS)
+    assert teacher.model_name == "HTSAT-tiny"
+    main(["teacher", "init", "--out", str(tmp_path / "b.pt"), "--seed", "3"])
+    main(["teacher", "init", "--out", str(tmp_path / "c.pt"), "--seed", "4"])
+    a, b, c = (read_laion_state_dict(tmp_path / f"{n}.pt") for n in "abc")
+    key = "audio_projection.0.weight"
+    assert torch.equal(a[key], b[key]) and not torch.equal(a[key], c[key])
+    with pytest.raises(SystemExit, match="HTSAT"):
+        main(["teacher", "init", "--out", str(tmp_path / "d.pt"), "--model", "HTSAT-huge"])

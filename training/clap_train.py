@@ -439,7 +439,7 @@ def train(cfg: ClapTrainConfig) -> dict:
 
 
 def register(subparsers) -> None:
-    """`mamclap teacher train` (flags mirror ClapTrainConfig) and `mamclap teacher embed-captions`."""
+    """`mamclap teacher train` (flags mirror ClapTrainConfig), `embed-captions` and `init`."""
     p = subparsers.add_parser("teacher", help="train a CLAP teacher on the kit's captions",
                               description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="teacher_command", required=True, metavar="ACTION")
@@ -455,6 +455,12 @@ def register(subparsers) -> None:
     e.add_argument("--out", required=True, help="output file (.pt)")
     e.add_argument("--device", default="cpu", help="device for MiniLM (cpu | cuda)")
     e.set_defaults(func=_run_embed)
+    i = sub.add_parser("init", help="a LAION-layout CLAP checkpoint with random (seeded) weights, a stand-in "
+                                    "teacher for benchmarks")
+    i.add_argument("--out", required=True, help="output file (.pt)")
+    i.add_argument("--model", default="HTSAT-tiny", help="HTS-AT size: HTSAT-tiny or HTSAT-base")
+    i.add_argument("--seed", type=int, default=0)
+    i.set_defaults(func=_run_init)
 
 
 def _run_train(args) -> int:
@@ -465,6 +471,16 @@ def _run_train(args) -> int:
     metrics = train(cfg)
     print(json.dumps({k: metrics[k] for k in ("step", "final_loss", "held_out_clips", "initial", "final", "chance",
                                               "checkpoint")}, indent=1))
+    return 0
+
+
+def _run_init(args) -> int:
+    from training.teacher import init_laion_checkpoint
+    try:
+        path = init_laion_checkpoint(args.out, model=args.model, seed=args.seed)
+    except (KeyError, ValueError) as err:
+        raise SystemExit(f"mamclap teacher init: {err}") from None
+    print(json.dumps({"out": str(path), "model": args.model, "seed": args.seed}))
     return 0
 
 

@@ -331,6 +331,18 @@ def _load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], what: str
     module.load_state_dict(state, strict=True)
 
 
+def init_laion_checkpoint(path: str | Path, model: str = "HTSAT-tiny", seed: int = 0) -> Path:
+    """A CLAP checkpoint in LAION's layout whose audio branch and projection are randomly initialised (seeded):
+    a stand-in teacher for benchmarks and tests, costing what a trained one costs per step. `mamclap teacher
+    init` writes one."""
+    torch.manual_seed(seed)
+    teacher = LaionClapTeacher(EncoderConfig.preset("tiny"), TeacherConfig(projection=True), model=model)
+    state = {f"audio_branch.{k}": v for k, v in teacher.audio_branch.state_dict().items()}
+    state.update({f"audio_projection.{k}": v for k, v in teacher.audio_projection.state_dict().items()})
+    save_laion_checkpoint(path, state, name=f"mamclap-random-{model}-seed{seed}")
+    return Path(path)
+
+
 def load_teacher(path: str | Path, encoder: EncoderConfig, cfg: TeacherConfig = TeacherConfig(),
                  device: str | torch.device = "cpu") -> LaionClapTeacher:
     """A frozen LaionClapTeacher from a LAION-layout checkpoint (HTS-AT size read from the checkpoint)."""
