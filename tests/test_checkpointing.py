@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training import checkpointing
+from training.pretrain import checkpointing
 
 
 class FakeCuda:

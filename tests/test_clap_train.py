@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.clap_train import (PROMPT, caption_table, chance_recall, clip_metrics, held_out, load_caption_table,
+from training.pretrain.clap_train import (PROMPT, caption_table, chance_recall, clip_metrics, held_out, load_caption_table,
                                  load_text_encoder, open_corpus, recall_at)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,7 +113,7 @@ def test_caption_embeddings_round_trip(corpus, caption_file):
 @pytest.mark.slow
 def test_cli_trains_and_the_checkpoint_loads_strictly(corpus, caption_file, tmp_path):
     from hear_mamclap.model import EncoderConfig
-    from training.teacher import TeacherConfig, load_teacher, read_laion_state_dict
+    from training.pretrain.teacher import TeacherConfig, load_teacher, read_laion_state_dict
 
     out = tmp_path / "clap"
     run_cli("teacher", "train", "--data", str(corpus), "--caption-embeddings", str(caption_file),

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from training.demo import DemoConfig, Stage, StageFailed, plan, run_stages
-from training.results import load_results
+from training.eval.results import load_results
 
 REPO = Path(__file__).resolve().parents[1]
 BANK = Path(os.environ.get("MAMCLAP_DATA", REPO / "data")) / "bank"

@@ -142,7 +142,7 @@ def tiny_tasks(tmp_path_factory) -> Path:
 def test_hear_eval_writes_results_with_scores_and_the_failed_task(tiny_tasks, tiny_export, tmp_path, capsys):
     pytest.importorskip("heareval")
     from training import cli
-    from training.results import load_results
+    from training.eval.results import load_results
 
     out, work = tmp_path / "results" / "tiny.json", tmp_path / "work"
     rc = cli.main(["hear", "eval", "--module", "hear_mamclap", "--model", str(tiny_export), "--tasks-dir",
@@ -200,7 +200,7 @@ def test_hear_eval_writes_results_with_scores_and_the_failed_task(tiny_tasks, ti
 
 
 def test_eval_refuses_bad_arguments(tmp_path, tiny_export):
-    from training.hear_harness import evaluate
+    from training.eval.hear import evaluate
 
     with pytest.raises(ValueError, match="holds no HEAR task folder"):
         evaluate("hear_mamclap", tiny_export, tmp_path, tmp_path / "work", "x")

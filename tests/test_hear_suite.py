@@ -197,7 +197,7 @@ def test_heareval_embeds_every_task_and_predicts_scene_and_event_tasks(suite, tm
     """heareval's own runners: embeddings of the log-mel baseline for all nine tasks, then downstream
     training and test scores for a scene task, the k-fold task and the event task."""
     pytest.importorskip("heareval")
-    from training.hear_harness import embed, predict
+    from training.eval.hear import embed, predict
 
     out, _ = suite
     # A kit keeps a stage file beside its tasks; heareval alone would take it for a task.

@@ -6,7 +6,7 @@ import torch
 
 from hear_mamclap.checkpoint import load_encoder
 from hear_mamclap.model import EncoderConfig, patchify
-from training.mam import VARIANTS, MAMPretrainer, PretrainConfig, random_masking
+from training.pretrain.mam import VARIANTS, MAMPretrainer, PretrainConfig, random_masking
 
 
 def batch(cfg: PretrainConfig, size: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

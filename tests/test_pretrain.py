@@ -18,7 +18,7 @@ import soundfile as sf
 import torch
 
 from hear_mamclap.checkpoint import load_encoder
-from training import checkpointing
+from training.pretrain import checkpointing
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -37,7 +37,7 @@ def corpus() -> Path:
 @pytest.fixture(scope="module")
 def teacher_ckpt(tmp_path_factory) -> Path:
     """A CLAP checkpoint in LAION's layout (randomly initialised HTS-AT-tiny), read by the real loader."""
-    from training.teacher import init_laion_checkpoint
+    from training.pretrain.teacher import init_laion_checkpoint
     return init_laion_checkpoint(tmp_path_factory.mktemp("teacher") / "clap.pt", seed=0)
 
 
@@ -200,7 +200,7 @@ def test_checkpoint_moves_between_world_sizes(corpus, tmp_path):
 
 def test_audioset_layout_trains_with_the_same_labels(corpus, tmp_path):
     """The AudioSet CSV layout of the same corpus gives the same clips and multi-hot labels as the shards."""
-    from training.data import AudioClips
+    from training.pretrain.data import AudioClips
     from training.kit.corpus import write_audioset_layout
     write_audioset_layout(corpus, tmp_path / "audioset", progress=False)
     csv_path = tmp_path / "audioset" / "unbalanced_train_segments.csv"

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from training.results import (FORMAT, ResultsError, error_entry, load_results, merge_results, new_results,
+from training.eval.results import (FORMAT, ResultsError, error_entry, load_results, merge_results, new_results,
                               save_results, summarize, task_entry, task_group, task_name)
 
 

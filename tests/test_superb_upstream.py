@@ -22,7 +22,7 @@ from hear_mamclap.model import EncoderConfig, MAMCLAPEncoder
 from superb_upstream.expert import HOP_SAMPLES, UpstreamExpert
 from superb_upstream.hubconf import mamclap, mamclap_local
 from superb_upstream.run_downstream import complete_argv, prepare
-from superb_upstream.superb import best_checkpoint, data_overrides, read_test_accuracy
+from training.eval.superb import best_checkpoint, data_overrides, read_test_accuracy
 
 REPO = Path(__file__).resolve().parents[1]
 BANK = Path(os.environ.get("MAMCLAP_DATA", REPO / "data")) / "bank"
@@ -271,7 +271,7 @@ def test_superb_eval_trains_evaluates_and_writes_results(task, layouts, export, 
     """`mamclap superb eval`: s3prl -m train for a few steps, then -m evaluate on the chosen checkpoint; the
     test accuracy we read from s3prl's prediction files is the one s3prl logged."""
     from training.cli import main
-    from training.results import load_results
+    from training.eval.results import load_results
 
     monkeypatch.setenv("MAMCLAP_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "results" / "tiny.json"
@@ -302,7 +302,7 @@ def test_superb_eval_trains_evaluates_and_writes_results(task, layouts, export, 
 def test_superb_eval_records_failing_tasks(export, tmp_path):
     """A task whose data is missing gets an error entry, the next task still runs, the file is written."""
     from training.cli import main
-    from training.results import load_results
+    from training.eval.results import load_results
 
     (tmp_path / "data").mkdir()
     out = tmp_path / "r.json"

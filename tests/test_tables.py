@@ -15,7 +15,7 @@ import matplotlib.image
 import pytest
 from scipy import stats
 
-from training import tables as tables_module
+from training.eval import tables as tables_module
 from training.cli import main
 
 FIXTURES = Path(__file__).parent / "fixtures" / "results"
@@ -23,7 +23,7 @@ STEMS = ("leaderboard", "ablation", "reported")
 
 
 def expected(values: list[float]) -> str:
-    """The cell text for values, computed independently of training.results.summarize."""
+    """The cell text for values, computed independently of training.eval.results.summarize."""
     mean = statistics.fmean(values)
     if len(values) == 1:
         return f"{mean:.3f}"

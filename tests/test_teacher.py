@@ -17,7 +17,7 @@ import torch.nn as nn
 from hear_mamclap.compat import htsat_audio_config, load_htsat_module
 from hear_mamclap.frontend import num_frames
 from hear_mamclap.model import EncoderConfig
-from training.teacher import (LaionClapTeacher, TeacherConfig, linear_weights, load_teacher, plan_windows,
+from training.pretrain.teacher import (LaionClapTeacher, TeacherConfig, linear_weights, load_teacher, plan_windows,
                               read_laion_state_dict, save_laion_checkpoint, student_patch_times, time_weights)
 
 ENC = EncoderConfig()  # 128 mel bins, 16x16 patches: grid (64, 8), 0.16 s per time patch
@@ -247,7 +247,7 @@ def test_teacher_init_writes_a_random_laion_checkpoint_the_loader_reads(tmp_path
     """`mamclap teacher init`: a seeded random HTS-AT + projection in LAION's layout (the benchmarks' stand-in
     teacher); the same seed gives the same weights, another seed others; a bad model name is a clear error."""
     from training.cli import main
-    from training.teacher import read_laion_state_dict
+    from training.pretrain.teacher import read_laion_state_dict
     assert main(["teacher", "init", "--out", str(tmp_path / "a.pt"), "--seed", "3"]) == 0
     assert json.loads(capsys.readouterr().out)["model"] == "HTSAT-tiny"
     teacher = load_teacher(tmp_path / "a.pt", ENC, TOKENS)

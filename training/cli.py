@@ -13,12 +13,12 @@ import sys
 # (module, help) for each top-level subcommand; the module defines register(subparsers).
 COMMANDS = [
     ("training.kit.cli", "data"),
-    ("training.pretrain", "pretrain"),
-    ("training.clap_train", "teacher"),
-    ("superb_upstream.superb", "superb"),
-    ("training.hear_harness", "hear"),
+    ("training.pretrain.train", "pretrain"),
+    ("training.pretrain.clap_train", "teacher"),
+    ("training.eval.superb", "superb"),
+    ("training.eval.hear", "hear"),
     ("training.demo", "demo"),
-    ("training.tables", "tables"),
+    ("training.eval.tables", "tables"),
 ]
 
 

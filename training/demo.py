@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TextIO
 
-from training.results import write_json_atomic
+from training.eval.results import write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = ("-m", "training.cli")  # python arguments that run `mamclap`

@@ -9,7 +9,7 @@ mkdir -p /tmp/data /tmp/runs && rm -rf /tmp/data/bank && cp -r data/bank /tmp/da
 python3 - <<'PY' &
 import torch
 from hear_mamclap.model import EncoderConfig
-from training.teacher import LaionClapTeacher, TeacherConfig, save_laion_checkpoint
+from training.pretrain.teacher import LaionClapTeacher, TeacherConfig, save_laion_checkpoint
 torch.manual_seed(0)
 t = LaionClapTeacher(EncoderConfig.preset("base"), TeacherConfig(projection=True))
 state = {f"audio_branch.{k}": v for k, v in t.audio_branch.state_dict().items()}
@@ -25,7 +25,7 @@ cp /tmp/data/kit-medium-s0/manifest.json $OUT/medium_manifest.json 2>/dev/null
 wait
 echo "== pretrain bench $(($(date +%s)-T0))s"
 LEFT=$((570-($(date +%s)-T0)))
-[ -f /tmp/data/kit-medium-s0/corpus/corpus.json ] && timeout $LEFT python3 -m training.bench_pretrain --data /tmp/data/kit-medium-s0/corpus --preset supmam_clap --size base \
+[ -f /tmp/data/kit-medium-s0/corpus/corpus.json ] && timeout $LEFT python3 -m training.bench.pretrain --data /tmp/data/kit-medium-s0/corpus --preset supmam_clap --size base \
   --teacher /tmp/random_clap.pt --steps 300 --batch-size 64 --workers 12 --out-dir /tmp/runs/bench \
   --json $OUT/bench_pretrain.json > /tmp/bench_pretrain.log 2>&1
 tail -c 3000 /tmp/bench_pretrain.log | tr '\r' '\n' | tail -40 > $OUT/bench_pretrain.log

@@ -19,7 +19,7 @@ tail -c 2500 /tmp/clap.log | tr '\r' '\n' | tail -30 > $OUT/clap_train.log
 cp /tmp/runs/clap/metrics.json $OUT/clap_metrics.json; cp /tmp/runs/clap/log.jsonl $OUT/clap_log.jsonl
 wait $MEDIUM; echo "medium built rc=$? $(($(date +%s)-T0))s"
 LEFT=$((580-($(date +%s)-T0)))
-timeout $LEFT python3 -m training.bench_pretrain --data /tmp/data/kit-medium-s0/corpus --preset supmam_clap --size base \
+timeout $LEFT python3 -m training.bench.pretrain --data /tmp/data/kit-medium-s0/corpus --preset supmam_clap --size base \
   --teacher /tmp/runs/clap/clap.pt --steps 300 --batch-size 64 --workers 12 --out-dir /tmp/runs/supmam_clap \
   --json $OUT/bench_pretrain_trained_teacher.json > /tmp/bench.log 2>&1
 echo "pretrain rc=$? $(($(date +%s)-T0))s"

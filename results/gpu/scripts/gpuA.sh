@@ -7,7 +7,7 @@ mkdir -p /tmp/data && cp -r data/bank /tmp/data/bank
 python3 -m training.cli data build --size small --workers 14 > /tmp/small.log 2>&1; echo "small rc=$?"
 python3 - <<'PY'
 import json, os
-from training.clap_train import open_corpus
+from training.pretrain.clap_train import open_corpus
 clips, captions = open_corpus("/tmp/data/kit-small-s0/corpus")
 json.dump({"captions": captions, "vocabulary": [list(v) for v in clips.vocabulary]}, open(os.environ["OUT"] + "/captions_small.json", "w"))
 print(len(captions))

@@ -11,7 +11,7 @@ python3 -m training.cli data build --size small --workers 30 > /tmp/small.log 2>
 python3 - <<'PY'
 import torch
 from hear_mamclap.model import EncoderConfig
-from training.teacher import LaionClapTeacher, TeacherConfig, save_laion_checkpoint
+from training.pretrain.teacher import LaionClapTeacher, TeacherConfig, save_laion_checkpoint
 torch.manual_seed(0)
 t = LaionClapTeacher(EncoderConfig.preset("base"), TeacherConfig(projection=True))
 state = {f"audio_branch.{k}": v for k, v in t.audio_branch.state_dict().items()}

@@ -1,5 +1,5 @@
 """Plots from measured runs: training-loss curves from the trainer's log.jsonl files, and scores per task
-group from the results tables (training.tables). PNGs are written atomically."""
+group from the results tables (training.eval.tables). PNGs are written atomically."""
 from __future__ import annotations
 
 import json
@@ -98,7 +98,7 @@ def plot_losses(logs: list[Path], out_png: Path, title: str = "", labels: list[s
 def plot_group_scores(summaries: dict[str, list[dict]], groups: list[str], out_png: Path,
                       title: str = "") -> Path:
     """A grouped bar chart: task groups on the x axis, one bar per model at its mean score, error bars the
-    half-width of the 95% interval over seeds. summaries[model][i] is training.results.summarize's dict for
+    half-width of the 95% interval over seeds. summaries[model][i] is training.eval.results.summarize's dict for
     groups[i]; a group without a mean gets no bar."""
     plt = _pyplot()
     models = list(summaries)

@@ -25,7 +25,7 @@ accuracy: the top-1 of the prompts of the classes present in the corpus, a hit i
 labels. Chance levels go beside them: R@k for a random ranking, 1 - C(N - m, k) / C(N, k) averaged over
 queries with m correct items among N; zero-shot, the mean over clips of (#labels / #classes).
 
-Outputs in --out-dir: clap.pt (training.teacher.save_laion_checkpoint: audio_branch.*, audio_projection.*,
+Outputs in --out-dir: clap.pt (training.pretrain.teacher.save_laion_checkpoint: audio_branch.*, audio_projection.*,
 text_projection.*, logit_scale_a; `load_teacher(path, encoder, TeacherConfig(projection=True))` reads it
 strictly), metrics.json (written atomically), log.jsonl (training loss per logged step).
 """
@@ -51,8 +51,8 @@ import torchaudio.functional as AF
 from torch.utils.data import DataLoader, Dataset
 
 from hear_mamclap.compat import apply_runtime_env, htsat_audio_config, load_htsat_module
-from training.checkpointing import save_atomic
-from training.data import SAMPLE_RATE, AudioClips, Item, StepBatches
+from training.pretrain.checkpointing import save_atomic
+from training.pretrain.data import SAMPLE_RATE, AudioClips, Item, StepBatches
 
 log = logging.getLogger("mamclap.clap_train")
 
@@ -422,7 +422,7 @@ def train(cfg: ClapTrainConfig) -> dict:
     progress.close()
     train_s = time.perf_counter() - t0
 
-    from training.teacher import save_laion_checkpoint
+    from training.pretrain.teacher import save_laion_checkpoint
     save_laion_checkpoint(out_dir / "clap.pt", model.state_dict(), epoch=step,
                           name=f"mamclap-clap {cfg.model} + {TEXT_ENCODER}")
     final, _ = evaluate(model, eval_loader, table, present, device, amp)
@@ -475,7 +475,7 @@ def _run_train(args) -> int:
 
 
 def _run_init(args) -> int:
-    from training.teacher import init_laion_checkpoint
+    from training.pretrain.teacher import init_laion_checkpoint
     try:
         path = init_laion_checkpoint(args.out, model=args.model, seed=args.seed)
     except (KeyError, ValueError) as err:

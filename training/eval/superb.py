@@ -1,5 +1,5 @@
 """`mamclap superb eval`: train an s3prl downstream on the mamclap upstream, score the test split, and write
-the test accuracies into a results JSON (training.results, the format of the HEAR harness).
+the test accuracies into a results JSON (training.eval.results, the format of the HEAR harness).
 
     mamclap superb eval --model CKPT --task speech_commands voxceleb1 --data-root DATA/superb \\
         --name mam-clap-base --out results/mam-clap-base.superb.json [--steps N]
@@ -96,7 +96,7 @@ def run_s3prl(argv: list[str], log: Path) -> None:
 def evaluate_task(task: str, model: Path, data_root: Path, expdir: Path, steps: int | None, device: str | None,
                   seed: int, overrides: list[str], pretraining_seed: int | None = None) -> dict:
     """Train then evaluate one task; returns its results entry."""
-    from training.results import task_entry, task_group
+    from training.eval.results import task_entry, task_group
 
     expdir.mkdir(parents=True, exist_ok=True)
     assignments = data_overrides(task, task_root(data_root, task))
@@ -120,7 +120,7 @@ def evaluate_task(task: str, model: Path, data_root: Path, expdir: Path, steps: 
 
 
 def superb_eval(args) -> int:
-    from training.results import error_entry, new_results, save_results, task_group
+    from training.eval.results import error_entry, new_results, save_results, task_group
 
     model = Path(args.model)
     if not model.exists():

@@ -1,12 +1,12 @@
 """`mamclap tables`: the leaderboard, the paper's ablation and its reported numbers, in Markdown, CSV and
-LaTeX, with plots, from the results JSONs of the HEAR and SUPERB harnesses (training.results).
+LaTeX, with plots, from the results JSONs of the HEAR and SUPERB harnesses (training.eval.results).
 
     mamclap tables                                    # every results file under results/
     mamclap tables results/hear x.superb.json --out results/tables --runs runs/mam runs/mam_clap
 
 A *run* is one evaluated checkpoint: the documents (HEAR and SUPERB) of one model at one pretraining seed
 and provenance. A cell is the mean over runs of a task's primary test score, with the half-width of a 95% t
-interval (training.results.summarize) when there are several runs. A group mean is computed per run (the
+interval (training.eval.results.summarize) when there are several runs. A group mean is computed per run (the
 mean over the group's HEAR tasks, all of which the run must have) and then summarised over runs in the
 same way; the overall mean is the mean of a run's group means. The ablation picks its rows from each run's
 "pretraining" provenance (loss weights), never from model names, and pools runs of one configuration.
@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.mam import VARIANTS, PretrainConfig
-from training.plots import plot_group_scores, plot_losses, read_log
-from training.results import (FORMAT, GROUPS, HARNESSES, ResultsError, merge_results, summarize, task_name,
+from training.pretrain.mam import VARIANTS, PretrainConfig
+from training.eval.plots import plot_group_scores, plot_losses, read_log
+from training.eval.results import (FORMAT, GROUPS, HARNESSES, ResultsError, merge_results, summarize, task_name,
                               validate_results)
 
 Column = tuple[str, str]  # (harness, task)

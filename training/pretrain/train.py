@@ -26,8 +26,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from training import checkpointing
-from training.data import AudioClips, StepBatches
+from training.pretrain import checkpointing
+from training.pretrain.data import AudioClips, StepBatches
 
 log = logging.getLogger("mamclap.pretrain")
 
@@ -39,7 +39,7 @@ class TrainConfig:
     data: str = ""                   # shards folder, AudioSet CSV, or audio folder
     out_dir: str = "runs/pretrain"
     teacher: str = ""                # LAION-layout CLAP checkpoint (needed by *_clap presets)
-    teacher_features: str = "frames"  # frames | tokenmap (training.teacher.TeacherConfig)
+    teacher_features: str = "frames"  # frames | tokenmap (training.pretrain.teacher.TeacherConfig)
     teacher_align: str = "time_interp"  # time_interp | grid_resample
     teacher_projection: bool = False  # LAION's 512-d audio projection on each step
     steps: int = 200                 # length of the run (the learning-rate schedule ends here)
@@ -92,7 +92,7 @@ def _parse_value(text: str):
 
 def _build(cfg: TrainConfig, n_classes: int):
     """The pretraining wrapper and, for presets that distil, the frozen teacher."""
-    from training.mam import MAMPretrainer, PretrainConfig
+    from training.pretrain.mam import MAMPretrainer, PretrainConfig
 
     overrides = {k: _parse_value(v) for k, v in cfg.overrides}
     pcfg = PretrainConfig.preset(cfg.preset, size=cfg.size, **overrides)
@@ -103,7 +103,7 @@ def _build(cfg: TrainConfig, n_classes: int):
         if not cfg.teacher:
             raise ValueError(f"preset {cfg.preset!r} distils a CLAP teacher: pass --teacher CKPT (a "
                              "LAION-layout checkpoint, e.g. one from `mamclap teacher train`)")
-        from training.teacher import TeacherConfig, load_teacher
+        from training.pretrain.teacher import TeacherConfig, load_teacher
         teacher = load_teacher(cfg.teacher, encoder=pcfg.encoder, cfg=TeacherConfig(
             features=cfg.teacher_features, align=cfg.teacher_align, projection=cfg.teacher_projection))
         pcfg = dataclasses.replace(pcfg, teacher_dim=teacher.dim)

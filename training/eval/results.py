@@ -78,7 +78,7 @@ def task_group(task: str, metadata: dict | None = None) -> str:
     else:
         name = task_name(task)
         if name not in TASK_GROUPS:
-            raise ResultsError(f"no group known for task {name!r}: add it to training.results.TASK_GROUPS or "
+            raise ResultsError(f"no group known for task {name!r}: add it to training.eval.results.TASK_GROUPS or "
                                f"give its task_metadata.json a 'group' (one of {GROUPS})")
         group = TASK_GROUPS[name]
     if group not in GROUPS:
@@ -94,7 +94,7 @@ def environment() -> dict[str, str]:
             env[package] = importlib_metadata.version(package)
         except importlib_metadata.PackageNotFoundError:
             continue
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=10)

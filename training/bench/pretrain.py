@@ -1,6 +1,6 @@
 """Benchmark of the whole pretraining step: data loading, front end, teacher forward, student step.
 
-    python -m training.bench_pretrain --data data/kit-medium-s0/corpus --preset supmam_clap --size base \
+    python -m training.bench.pretrain --data data/kit-medium-s0/corpus --preset supmam_clap --size base \
         --teacher CLAP.pt --steps 300 --batch-size 64 --out-dir runs/bench --json bench.json
 
 It runs the real trainer (training.pretrain.train) and reads its log: samples/s over the second half of the
@@ -8,7 +8,7 @@ run (after warm-up and any compilation), peak GPU memory, and MFU: the student's
 (3 x forward: encoder on the visible patches, decoder on all, heads; the formula of
 ../shared/bench/reference_mam_step.py, taken from the config) times samples/s, over the bf16 matmul peak
 measured on the same GPU. The teacher's FLOPs are not counted, but its time is: this is the end-to-end
-rate. It also draws the loss curves (training.plots). Not a test: run it on the GPU beside the reference.
+rate. It also draws the loss curves (training.eval.plots). Not a test: run it on the GPU beside the reference.
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from training.mam import PretrainConfig
-from training.pretrain import TrainConfig, train
+from training.pretrain.mam import PretrainConfig
+from training.pretrain.train import TrainConfig, train
 
 
 def train_flops_per_sample(cfg: PretrainConfig) -> float:
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     result = summarise(Path(args.out_dir), args.batch_size, train_flops_per_sample(pcfg), peak)
     result.update(wall_s=wall, preset=args.preset, size=args.size, batch_size=args.batch_size,
                   steps=args.steps, compile=args.compile, device=torch.cuda.get_device_name() if peak else "cpu")
-    from training.plots import plot_losses
+    from training.eval.plots import plot_losses
     plot_losses([Path(args.out_dir) / "log.jsonl"], Path(args.out_dir) / "loss.png",
                 title=f"{args.preset} {args.size}, batch {args.batch_size}")
     print(json.dumps(result, indent=1))

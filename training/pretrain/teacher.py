@@ -47,13 +47,13 @@ Online forward vs cache. Measured per 10.255 s clip (ViT-B MAM-CLAP student step
 H200, batch 32: HTS-AT-tiny forward 0.9 ms in fp32 (0.6 ms under bf16 autocast), student step 1.1 ms in
 bf16; 2 CPU threads (batch 2): teacher 124 ms, student step 665 ms. So on a GPU the teacher costs almost as
 much as the student step, and a cache could save up to ~45% of a training step. Today's loader
-(training/data.py) crops each clip at an offset fixed by its index, without augmentation, so targets per
+(training/pretrain/data.py) crops each clip at an offset fixed by its index, without augmentation, so targets per
 item would repeat across epochs and a cache could hit. Against it: any waveform change (the kit's gain,
 speed, pitch, reverb, noise and mixing augmentations, other crops) changes the targets non-linearly (a
 mix's targets are not the mix of the targets), so the cache must key on the exact audio (item, crop,
 augmentation draw, teacher checkpoint) and would stop hitting once augmentation runs online; and it costs
 storage: 32 steps x 768 x 2 bytes (bf16) = 48 KiB per 10 s window, ~100 GB for AudioSet-2M. Chosen:
-online, on the device, inside the training step (training/pretrain.py), on exactly the batch the student
+online, on the device, inside the training step (training/pretrain/train.py), on exactly the batch the student
 sees: always exact, no staleness, no storage. If GPU time becomes the bottleneck on augmentation-free runs,
 cache the raw window features (window_features) under that key and align them at load time (cheap).
 """
@@ -72,7 +72,7 @@ import torchaudio.functional as AF
 from hear_mamclap.compat import htsat_audio_config, load_htsat_module
 from hear_mamclap.frontend import LogMelFrontend, num_frames
 from hear_mamclap.model import EncoderConfig
-from training.checkpointing import save_atomic
+from training.pretrain.checkpointing import save_atomic
 
 WINDOW_OVERHANG_S = 0.5  # a clip up to window + this many seconds is centred in one window, not split in two
 HTSAT_BY_WIDTH = {96: "HTSAT-tiny", 128: "HTSAT-base", 256: "HTSAT-large"}  # patch_embed width -> config

@@ -1,8 +1,8 @@
 """Speed and memory of the HEAR module (a benchmark script, not a test); prints one JSON object.
 
-    python -m training.bench_hear                                  # CUDA, base encoder, bf16 autocast
-    python -m training.bench_hear --reference ref.json --json out.json
-    python -m training.bench_hear --device cpu --size tiny         # smoke run on a CPU machine (a minute)
+    python -m training.bench.hear                                  # CUDA, base encoder, bf16 autocast
+    python -m training.bench.hear --reference ref.json --json out.json
+    python -m training.bench.hear --device cpu --size tiny         # smoke run on a CPU machine (a minute)
 
 Measures, through hear_mamclap's own get_scene_embeddings / get_timestamp_embeddings (front end included):
   - clips/s for batches of 10.24 s clips (random audio), scene and timestamp embeddings;

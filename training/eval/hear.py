@@ -11,7 +11,7 @@ its subprocess is ``python -c`` that applies them and then calls heareval's clic
 
 On top of the two steps, `evaluate` runs both over a suite (all tasks in one heareval run; when that fails,
 the unfinished tasks one by one, so a failing task is recorded as an error, not the end of the run), reads
-heareval's test scores and writes one results JSON (training/results.py). Command line:
+heareval's test scores and writes one results JSON (training/eval/results.py). Command line:
 
     mamclap hear eval --module hear_mamclap --model CKPT --tasks-dir DIR --name NAME --out results/NAME.json
     mamclap hear predict EMB_DIR... [--grid faster|default]
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from hear_mamclap import compat
-from training import results
+from training.eval import results
 
 # The subprocess for predictions: apply our compatibility fixes, then hand argv to heareval's click command.
 PREDICT_LAUNCHER = (
@@ -59,7 +59,7 @@ def _env() -> dict[str, str]:
     """The current environment plus compat's run-time settings, with the repository importable."""
     env = dict(os.environ)
     env.update(compat.runtime_env())
-    repo = str(Path(__file__).resolve().parents[1])
+    repo = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH", "")) if p)
     return env
 
@@ -264,7 +264,7 @@ def evaluate(module: str, model: str | Path | None, tasks_dir: Path, work_dir: P
              grid_points: int = 8, seed: int | None = None, gpus: list[int] | None = None,
              command: str | None = None, log: Callable[[str], None] = print, jobs: int = 1) -> dict:
     """Embeddings and predictions for the tasks of tasks_dir (or those named in tasks), and a results document
-    (training.results, harness "hear") with every task's test scores.
+    (training.eval.results, harness "hear") with every task's test scores.
 
     Each step runs heareval once for all tasks; when that fails, the unfinished tasks are run one by one, so a
     task that fails gets an error entry and the others are still scored. Work (embeddings, Lightning logs)
