@@ -112,6 +112,9 @@ class EncoderConfig:
     mlp_ratio: float = 4.0
     cls_token: bool = True                 # prepend a learned CLS token (pretraining may pool it)
     norm_eps: float = 1e-6
+    # positions: "sincos" is derived from the grid and never saved; "stored" is carried in the weights
+    # (encoders converted from AudioMAE/timm, whose position tables follow other conventions; hear_mamclap.convert)
+    pos_embed: Literal["sincos", "stored"] = "sincos"
 
     def __post_init__(self) -> None:
         pt, pf = self.patch_size
@@ -120,6 +123,8 @@ class EncoderConfig:
                              f"({self.target_frames}, {self.n_mels})")
         if self.width % self.heads or self.width % 4:
             raise ValueError(f"width {self.width} must be divisible by heads {self.heads} and by 4")
+        if self.pos_embed not in ("sincos", "stored"):
+            raise ValueError(f"pos_embed must be 'sincos' or 'stored', got {self.pos_embed!r}")
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -191,8 +196,9 @@ class MAMCLAPEncoder(nn.Module):
         pt, pf = cfg.patch_size
         self.patch_embed = nn.Linear(pt * pf, cfg.width)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width)) if cfg.cls_token else None
-        # Fixed, derived from the config, so not saved: (P_t * P_f, width) for the full grid.
-        self.register_buffer("pos_embed", sincos_pos_embed_2d(cfg.width, cfg.grid), persistent=False)
+        # (P_t * P_f, width) for the full grid, never trained; saved only when the config says "stored".
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(cfg.width, cfg.grid),
+                             persistent=cfg.pos_embed == "stored")
         self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.norm_eps) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
         self.apply(init_weights)

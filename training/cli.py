@@ -19,6 +19,7 @@ COMMANDS = [
     ("training.eval.hear", "hear"),
     ("training.demo", "demo"),
     ("training.eval.tables", "tables"),
+    ("training.convert", "convert"),
 ]
 
 
