@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# One call of the multi-GPU experiment job: install (once per machine), start the driver daemon (once), wait,
-# and bring back a snapshot of what exists.  bash .bench/gpuF.sh WAIT_SECONDS
+# One call of the multi-GPU experiment (results/gpu/exp2): start the driver daemon unless it runs, wait for it
+# up to WAIT_SECONDS, and pack a snapshot of what exists into $OUT/exp2.tar.gz. Call it again while the
+# machine stays up: the daemon keeps working between calls, and finished jobs are never redone.
+#
+#   bash results/gpu/scripts/experiment.sh [WAIT_SECONDS]    # default 560; environment: common.sh
+#   CAPTIONS=captions_small.pt                               # the small kit's MiniLM caption embeddings,
+#                                                            # when MiniLM cannot run on the machine
 set -uo pipefail
-if [ ! -f /tmp/installed ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl .whl-eval/*.whl || exit 1
-  mkdir -p /tmp/data && rm -rf /tmp/data/bank && cp -r data/bank /tmp/data/bank && touch /tmp/installed
-  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; nproc; free -g | head -2
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+if [[ ! -f "$WORK/machine.txt" ]]; then
+  { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; nproc; free -g | head -2; } | tee "$WORK/machine.txt"
 fi
-export PYTHONPATH=/tmp/site:$PWD USE_TF=0 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 MAMCLAP_DATA=/tmp/data MAMCLAP_CACHE=/tmp/cache WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
-python3 .bench/exp2.py start
-python3 .bench/exp2.py wait "${1:-560}"
-python3 .bench/exp2.py pack
+DRIVER=results/gpu/scripts/experiment_driver.py
+export EXP_WORK="${EXP_WORK:-$WORK/experiment}"
+"$PYTHON" "$DRIVER" start
+"$PYTHON" "$DRIVER" wait "${1:-560}"
+"$PYTHON" "$DRIVER" pack
