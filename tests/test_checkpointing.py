@@ -3,7 +3,7 @@
 A 2-GPU run's rank saved a CUDA RNG state per visible device, and resuming in a process that sees one GPU
 failed (IndexError in torch.cuda.set_rng_state_all; found on 2 H200s). This machine has no GPU, so these tests
 stand in a fake torch.cuda (device count, current device, per-device states) for the few calls involved;
-the GPU check is `.bench/scale2.sh` (2 GPUs to step 60, resumed on 1).
+the GPU check is `results/gpu/scripts/two_gpu_checks.sh` (2 GPUs to step 60, resumed on 1).
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ TOLERANCE = 1e-3  # max absolute difference in natural-log mel energy; measured 
 
 
 def reference(audio: torch.Tensor, n_mels: int = 128) -> torch.Tensor:
-    """torchaudio's Kaldi fbank, one clip at a time, with PAPER.md's settings."""
+    """torchaudio's Kaldi fbank, one clip at a time, with the paper's front-end settings (AudioMAE's recipe)."""
     return torch.stack([kaldi.fbank(clip[None], htk_compat=True, sample_frequency=16000, use_energy=False,
                                     window_type="hanning", num_mel_bins=n_mels, dither=0.0, frame_shift=10)
                         for clip in audio])

@@ -150,10 +150,12 @@ def test_reported_numbers_are_separate_and_labelled(tables):
     header, rows = read_csv(tables / "reported.csv")
     assert header == ["model", "AS-2M mAP", "AS-20K mAP", "ESC-50 acc", "SPC-2 acc", "VoxCeleb1 acc", "kind", "source"]
     assert all(r[header.index("kind")] == "reported" for r in rows) and len(rows) == 6
-    assert rows[0][:5] == ["SupMAM-CLAP", "48.5", "38.6", "97.6", "98.7"]  # shared/PAPER.md
+    assert rows[0][:5] == ["SupMAM-CLAP", "48.5", "38.6", "97.6", "98.7"]  # the paper's own numbers
+    assert rows[0][header.index("source")].startswith("Xin, Peng and Lu, Masked Audio Modeling with CLAP")
+    assert all("PAPER.md" not in r[header.index("source")] and "(arXiv " in r[header.index("source")] for r in rows)
     assert {r[0]: r[5] for r in rows}["M2D-CLAP"] == "95.5"
     md = (tables / "reported.md").read_text()
-    assert "NOT measured here" in md and "PAPER.md" in md
+    assert "NOT measured here" in md and "Interspeech 2023 (arXiv 2401.15953)" in md and "PAPER.md" not in md
     for stem in ("leaderboard", "ablation"):
         for ext in ("md", "csv", "tex"):
             text = (tables / f"{stem}.{ext}").read_text()
@@ -240,7 +242,7 @@ def test_seed_suffixed_names_share_a_row_and_many_files_are_counted_by_folder(tm
     data.mkdir()
     for seed in (0, 1, 2):
         doc = json.loads((FIXTURES / f"mam-clap-small.s{seed}.hear.json").read_text())
-        for task in list(doc["tasks"]):  # one document per task, as `exp2.py` writes them
+        for task in list(doc["tasks"]):  # one document per task, as `experiment_driver.py` writes them
             one = dict(doc, model=f"mam-s{seed}", tasks={task: doc["tasks"][task]})
             (data / f"mam-s{seed}.{task}.json").write_text(json.dumps(one))
     other = json.loads((FIXTURES / "logmel-baseline.hear.json").read_text())

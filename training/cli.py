@@ -1,8 +1,9 @@
 """`mamclap`: one command line for the project's jobs.
 
 Each area registers its own subcommands with a ``register(subparsers)`` function, so this file stays a
-table of contents: ``mamclap data ...`` (the offline sound kit), and later ``teacher``, ``pretrain``,
-``hear``, ``superb`` and ``tables``.
+table of contents: ``data`` (the offline sound kit), ``pretrain``, ``teacher`` (CLAP teacher training),
+``superb`` and ``hear`` (the evaluation harnesses), ``demo`` (the whole pipeline on the tiny kit) and
+``tables``.
 """
 from __future__ import annotations
 

@@ -9,8 +9,9 @@ Measures, through hear_mamclap's own get_scene_embeddings / get_timestamp_embedd
   - peak memory for the timestamp embeddings of one clip of an hour (GPU: torch's peak allocated, weights,
     input and output included; CPU: growth of the process's peak resident size);
   - the CPU real-time factor (compute seconds per second of audio) with torch limited to 2 threads.
-With --reference, the JSON of /work/shared/bench/reference_mam_step.py (--json) run in the same job, the
-clips/s are also given as ratios to its encoder_inference_clips_per_s (bf16, compiled, no front end).
+With --reference, the JSON of the reference yardstick (reference_mam_step.py --json, a benchmark kept outside
+this repository) run in the same job, the clips/s are also given as ratios to its
+encoder_inference_clips_per_s (bf16, compiled, no front end).
 """
 from __future__ import annotations
 

@@ -5,8 +5,8 @@
 
 It runs the real trainer (training.pretrain.train) and reads its log: samples/s over the second half of the
 run (after warm-up and any compilation), peak GPU memory, and MFU: the student's model FLOPs per sample
-(3 x forward: encoder on the visible patches, decoder on all, heads; the formula of
-../shared/bench/reference_mam_step.py, taken from the config) times samples/s, over the bf16 matmul peak
+(3 x forward: encoder on the visible patches, decoder on all, heads; the reference yardstick's formula
+(reference_mam_step.py, a benchmark kept outside this repository), taken from the config) times samples/s, over the bf16 matmul peak
 measured on the same GPU. The teacher's FLOPs are not counted, but its time is: this is the end-to-end
 rate. It also draws the loss curves (training.eval.plots). Not a test: run it on the GPU beside the reference.
 """

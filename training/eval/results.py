@@ -31,6 +31,8 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, Iterable
 
+from scipy import stats
+
 FORMAT = "mamclap-results"
 VERSION = 1
 MERGED_FORMAT = "mamclap-results-merged"
@@ -205,7 +207,7 @@ def validate_results(doc: Any, source: str = "<results>") -> dict:
     """doc itself when it follows the format; else ResultsError naming the first problem."""
     _require(isinstance(doc, dict), source, f"expected a JSON object, got {type(doc).__name__}")
     _require(doc.get("format") == FORMAT, source,
-             f"not a {FORMAT} file (format={doc.get('format')!r}); merged files load with load_merged")
+             f"not a {FORMAT} file (format={doc.get('format')!r}); merged documents come from merge_results")
     _require(doc.get("version") == VERSION, source,
              f"format version {doc.get('version')!r}, this code reads version {VERSION}")
     for key in ("model", "created", "command"):
@@ -316,17 +318,6 @@ def merge_results(docs: Iterable[dict | str | Path]) -> dict:
     return {"format": MERGED_FORMAT, "version": VERSION, "model": models[0], "sources": sources, "tasks": tasks}
 
 
-def load_merged(paths: Iterable[str | Path]) -> dict:
-    """merge_results over results files."""
-    return merge_results(list(paths))
-
-
-# t quantiles (two-sided 95%) for 1..30 degrees of freedom; beyond that the normal 1.96 is within 2%.
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042)
-
-
 def summarize(runs: list[dict]) -> dict:
     """Mean, sample standard deviation and the half-width of a 95% t confidence interval of the primary
     scores of runs (errored runs are counted, not averaged). std and ci95 are None for fewer than 2 scores."""
@@ -340,6 +331,6 @@ def summarize(runs: list[dict]) -> dict:
     out["mean"] = mean
     if n >= 2:
         std = math.sqrt(sum((s - mean) ** 2 for s in scores) / (n - 1))
-        t = _T975[n - 2] if n - 1 <= len(_T975) else 1.96
+        t = float(stats.t.ppf(0.975, n - 1))  # two-sided 95% quantile, n - 1 degrees of freedom
         out.update(std=std, ci95=t * std / math.sqrt(n))
     return out

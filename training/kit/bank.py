@@ -1,7 +1,7 @@
 """The source bank: a compact set of real recordings, synthesized utterances and rendered notes, cut from
 Debian packages (training/kit/debian.py) by the planners in training/kit/bank_sources.py.
 
-    data/bank/index.jsonl           one record per clip, sorted by id (contract: /work/shared bank schema)
+    data/bank/index.jsonl           one record per clip, sorted by id (schema: validate_record)
     data/bank/audio/<kind>/<name>.flac   16 kHz mono 16-bit FLAC, silence trimmed, peak 0.8 full scale
     data/bank/bank.json             seed, counts, skipped sources with reasons, packages and versions
 

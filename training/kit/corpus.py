@@ -328,7 +328,7 @@ def build_corpus(records: list[dict], bank_dir: Path, out_dir: Path, cfg: Corpus
         else:
             _init_worker(usable, bank_dir, cfg, seed)
             threads = torch.get_num_threads()
-            torch.set_num_threads(1)  # clip-sized FFTs: extra threads only contend (3x slower on a busy box)
+            torch.set_num_threads(1)  # clip-sized FFTs: extra threads only contend (results/perf.md)
             try:
                 for i in todo:
                     write_shard(out_dir, i)

@@ -173,8 +173,8 @@ FX: dict[str, AugmentConfig] = {
 
 @contextmanager
 def one_torch_thread() -> Iterator[None]:
-    """augment's torch ops are many and small: one thread is faster than several contending (a pitch task
-    built in 14 s instead of 87 s on a busy 2-core machine)."""
+    """augment's torch ops are many and small: one thread is faster than several contending (figures in
+    results/perf.md, "Kit builds: one torch thread")."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -1,7 +1,8 @@
 """Training checkpoints: plain dicts of tensors and Python values, written atomically.
 
-A checkpoint holds model, optimizer and scheduler state, the step, every RNG state the run uses, and the
-configs as dicts, so `torch.load(path, weights_only=True)` reads it and `--resume` continues exactly.
+A checkpoint holds model and optimizer state, the step (there is no scheduler state: the learning rate
+is a function of the step), every RNG state the run uses, and the configs as dicts, so
+`torch.load(path, weights_only=True)` reads it and `--resume` continues exactly.
 It is written to a temporary file in the same folder, flushed, and renamed over the old one: a run killed
 at any moment leaves either the previous checkpoint or the new one, never half of one.
 """

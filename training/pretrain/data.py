@@ -163,7 +163,8 @@ class AudioClips(Dataset):
         return wav
 
     def _fit(self, wav: np.ndarray, index: int) -> np.ndarray:
-        """Crop (at an offset fixed by the index, so epochs differ but runs repeat) or zero-pad."""
+        """Crop or zero-pad. The crop's offset depends only on the index: a clip longer than n_samples
+        gives the same crop in every epoch and every run."""
         n = self.n_samples
         if wav.size > n:
             start = (index * 7919) % (wav.size - n + 1)

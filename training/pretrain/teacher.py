@@ -43,10 +43,9 @@ Output order is time-major, as hear_mamclap.model's patches: patch (t, f) at ind
 projection=True applies LAION's audio projection (trained on the pooled clip embedding) to every step,
 giving 512-d targets; projection=False keeps the raw 768-d (tiny) / 1024-d (base) HTS-AT features.
 
-Online forward vs cache. Measured per 10.255 s clip (ViT-B MAM-CLAP student step = forward + backward):
-H200, batch 32: HTS-AT-tiny forward 0.9 ms in fp32 (0.6 ms under bf16 autocast), student step 1.1 ms in
-bf16; 2 CPU threads (batch 2): teacher 124 ms, student step 665 ms. So on a GPU the teacher costs almost as
-much as the student step, and a cache could save up to ~45% of a training step. Today's loader
+Online forward vs cache. On a GPU the teacher's forward costs almost as much as a ViT-B student step
+(forward + backward; figures in results/perf.md, "Teacher forward beside the student step"), so a cache of
+targets could save a large part of a training step. Today's loader
 (training/pretrain/data.py) crops each clip at an offset fixed by its index, without augmentation, so targets per
 item would repeat across epochs and a cache could hit. Against it: any waveform change (the kit's gain,
 speed, pitch, reverb, noise and mixing augmentations, other crops) changes the targets non-linearly (a

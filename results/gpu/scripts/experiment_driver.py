@@ -1,21 +1,30 @@
-"""GPU experiment driver, second form (issues 6.3, 4 and 7 in one multi-GPU job).
+"""GPU experiment driver (results/gpu/exp2): the kits, the CLAP teacher, 12 ViT-S pretraining runs (the four
+variants, seeds, ablations), their HEAR and SUPERB evaluations, the HEAR module benchmark and the two-GPU
+checks, in one multi-GPU job.
 
-A daemon (started with setsid, so it outlives the `run` call that starts it) works through a job graph with
-done-markers; each `run` call only starts the daemon if it is not running, waits, and packs what exists.
+A daemon (started in a new session, so it outlives the call that starts it) works through a job graph with
+done-markers; each call only starts the daemon if it is not running, waits, and packs what exists.
 Jobs are placed by CPU units (cores) and GPUs (least loaded), so one machine of several GPUs runs the kits,
-the teacher, every pretraining run and every (model, task) evaluation side by side.
+the teacher, every pretraining run and every (model, task) evaluation side by side. Run from the
+repository root (experiment.sh does):
 
-    python3 .bench/exp2.py daemon        # the job graph (normally via `start`)
-    python3 .bench/exp2.py start         # start the daemon unless it runs
-    python3 .bench/exp2.py wait SECONDS  # wait for the daemon or SECONDS, print progress
-    python3 .bench/exp2.py pack          # $OUT/exp2.tar.gz: results, logs, loss logs, manifests
+    python results/gpu/scripts/experiment_driver.py plan           # print the job graph, run nothing
+    python results/gpu/scripts/experiment_driver.py start          # start the daemon unless it runs
+    python results/gpu/scripts/experiment_driver.py wait SECONDS   # wait for the daemon or SECONDS, print progress
+    python results/gpu/scripts/experiment_driver.py pack           # $OUT/exp2.tar.gz: results, logs, loss logs, manifests
+    python results/gpu/scripts/experiment_driver.py daemon         # the job graph itself (normally via `start`)
 
-Environment: LOCAL=1 is a dry run on this CPU machine (tiny kit, tiny preset, few steps).
+Environment: EXP_WORK (runs, results, logs, done-markers; default $TMPDIR/mamclap-experiment), MAMCLAP_DATA
+(kits; default data/), OUT (where `pack` writes; default EXP_WORK/out), CAPTIONS (the small kit's MiniLM
+caption embeddings for the teacher; default: embedded by a job of the graph), REFERENCE_SCRIPT (the yardstick
+for bench_hear.sh, optional), PRE_STEPS, SUPERB_STEPS, CPU_UNITS, SCALING=0 (no two-GPU checks).
+LOCAL=1 is a dry run on a CPU machine (tiny kit, tiny preset, few steps).
 """
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -24,8 +33,10 @@ import time
 from pathlib import Path
 
 LOCAL = os.environ.get("LOCAL") == "1"
-W = Path(os.environ.get("EXP_WORK", "/tmp/work2"))
-DATA = Path(os.environ.get("MAMCLAP_DATA", "/tmp/data"))
+SCRIPTS = Path(__file__).resolve().parent  # the job scripts beside this driver
+W = Path(os.environ.get("EXP_WORK") or Path(os.environ.get("TMPDIR", "/tmp")) / "mamclap-experiment").resolve()
+DATA = Path(os.environ.get("MAMCLAP_DATA", "data")).resolve()
+os.environ["MAMCLAP_DATA"] = str(DATA)  # the same data root for every job
 KIT_HEAR = DATA / ("kit-tiny-s0" if LOCAL else "kit-small-s0")
 KIT_PRE = DATA / ("kit-tiny-s0" if LOCAL else "kit-medium-s0")
 RES = W / "results"
@@ -115,17 +126,21 @@ def jobs() -> list[Job]:
         f"export_encoder(MAMCLAPEncoder(EncoderConfig.preset('{SIZE}')), '{random_dir}', "
         f"metadata={{'variant': 'random_init', 'size': '{SIZE}', 'seed': 0}})"]))
     if NGPU:
-        out.append(Job("bench", ["bash", ".bench/bench2.sh", str(RES / "bench")], units=2, gpus=1,
+        out.append(Job("bench", ["bash", str(SCRIPTS / "bench_hear.sh"), str(RES / "bench")], units=2, gpus=1,
                        fixed_gpus=[1 % NGPU]))
     if SCALING:
-        out.append(Job("scaling", ["bash", ".bench/scale2.sh", str(RES / "scaling")], hear_dep, units=20,
+        out.append(Job("scaling", ["bash", str(SCRIPTS / "two_gpu_checks.sh"), str(RES / "scaling")], hear_dep, units=20,
                        gpus=2, fixed_gpus=[2, 3]))
     teacher_steps = 20 if LOCAL else 400
+    captions, captions_dep = os.environ.get("CAPTIONS"), []
+    if not captions:  # MiniLM on the CPU; set CAPTIONS where it cannot run
+        captions, captions_dep = str(W / "captions.pt"), ["captions"]
+        out.append(Job("captions", [*M, "teacher", "embed-captions", "--data", str(KIT_HEAR / "corpus"),
+                                    "--out", captions], hear_dep, units=2))
     out.append(Job("teacher", [*M, "teacher", "train", "--data", str(KIT_HEAR / "corpus"), "--caption-embeddings",
-                               ".bench/captions_small.pt" if not LOCAL else ".bench/captions_tiny.pt",
-                               "--steps", str(teacher_steps), "--batch-size", "8" if LOCAL else "64",
+                               captions, "--steps", str(teacher_steps), "--batch-size", "8" if LOCAL else "64",
                                "--workers", "2" if LOCAL else "6", "--out-dir", str(W / "runs" / "clap")],
-                   hear_dep, units=6, gpus=1))
+                   hear_dep + captions_dep, units=6, gpus=1))
     for name, (variant, seed, sets) in RUNS.items():
         run_dir = W / "runs" / name
         cmd = [*M, "pretrain", "--preset", variant, "--size", SIZE, "--data", str(KIT_PRE / "corpus"),
@@ -290,8 +305,14 @@ def wait(seconds: float) -> None:
     print(f"wait ended after {time.time() - t0:.0f}s; {done} done markers; daemon alive={daemon_alive()}")
 
 
+def plan() -> None:
+    for job in jobs():
+        where = f"units={job.units} gpus={job.fixed_gpus or job.gpus}"
+        print(f"{job.name}  [{where}; after: {', '.join(job.deps) or '-'}]\n    {shlex.join(map(str, job.cmd))}")
+
+
 def pack() -> None:
-    out = Path(os.environ.get("OUT", "/tmp/out"))
+    out = Path(os.environ.get("OUT") or W / "out")
     out.mkdir(parents=True, exist_ok=True)
     with tarfile.open(out / "exp2.tar.gz", "w:gz") as tar:
         for p in (RES, W / "driver.log", W / "done"):
@@ -323,5 +344,7 @@ if __name__ == "__main__":
         wait(float(sys.argv[2]))
     elif what == "pack":
         pack()
+    elif what == "plan":
+        plan()
     else:
-        sys.exit(f"unknown command {what!r}: daemon, start, wait or pack")
+        sys.exit(f"unknown command {what!r}: plan, daemon, start, wait or pack")
