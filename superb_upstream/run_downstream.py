@@ -4,7 +4,7 @@
         -c superb_upstream/configs/speech_commands.yaml -p runs/superb/ks \\
         -o "config.downstream_expert.datarc.speech_commands_root='DATA/speech_commands/train',,..."
 
-Takes exactly s3prl's flags. Before s3prl is imported it installs hear_mamclap.compat's layer for torchaudio
+Takes exactly s3prl's flags. Before s3prl is imported it installs superb_upstream.compat's layer for torchaudio
 2.11 and Python 3.11, then registers the entries of superb_upstream.hubconf on s3prl.hub (s3prl picks the
 upstream with getattr(s3prl.hub, name)) and runs s3prl's own main(). Two conveniences: without -c (and
 without -e) our config for the downstream is used when we have one, and without --device the device is
@@ -17,8 +17,7 @@ import sys
 import types
 from pathlib import Path
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # package data, installed with this module
 
 
 def default_config(downstream: str) -> Path | None:
@@ -91,7 +90,7 @@ class LazyHub(types.ModuleType):
 
 def prepare() -> None:
     """Install the compatibility layer, then register our upstreams as s3prl.hub."""
-    from hear_mamclap import compat
+    from superb_upstream import compat
 
     compat.prepare_s3prl()
     import s3prl

@@ -1,4 +1,5 @@
-"""The installed environment and every fix in hear_mamclap.compat, each against the real package code path.
+"""The installed environment and every fix of training.compat and superb_upstream.compat, each against the real
+package code path.
 
 Fixes that change global state (environment variables, attributes of torchaudio or Lightning, sys.modules) are
 checked in a fresh interpreter, so they neither leak into other tests nor pass only because another test
@@ -15,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hear_mamclap import compat
+from superb_upstream import compat as s3prl_compat
+from training import compat
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,6 +55,21 @@ def test_runtime_env_is_offline_and_tensorflow_free():
     assert env["TOKENIZERS_PARALLELISM"] == "false"
 
 
+def test_the_fixes_both_sides_share_are_defined_once():
+    """training.compat re-exports the launcher's shared fixes rather than keeping copies of them."""
+    for name in ("runtime_env", "apply_runtime_env", "prepare_tensorboard", "load_triton_before_tensorflow"):
+        assert getattr(compat, name) is getattr(s3prl_compat, name), name
+        assert getattr(compat, name).__module__ == "superb_upstream.compat"
+
+
+def test_s3prl_cache_is_under_the_cache_variable_or_the_current_directory(tmp_path, monkeypatch):
+    monkeypatch.delenv("MAMCLAP_CACHE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert s3prl_compat.s3prl_cache_dir() == tmp_path.resolve() / "cache" / "s3prl_voxceleb1"
+    monkeypatch.setenv("MAMCLAP_CACHE", str(tmp_path / "elsewhere"))
+    assert s3prl_compat.s3prl_cache_dir() == tmp_path.resolve() / "elsewhere" / "s3prl_voxceleb1"
+
+
 def test_prepare_heareval_restores_current_epoch_setter_and_full_checkpoint_load(tmp_path):
     ckpt = tmp_path / "lightning-like.ckpt"
     out = run_python(f"""
@@ -63,7 +80,7 @@ def test_prepare_heareval_restores_current_epoch_setter_and_full_checkpoint_load
             print("loaded-before")
         except Exception as e:
             print("refused-before", type(e).__name__)
-        from hear_mamclap.compat import prepare_heareval
+        from training.compat import prepare_heareval
         prepare_heareval()
         print("hparams", torch.load({str(ckpt)!r})["hparams"].lr)
         import pytorch_lightning as pl
@@ -81,7 +98,7 @@ def test_prepare_heareval_restores_current_epoch_setter_and_full_checkpoint_load
 def test_heareval_and_hearvalidator_import_and_triton_loads_after_tensorflow():
     out = run_python("""
         import sys
-        from hear_mamclap.compat import prepare_heareval
+        from training.compat import prepare_heareval
         prepare_heareval()
         import heareval.embeddings.runner, heareval.predictions.runner, hearvalidator.validate
         assert "tensorflow" in sys.modules  # heareval's embedding runner imports it at the top
@@ -95,7 +112,7 @@ def test_heareval_and_hearvalidator_import_and_triton_loads_after_tensorflow():
 def test_torchaudio_layer_round_trips_and_runs_s3prl_sox_effects(tmp_path):
     out = run_python(f"""
         import math, torch, torchaudio
-        from hear_mamclap.compat import prepare_s3prl
+        from superb_upstream.compat import prepare_s3prl
         prepare_s3prl()
         torchaudio.set_audio_backend("sox_io")  # s3prl calls this at import
         tmp = {str(tmp_path)!r}
@@ -132,17 +149,17 @@ def test_torchaudio_layer_round_trips_and_runs_s3prl_sox_effects(tmp_path):
 def test_catalyst_distributed_sampler_wrapper_covers_the_sampler_once():
     draws = [7, 3, 3, 9, 0, 5, 1, 8]  # a with-replacement draw, as s3prl's WeightedRandomSampler gives
     for shuffle in (False, True):
-        parts = [list(compat.DistributedSamplerWrapper(draws, num_replicas=2, rank=r, shuffle=shuffle))
+        parts = [list(s3prl_compat.DistributedSamplerWrapper(draws, num_replicas=2, rank=r, shuffle=shuffle))
                  for r in range(2)]
         assert len(parts[0]) == len(parts[1]) == 4
         assert sorted(parts[0] + parts[1]) == sorted(draws)
     # an odd count is padded by repetition (as DistributedSampler does), or cut with drop_last
-    padded = [list(compat.DistributedSamplerWrapper(range(5), num_replicas=2, rank=r, shuffle=False)) for r in (0, 1)]
+    padded = [list(s3prl_compat.DistributedSamplerWrapper(range(5), num_replicas=2, rank=r, shuffle=False)) for r in (0, 1)]
     assert sorted(padded[0] + padded[1]) == [0, 0, 1, 2, 3, 4]
-    cut = [list(compat.DistributedSamplerWrapper(range(5), 2, r, shuffle=False, drop_last=True)) for r in (0, 1)]
+    cut = [list(s3prl_compat.DistributedSamplerWrapper(range(5), 2, r, shuffle=False, drop_last=True)) for r in (0, 1)]
     assert sorted(cut[0] + cut[1]) == [0, 1, 2, 3]
     # set_epoch reshuffles the split (DistributedSampler seeds with seed + epoch)
-    sampler = compat.DistributedSamplerWrapper(list(range(20)), num_replicas=2, rank=0, seed=1)
+    sampler = s3prl_compat.DistributedSamplerWrapper(list(range(20)), num_replicas=2, rank=0, seed=1)
     first = list(sampler)
     sampler.set_epoch(1)
     assert list(sampler) != first
@@ -152,7 +169,7 @@ def test_catalyst_distributed_sampler_wrapper_covers_the_sampler_once():
 def test_s3prl_downstreams_import_without_tensorflow():
     out = run_python("""
         import sys
-        from hear_mamclap.compat import prepare_s3prl, DistributedSamplerWrapper
+        from superb_upstream.compat import prepare_s3prl, DistributedSamplerWrapper
         prepare_s3prl()
         from catalyst.data.sampler import DistributedSamplerWrapper as Wrapper
         assert Wrapper is DistributedSamplerWrapper
@@ -169,7 +186,7 @@ def test_s3prl_downstreams_import_without_tensorflow():
 def test_tensorboard_writer_without_tensorflow(tmp_path):
     out = run_python(f"""
         import sys
-        from hear_mamclap.compat import prepare_tensorboard
+        from training.compat import prepare_tensorboard
         prepare_tensorboard()
         from torch.utils.tensorboard import SummaryWriter
         w = SummaryWriter({str(tmp_path)!r})
@@ -185,7 +202,7 @@ def test_tensorboard_writer_without_tensorflow(tmp_path):
 def test_htsat_tiny_builds_and_runs_offline_without_importing_laion_clap():
     out = run_python("""
         import sys, torch
-        from hear_mamclap import compat
+        from training import compat
         htsat = compat.load_htsat_module()
         cfg = compat.htsat_audio_config("HTSAT-tiny")
         assert cfg.sample_rate == 48000 and cfg.model_name == "tiny"
@@ -226,7 +243,7 @@ def test_s3prl_voxceleb1_file_lists_are_cached_per_data_set(tmp_path):
         from pathlib import Path
         import numpy as np, soundfile as sf
         os.environ["MAMCLAP_CACHE"] = {str(tmp_path / "cache")!r}
-        from hear_mamclap.compat import prepare_s3prl
+        from superb_upstream.compat import prepare_s3prl
         prepare_s3prl()
         import s3prl.downstream.voxceleb1.dataset as vox
         for name, n_train in (("a", 2), ("b", 3)):
@@ -252,7 +269,7 @@ def test_huggingface_hub_names_s3prl_imports_are_kept_for_hub_1():
 
     hub = types.ModuleType("huggingface_hub_1")
     hub.get_token = lambda: "hf_token_from_env"
-    compat._keep_huggingface_hub_names(hub)
+    s3prl_compat._keep_huggingface_hub_names(hub)
     assert hub.HfFolder.get_token() == "hf_token_from_env"
     with pytest.raises(RuntimeError, match="hub"):
         hub.HfFolder.save_token("x")
@@ -261,7 +278,7 @@ def test_huggingface_hub_names_s3prl_imports_are_kept_for_hub_1():
     import huggingface_hub
 
     before = (getattr(huggingface_hub, "HfFolder", None), getattr(huggingface_hub, "Repository", None))
-    compat._keep_huggingface_hub_names(huggingface_hub)  # hub < 1 here: its own classes stay
+    s3prl_compat._keep_huggingface_hub_names(huggingface_hub)  # hub < 1 here: its own classes stay
     assert (huggingface_hub.HfFolder, huggingface_hub.Repository) == before
 
 

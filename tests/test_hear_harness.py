@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from hear_mamclap import compat
 from hear_mamclap.checkpoint import export_encoder
 from hear_mamclap.model import EncoderConfig, MAMCLAPEncoder
+from training import compat
 
 REPO = Path(__file__).resolve().parents[1]
 BANK = Path(os.environ.get("MAMCLAP_DATA", REPO / "data")) / "bank"
@@ -223,7 +223,7 @@ def test_heareval_embeddings_runner_runs_a_torch_module_without_tensorflow(tiny_
     (tmp_path / "tasks" / task.name).symlink_to(task, target_is_directory=True)
     code = textwrap.dedent(f"""
         import runpy, sys
-        from hear_mamclap import compat
+        from training import compat
         sys.modules["tensorflow"] = compat._tensorflow_stand_in()  # as on a machine without TensorFlow
         compat.prepare_heareval_embeddings()
         sys.argv = ["heareval.embeddings.runner", "hear_mamclap.baselines.logmel", "--tasks-dir",

@@ -87,7 +87,7 @@ def test_superb_test_material_is_held_out(superb, records):
 
 
 def test_s3prl_speech_commands_reads_the_layout(superb):
-    compat = pytest.importorskip("hear_mamclap.compat")
+    compat = pytest.importorskip("superb_upstream.compat")
     pytest.importorskip("s3prl")
     compat.prepare_s3prl()
     from s3prl.downstream.speech_commands.dataset import (CLASSES, SpeechCommandsDataset,
@@ -111,7 +111,7 @@ def test_s3prl_speech_commands_reads_the_layout(superb):
 
 
 def test_s3prl_voxceleb1_reads_the_layout(superb, tmp_path, monkeypatch):
-    compat = pytest.importorskip("hear_mamclap.compat")
+    compat = pytest.importorskip("superb_upstream.compat")
     pytest.importorskip("s3prl")
     compat.prepare_s3prl()
     import s3prl.downstream.voxceleb1.dataset as vox

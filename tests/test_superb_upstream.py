@@ -65,7 +65,7 @@ def test_hidden_states_shapes_and_rate(expert):
 def test_s3prl_featurizer_accepts_the_upstream(expert):
     """s3prl's own Featurizer: weighted sum over all layers, lengths from get_downsample_rates within its
     tolerance, each utterance cut to round(len / 640) frames."""
-    from hear_mamclap import compat
+    from superb_upstream import compat
 
     compat.prepare_s3prl()
     from s3prl.upstream.interfaces import Featurizer

@@ -14,9 +14,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from hear_mamclap.compat import htsat_audio_config, load_htsat_module
 from hear_mamclap.frontend import num_frames
 from hear_mamclap.model import EncoderConfig
+from training.compat import htsat_audio_config, load_htsat_module
 from training.pretrain.teacher import (LaionClapTeacher, TeacherConfig, linear_weights, load_teacher, plan_windows,
                               read_laion_state_dict, save_laion_checkpoint, student_patch_times, time_weights)
 
@@ -259,3 +259,24 @@ def test_teacher_init_writes_a_random_laion_checkpoint_the_loader_reads(tmp_path
     assert torch.equal(a[key], b[key]) and not torch.equal(a[key], c[key])
     with pytest.raises(SystemExit, match="HTSAT"):
         main(["teacher", "init", "--out", str(tmp_path / "d.pt"), "--model", "HTSAT-huge"])
+
+
+def test_teacher_and_clap_trainer_share_one_builder_of_the_audio_side():
+    """build_clap_audio is the one builder of CLAP's audio side: seeded alike, the teacher and the CLAP
+    trainer's model hold the same HTS-AT and projection, under the same names; without a projection the
+    teacher keeps the HTS-AT width."""
+    from training.pretrain.clap_train import ClapModel
+    from training.pretrain.teacher import build_clap_audio
+
+    torch.manual_seed(5)
+    teacher = LaionClapTeacher(ENC, TeacherConfig(projection=True))
+    torch.manual_seed(5)
+    clap = ClapModel("HTSAT-tiny")
+    for part in ("audio_branch", "audio_projection"):
+        ours, theirs = getattr(teacher, part).state_dict(), getattr(clap, part).state_dict()
+        assert list(ours) == list(theirs), part
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), part
+    branch, projection, audio_cfg = build_clap_audio("HTSAT-tiny", joint_dim=None)
+    assert projection is None and branch.num_features == 768 and audio_cfg.sample_rate == 48000
+    plain = LaionClapTeacher(ENC, FRAMES)
+    assert plain.audio_projection is None and plain.dim == 768

@@ -38,7 +38,6 @@ from typing import Callable, TextIO
 
 from training.eval.results import write_json_atomic
 
-REPO = Path(__file__).resolve().parents[1]
 CLI = ("-m", "training.cli")  # python arguments that run `mamclap`
 VARIANTS = ("mam", "mam_clap", "supmam", "supmam_clap")
 SUPERB_TASKS = ("speech_commands", "voxceleb1")
@@ -236,7 +235,7 @@ def _execute(argv: list[str], log: Path, append: bool, env: dict[str, str], cons
         f.write(f"$ {shlex.join(argv)}\n")
         f.flush()
         # Its own session: Ctrl-C reaches the demo only, which then stops the stage's whole group.
-        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(argv, env=env, stdout=f, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         try:
             while True:
@@ -291,7 +290,7 @@ def run_stages(stages: list[Stage], work: Path, console: TextIO = sys.stdout) ->
 
 
 def _run_locked(stages: list[Stage], stamps: Path, logs: Path, console: TextIO) -> list[dict]:
-    from hear_mamclap.compat import runtime_env  # imports torch: a few seconds, so before any stage's clock
+    from training.compat import runtime_env  # imports torch: a few seconds, so before any stage's clock
 
     env = {**runtime_env(), **os.environ}  # offline, TensorFlow-free, unless the caller set otherwise
     run_ids: dict[str, str] = {}

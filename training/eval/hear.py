@@ -6,7 +6,7 @@
 
 heareval writes ``embeddings/`` and Lightning's ``logs/`` relative to the current directory, so each step runs
 as a subprocess with cwd set to a work directory (by default the parent of the output), never the repository.
-The predictions step needs run-time fixes for torch >= 2.6 and Lightning 1.9.5 (hear_mamclap/compat.py), so
+The predictions step needs run-time fixes for torch >= 2.6 and Lightning 1.9.5 (training/compat.py), so
 its subprocess is ``python -c`` that applies them and then calls heareval's click command.
 
 On top of the two steps, `evaluate` runs both over a suite (all tasks in one heareval run; when that fails,
@@ -30,13 +30,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
-from hear_mamclap import compat
+from training import compat
 from training.eval import results
 
 # The subprocess for predictions: apply our compatibility fixes, then hand argv to heareval's click command.
 PREDICT_LAUNCHER = (
     "import sys\n"
-    "from hear_mamclap.compat import prepare_heareval\n"
+    "from training.compat import prepare_heareval\n"
     "prepare_heareval()\n"
     "from heareval.predictions.runner import runner\n"
     "sys.argv[0] = 'heareval.predictions.runner'\n"
@@ -48,7 +48,7 @@ PREDICT_LAUNCHER = (
 # lets it run a torch module without TensorFlow or with a CPU-only TensorFlow on a GPU machine.
 EMBED_LAUNCHER = (
     "import runpy, sys\n"
-    "from hear_mamclap.compat import prepare_heareval_embeddings\n"
+    "from training.compat import prepare_heareval_embeddings\n"
     "prepare_heareval_embeddings()\n"
     "sys.argv[0] = 'heareval.embeddings.runner'\n"
     "runpy.run_module('heareval.embeddings.runner', run_name='__main__', alter_sys=True)\n"
@@ -56,11 +56,10 @@ EMBED_LAUNCHER = (
 
 
 def _env() -> dict[str, str]:
-    """The current environment plus compat's run-time settings, with the repository importable."""
+    """The current environment plus compat's run-time settings. The subprocesses import hear_mamclap and
+    training as installed (pip install, editable or not) or from PYTHONPATH, never through this file's path."""
     env = dict(os.environ)
     env.update(compat.runtime_env())
-    repo = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH", "")) if p)
     return env
 
 

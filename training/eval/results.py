@@ -23,10 +23,12 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, Iterable
@@ -89,22 +91,60 @@ def task_group(task: str, metadata: dict | None = None) -> str:
 
 
 def environment() -> dict[str, str]:
-    """Versions of Python, the platform, the packages in _PACKAGES that are installed, and the git commit."""
+    """Versions of Python, the platform, the packages in _PACKAGES that are installed, and the git commit
+    (source_commit) when there is one."""
     env = {"python": platform.python_version(), "platform": platform.platform()}
     for package in _PACKAGES:
         try:
             env[package] = importlib_metadata.version(package)
         except importlib_metadata.PackageNotFoundError:
             continue
-    repo = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10)
-        if commit.returncode == 0:
-            env["git_commit"] = commit.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass  # not a git checkout (an installed wheel): the versions above still identify the code
+    commit = source_commit()
+    if commit is not None:
+        env["git_commit"] = commit
     return env
+
+
+def _git(folder: Path, *args: str) -> str | None:
+    """`git -C folder ARGS` output, or None when git is missing or folder is not in a checkout."""
+    try:
+        proc = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def _is_mamclap_checkout(folder: Path) -> bool:
+    pyproject = folder / "pyproject.toml"
+    return pyproject.is_file() and re.search(r'^name\s*=\s*"mamclap"', pyproject.read_text(), re.M) is not None
+
+
+def _editable_source() -> Path | None:
+    """The source folder of an editable install of mamclap (pip's direct_url.json), if that is how it is installed."""
+    try:
+        direct_url = importlib_metadata.distribution("mamclap").read_text("direct_url.json")
+    except importlib_metadata.PackageNotFoundError:
+        return None
+    info = json.loads(direct_url) if direct_url else {}
+    url = urllib.parse.urlparse(info.get("url", ""))
+    if not info.get("dir_info", {}).get("editable") or url.scheme != "file":
+        return None
+    return Path(urllib.parse.unquote(url.path))
+
+
+def source_commit(cwd: Path | None = None) -> str | None:
+    """The git commit of this project's code: that of the current directory's checkout when it is a checkout of
+    mamclap (tests and scripts run from one), else that of an editable install's source folder; None for a
+    wheel install or a folder outside git (the package versions then identify the code)."""
+    top = _git(Path.cwd() if cwd is None else cwd, "rev-parse", "--show-toplevel")
+    folders = [Path(top)] if top is not None and _is_mamclap_checkout(Path(top)) else []
+    editable = _editable_source()
+    folders += [editable] if editable is not None else []
+    for folder in folders:
+        commit = _git(folder, "rev-parse", "HEAD")
+        if commit is not None:
+            return commit
+    return None
 
 
 def _finite_or_none(value: Any) -> float | None:

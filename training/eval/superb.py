@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from superb_upstream.run_downstream import REPO, default_config
+from superb_upstream.run_downstream import default_config
 
 TASKS = ("speech_commands", "voxceleb1")
 METRIC = "top1_acc"
@@ -84,9 +84,10 @@ def read_test_accuracy(expdir: Path) -> tuple[float, int]:
 
 def run_s3prl(argv: list[str], log: Path) -> None:
     """One `python -m superb_upstream.run_downstream` process, its output in log; CalledProcessError-like
-    RuntimeError with the log's tail when it fails."""
+    RuntimeError with the log's tail when it fails. It runs in the current directory and imports
+    superb_upstream as installed (or from PYTHONPATH)."""
     with open(log, "w") as f:
-        proc = subprocess.run([sys.executable, "-m", "superb_upstream.run_downstream", *argv], cwd=REPO,
+        proc = subprocess.run([sys.executable, "-m", "superb_upstream.run_downstream", *argv],
                               stdout=f, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
@@ -130,7 +131,7 @@ def superb_eval(args) -> int:
     if args.steps is not None and args.steps < 1:
         print(f"--steps must be >= 1, got {args.steps}", file=sys.stderr)
         return 2
-    expdir = args.expdir or REPO / "runs" / "superb" / args.name
+    expdir = (args.expdir or Path("runs") / "superb" / args.name).resolve()  # runs/ under the current directory
     from hear_mamclap.checkpoint import read_metadata
     try:
         provenance = read_metadata(model)

@@ -39,8 +39,6 @@ from training.kit import corpus as corpus_mod
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 @dataclass(frozen=True)
 class KitSize:
@@ -66,11 +64,13 @@ class OverlapError(RuntimeError):
 
 
 def data_root() -> Path:
-    return Path(os.environ.get("MAMCLAP_DATA", REPO / "data"))
+    """$MAMCLAP_DATA, else data/ in the current directory."""
+    return Path(os.environ.get("MAMCLAP_DATA") or "data")
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("MAMCLAP_CACHE", REPO / "cache"))
+    """$MAMCLAP_CACHE, else cache/ in the current directory."""
+    return Path(os.environ.get("MAMCLAP_CACHE") or "cache")
 
 
 def kit_dir(size: str, seed: int, data_dir: Path) -> Path:

@@ -21,9 +21,9 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("data", help="the offline sound kit: bank, pretraining corpus, HEAR and SUPERB sets",
                               description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", type=Path, default=None,
-                   help="data root (default $MAMCLAP_DATA or <repo>/data)")
+                   help="data root (default $MAMCLAP_DATA or ./data)")
     p.add_argument("--cache-dir", type=Path, default=None,
-                   help="download cache (default $MAMCLAP_CACHE or <repo>/cache)")
+                   help="download cache (default $MAMCLAP_CACHE or ./cache)")
     sub = p.add_subparsers(dest="data_command", required=True, metavar="STEP")
 
     s = sub.add_parser("setup", help="download and unpack the Debian packages the bank is made from")

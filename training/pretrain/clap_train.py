@@ -50,9 +50,10 @@ import torch.nn.functional as F
 import torchaudio.functional as AF
 from torch.utils.data import DataLoader, Dataset
 
-from hear_mamclap.compat import apply_runtime_env, htsat_audio_config, load_htsat_module
+from training.compat import apply_runtime_env
 from training.pretrain.checkpointing import save_atomic
 from training.pretrain.data import SAMPLE_RATE, AudioClips, Item, StepBatches
+from training.pretrain.teacher import build_clap_audio
 
 log = logging.getLogger("mamclap.clap_train")
 
@@ -222,13 +223,10 @@ class ClapModel(nn.Module):
 
     def __init__(self, model: str = "HTSAT-tiny", text_dim: int = TEXT_DIM, joint_dim: int = 512) -> None:
         super().__init__()
-        audio_cfg = htsat_audio_config(model)
-        self.audio_branch = load_htsat_module().create_htsat_model(audio_cfg)  # feature fusion off
+        self.audio_branch, self.audio_projection, audio_cfg = build_clap_audio(model, joint_dim)
         _float32_forward(self.audio_branch.spectrogram_extractor)
         _float32_forward(self.audio_branch.logmel_extractor)
-        width = self.audio_branch.num_features  # 768 (tiny) / 1024 (base)
-        # CLAP.audio_projection / text_projection: 0 Linear, 1 ReLU, 2 Linear.
-        self.audio_projection = nn.Sequential(nn.Linear(width, joint_dim), nn.ReLU(), nn.Linear(joint_dim, joint_dim))
+        # CLAP.text_projection, the audio projection's layout: 0 Linear, 1 ReLU, 2 Linear.
         self.text_projection = nn.Sequential(nn.Linear(text_dim, joint_dim), nn.ReLU(), nn.Linear(joint_dim, joint_dim))
         self.logit_scale_a = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature
         self.rate = audio_cfg.sample_rate

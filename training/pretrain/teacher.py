@@ -59,6 +59,7 @@ cache the raw window features (window_features) under that key and align them at
 from __future__ import annotations
 
 import math
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,13 +69,27 @@ import torch
 import torch.nn as nn
 import torchaudio.functional as AF
 
-from hear_mamclap.compat import htsat_audio_config, load_htsat_module
 from hear_mamclap.frontend import LogMelFrontend, num_frames
 from hear_mamclap.model import EncoderConfig
+from training.compat import htsat_audio_config, load_htsat_module
 from training.pretrain.checkpointing import save_atomic
 
 WINDOW_OVERHANG_S = 0.5  # a clip up to window + this many seconds is centred in one window, not split in two
 HTSAT_BY_WIDTH = {96: "HTSAT-tiny", 128: "HTSAT-base", 256: "HTSAT-large"}  # patch_embed width -> config
+
+
+def build_clap_audio(model: str = "HTSAT-tiny", joint_dim: int | None = 512
+                     ) -> tuple[nn.Module, nn.Sequential | None, types.SimpleNamespace]:
+    """laion-clap's HTS-AT audio branch (built offline, feature fusion off), CLAP's audio projection over its
+    pooled output (0 Linear width -> joint_dim, 1 ReLU, 2 Linear: LAION's key names; None when joint_dim is
+    None) and the branch's audio_cfg. The one builder of CLAP's audio side, for the teacher and the CLAP
+    trainer alike: built in this order, a seeded build gives the same weights in both."""
+    audio_cfg = htsat_audio_config(model)
+    branch = load_htsat_module().create_htsat_model(audio_cfg)
+    width = branch.num_features  # 768 (tiny) / 1024 (base)
+    projection = None if joint_dim is None else nn.Sequential(
+        nn.Linear(width, joint_dim), nn.ReLU(), nn.Linear(joint_dim, joint_dim))
+    return branch, projection, audio_cfg
 
 
 @dataclass(frozen=True)
@@ -210,14 +225,10 @@ class LaionClapTeacher(Teacher):
         super().__init__(encoder)
         self.cfg = cfg
         self.model_name = model
-        audio_cfg = htsat_audio_config(model)
-        self.audio_branch = load_htsat_module().create_htsat_model(audio_cfg)  # feature fusion off
+        self.audio_branch, self.audio_projection, audio_cfg = build_clap_audio(
+            model, joint_dim if cfg.projection else None)
         branch = self.audio_branch
-        width = branch.num_features  # 768 (tiny) / 1024 (base)
-        # CLAP.audio_projection, same layout and key names (0: Linear, 1: ReLU, 2: Linear).
-        self.audio_projection = nn.Sequential(nn.Linear(width, joint_dim), nn.ReLU(), nn.Linear(joint_dim, joint_dim)
-                                              ) if cfg.projection else None
-        self.dim = joint_dim if cfg.projection else width
+        self.dim = joint_dim if cfg.projection else branch.num_features  # 512, or 768 (tiny) / 1024 (base)
 
         # Window geometry (see the module docstring): 48 kHz, 10 s, 32 steps of 32 stretched frames.
         self.teacher_rate = audio_cfg.sample_rate

@@ -185,7 +185,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     writer = None
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
-        from hear_mamclap.compat import prepare_tensorboard
+        from training.compat import prepare_tensorboard
         prepare_tensorboard()  # no TensorFlow import (slow, and it breaks triton) for a few scalars
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(out_dir / "tb"))

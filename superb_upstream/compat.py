@@ -1,23 +1,27 @@
-"""Run-time compatibility fixes for third-party packages, and nothing else.
+"""Run-time compatibility fixes for the s3prl launcher (run_downstream.py), and the few that both harnesses share.
 
-Each fix is installed by an explicit call, never at import of hear_mamclap, so the HEAR module itself runs on
-a plain torch install:
+Why here. Every fix for a third-party package lives in one module of ours per side: this one for what the
+s3prl upstream's launcher needs, training/compat.py for the HEAR harness (heareval, Lightning), pretraining
+and the CLAP teacher (laion-clap). hear_mamclap, the runtime users deploy, needs none: it runs on plain
+torch. superb_upstream may not import training (tests/test_architecture.py), so the fixes the launcher
+shares with the training side (the run-time environment, tensorboard without TensorFlow, triton before
+TensorFlow) are defined here, and training.compat re-exports them.
+
+Each fix is installed by an explicit call, never at import:
 
     runtime_env()        environment for offline, TensorFlow-free runs of heareval, s3prl, transformers
+    apply_runtime_env()  runtime_env() for this process
     prepare_tensorboard() torch.utils.tensorboard without importing TensorFlow (which breaks triton)
-    prepare_heareval()   heareval 2021.1.3 predictions under torch >= 2.6 and pytorch-lightning 1.9.5
-    prepare_heareval_embeddings()  heareval's embeddings runner for torch modules, with or without TensorFlow
+    load_triton_before_tensorflow()  triton's native library loaded while it still can be
     prepare_s3prl()      s3prl 0.4.18 downstreams under torchaudio 2.11 and Python 3.11
-    load_htsat_module()  laion-clap 1.1.7's HTS-AT audio branch, importable offline
-    htsat_audio_config() one of laion-clap's HTS-AT audio configurations, as create_htsat_model takes it
 
 Installed packages are never edited: the fixes add or replace attributes at run time, in this process only.
+tests/test_environment.py runs each one against the real package code path.
 """
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 import math
 import os
 import sys
@@ -64,126 +68,16 @@ def prepare_tensorboard() -> None:
     tensorboard use its own TensorFlow-free stub, as tensorboard's no_tensorflow build does."""
     if "tensorboard.compat.notf" not in sys.modules:
         sys.modules["tensorboard.compat.notf"] = types.ModuleType(
-            "tensorboard.compat.notf", "Marker: use tensorboard's TensorFlow stub (hear_mamclap.compat)")
+            "tensorboard.compat.notf", "Marker: use tensorboard's TensorFlow stub (superb_upstream.compat)")
 
 
-def _load_triton_before_tensorflow() -> None:
+def load_triton_before_tensorflow() -> None:
     """Load triton's native library now, before TensorFlow: loaded after TensorFlow 2.21 it segfaults
     (torch 2.14.1's triton 3.8). heareval's embedding runner and hearvalidator import TensorFlow at the top."""
     if "tensorflow" in sys.modules:
         return  # too late to help; importing triton now could crash the process
     if importlib.util.find_spec("triton") is not None:
         importlib.import_module("triton")
-
-
-# ----------------------------------------------------------------------------------------------- heareval
-
-
-def prepare_heareval() -> None:
-    """Make heareval 2021.1.3's predictions runner work with torch >= 2.6 and pytorch-lightning 1.9.5.
-
-    Call it in the process that runs heareval.predictions.runner, before trainer.test() runs."""
-    apply_runtime_env()
-    _load_triton_before_tensorflow()
-    # torch >= 2.6 loads with weights_only=True by default; Lightning 1.9.5 checkpoints, which heareval
-    # reloads for its test step, hold pickled Python objects, so torch.load raises UnpicklingError. The
-    # checkpoints are written by the same run, so loading them in full is safe.
-    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
-    _restore_fit_loop_current_epoch_setter()
-    _nvml_device_name_as_bytes()  # the predictions runner imports heareval.gpu_max_mem too
-
-
-def prepare_heareval_embeddings() -> None:
-    """Let heareval 2021.1.3's embeddings runner (and its task_embeddings) run a torch HEAR module where
-    TensorFlow is absent or cannot see the GPU. Call it before importing heareval.embeddings.
-
-    The runner imports tensorflow at the top and, at import, refuses a machine where torch sees a GPU and
-    TensorFlow does not ("GPUs not available in tensorflow, but found by pytorch"); task_embeddings only
-    uses TensorFlow for models that are tf.Module instances. So:
-    - TensorFlow not installed (the GPU machines' image: heareval's TensorFlow pin has no Python 3.12 wheel
-      that fits there): a stand-in `tensorflow` module, whose Module class nothing is an instance of and
-      whose tensor conversion raises, so a torch module runs and a TensorFlow model cannot be mistaken for one;
-    - TensorFlow installed without GPU support on a CUDA machine (tensorflow-cpu, as the CPU machines
-      install it): the check is answered for the torch module, which runs on the GPU through torch.
-    """
-    apply_runtime_env()
-    _load_triton_before_tensorflow()
-    _nvml_device_name_as_bytes()
-    if "tensorflow" in sys.modules:
-        tf = sys.modules["tensorflow"]
-    elif importlib.util.find_spec("tensorflow") is None:
-        sys.modules["tensorflow"] = tf = _tensorflow_stand_in()
-    else:
-        tf = importlib.import_module("tensorflow")
-    if torch.cuda.is_available() and not getattr(tf, "_mamclap_stand_in", False):
-        has_gpu = bool(tf.config.list_physical_devices("GPU"))
-        if not has_gpu:
-            tf.test.is_gpu_available = lambda *args, **kwargs: True  # torch modules only (see docstring)
-
-
-class _DecodableName(str):
-    """A str that also answers .decode(), as the bytes of older pynvml releases did."""
-
-    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
-        return str(self)
-
-
-def _nvml_device_name_as_bytes() -> None:
-    """heareval's gpu_max_mem calls nvmlDeviceGetName(handle).decode("utf-8"): pynvml returned bytes until
-    nvidia-ml-py 11.515; newer releases (the GPU machines' image) return str, and both of heareval's runners
-    then fail on a GPU machine with AttributeError. Make the name answer .decode() again. Call it before
-    heareval.gpu_max_mem is imported (it binds the function at import)."""
-    if importlib.util.find_spec("pynvml") is None:
-        return
-    import pynvml
-
-    if getattr(pynvml.nvmlDeviceGetName, "_mamclap", False):
-        return
-    original = pynvml.nvmlDeviceGetName
-
-    def nvmlDeviceGetName(handle):
-        name = original(handle)
-        return _DecodableName(name) if isinstance(name, str) else name
-
-    nvmlDeviceGetName._mamclap = True
-    pynvml.nvmlDeviceGetName = nvmlDeviceGetName
-
-
-def _tensorflow_stand_in() -> types.ModuleType:
-    """The few names heareval's embedding code touches, for processes without TensorFlow."""
-    tf = types.ModuleType("tensorflow", "Stand-in for heareval's embedding runner (hear_mamclap.compat); "
-                                        "TensorFlow is not installed.")
-    tf._mamclap_stand_in = True
-
-    class Module:  # no torch model is an instance of it: heareval takes its torch branch
-        """Stand-in for tf.Module."""
-
-    def convert_to_tensor(*args, **kwargs):
-        raise RuntimeError("TensorFlow is not installed: this process can run torch HEAR modules only")
-
-    tf.Module, tf.convert_to_tensor = Module, convert_to_tensor
-    tf.test = types.SimpleNamespace(is_gpu_available=lambda *args, **kwargs: torch.cuda.is_available())
-    return tf
-
-
-def _restore_fit_loop_current_epoch_setter() -> None:
-    """heareval assigns `trainer.fit_loop.current_epoch = best_epoch` before testing, so that event tasks
-    use the post-processing chosen at that epoch. Lightning 1.6 removed FitLoop.current_epoch (the trainer
-    reads fit_loop.epoch_progress.current.completed), so the assignment only adds an unused attribute and
-    the test step then fails with KeyError in epoch_best_postprocessing_or_default. Restore the property
-    as Lightning 1.5 had it."""
-    from pytorch_lightning.loops.fit_loop import FitLoop
-
-    if isinstance(getattr(FitLoop, "current_epoch", None), property):
-        return
-
-    def get_epoch(self: FitLoop) -> int:
-        return self.epoch_progress.current.completed
-
-    def set_epoch(self: FitLoop, value: int) -> None:
-        self.epoch_progress.current.completed = int(value)
-
-    FitLoop.current_epoch = property(get_epoch, set_epoch, doc="The current epoch (settable, as in Lightning 1.5).")
 
 
 # -------------------------------------------------------------------------------------------------- s3prl
@@ -202,7 +96,7 @@ def prepare_s3prl() -> None:
     os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
     # s3prl's runner imports torch.utils.tensorboard, which would import TensorFlow (see prepare_tensorboard).
     prepare_tensorboard()
-    _load_triton_before_tensorflow()
+    load_triton_before_tensorflow()
     _keep_huggingface_hub_names()
     _install_torchaudio_layer()
     _install_catalyst_sampler()
@@ -219,7 +113,7 @@ def _keep_huggingface_hub_names(hub: types.ModuleType | None = None) -> None:
         hub = importlib.import_module("huggingface_hub")
     if not hasattr(hub, "HfFolder"):
         class HfFolder:
-            """huggingface_hub < 1's token helper, read-only (hear_mamclap.compat)."""
+            """huggingface_hub < 1's token helper, read-only (superb_upstream.compat)."""
 
             @staticmethod
             def get_token() -> str | None:
@@ -232,7 +126,7 @@ def _keep_huggingface_hub_names(hub: types.ModuleType | None = None) -> None:
         hub.HfFolder = HfFolder
     if not hasattr(hub, "Repository"):
         class Repository:
-            """huggingface_hub < 1's git-based Repository: refuses (hear_mamclap.compat)."""
+            """huggingface_hub < 1's git-based Repository: refuses (superb_upstream.compat)."""
 
             def __init__(self, *args, **kwargs) -> None:
                 raise RuntimeError("pushing to the hub (s3prl --push_to_hf_hub) needs huggingface-hub < 1")
@@ -242,9 +136,8 @@ def _keep_huggingface_hub_names(hub: types.ModuleType | None = None) -> None:
 
 def s3prl_cache_dir() -> Path:
     """Where prepare_s3prl keeps s3prl's voxceleb1 file lists: $MAMCLAP_CACHE/s3prl_voxceleb1, by default
-    <repo>/cache/s3prl_voxceleb1 (git-ignored)."""
-    root = os.environ.get("MAMCLAP_CACHE") or Path(__file__).resolve().parents[1] / "cache"
-    return Path(root) / "s3prl_voxceleb1"
+    cache/s3prl_voxceleb1 under the current directory (as an absolute path, so a later chdir keeps it)."""
+    return Path(os.environ.get("MAMCLAP_CACHE") or "cache").resolve() / "s3prl_voxceleb1"
 
 
 def _key_voxceleb1_cache() -> None:
@@ -375,7 +268,7 @@ def _sox_apply_effects_tensor(tensor: torch.Tensor, sample_rate: int, effects: l
                 raise ValueError(f"sox effect {effect!r}: only a plain gain in dB is supported")
             wav = wav * math.pow(10.0, float(args[0]) / 20.0)
         else:
-            raise ValueError(f"sox effect {effect!r} is not supported by hear_mamclap.compat's torchaudio "
+            raise ValueError(f"sox effect {effect!r} is not supported by superb_upstream.compat's torchaudio "
                              "layer (supported: channels, rate, gain, remix -)")
     return (wav if channels_first else wav.T), sr
 
@@ -412,7 +305,7 @@ def _install_torchaudio_layer() -> None:
     torchaudio.save = _audio_save
     torchaudio.AudioMetaData = AudioMetaData
     sox_effects = types.ModuleType("torchaudio.sox_effects",
-                                   "sox effects used by s3prl, in torch (hear_mamclap.compat)")
+                                   "sox effects used by s3prl, in torch (superb_upstream.compat)")
     sox_effects.apply_effects_file = _sox_apply_effects_file
     sox_effects.apply_effects_tensor = _sox_apply_effects_tensor
     sox_effects.effect_names = lambda: ["channels", "rate", "gain", "remix"]
@@ -462,55 +355,10 @@ def _install_catalyst_sampler() -> None:
     if "catalyst.data.sampler" in sys.modules or importlib.util.find_spec("catalyst") is not None:
         return
     names = ("catalyst", "catalyst.data", "catalyst.data.sampler")
-    modules = [types.ModuleType(n, "DistributedSamplerWrapper only, from hear_mamclap.compat") for n in names]
+    modules = [types.ModuleType(n, "DistributedSamplerWrapper only, from superb_upstream.compat") for n in names]
     for parent, child, name in zip(modules, modules[1:], names[1:]):
         parent.__path__ = []  # a package, so the submodule import machinery accepts it
         setattr(parent, name.rsplit(".", 1)[1], child)
     modules[-1].DistributedSamplerWrapper = DistributedSamplerWrapper
     for name, module in zip(names, modules):
         sys.modules[name] = module
-
-
-# --------------------------------------------------------------------------------------------- laion-clap
-
-_HTSAT_PACKAGE = "_mamclap_laion_clap_module"
-
-
-def _clap_module_dir() -> Path:
-    spec = importlib.util.find_spec("laion_clap")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("laion-clap is not installed; run bin/setup (it installs laion-clap 1.1.7 with --no-deps)")
-    return Path(next(iter(spec.submodule_search_locations))) / "clap_module"
-
-
-def load_htsat_module() -> types.ModuleType:
-    """laion_clap.clap_module.htsat, imported without running laion_clap/__init__.py or
-    clap_module/__init__.py: the first imports training/data.py, which calls
-    BertTokenizer.from_pretrained("bert-base-uncased") at import (network), and the second imports
-    transformers for the text branches. htsat.py itself needs only torch, torchlibrosa and the sibling
-    modules utils.py (torchvision, h5py) and feature_fusion.py, so clap_module is registered under a
-    private package name whose __init__ is never executed, and htsat is imported from it."""
-    name = f"{_HTSAT_PACKAGE}.htsat"
-    if name in sys.modules:
-        return sys.modules[name]
-    folder = _clap_module_dir()
-    spec = importlib.util.spec_from_file_location(_HTSAT_PACKAGE, folder / "__init__.py",
-                                                  submodule_search_locations=[str(folder)])
-    package = importlib.util.module_from_spec(spec)  # not executed: only its __path__ is used
-    sys.modules[_HTSAT_PACKAGE] = package
-    try:
-        return importlib.import_module(name)
-    except BaseException:
-        sys.modules.pop(_HTSAT_PACKAGE, None)
-        raise
-
-
-def htsat_audio_config(model: str = "HTSAT-tiny") -> types.SimpleNamespace:
-    """audio_cfg of laion-clap's model_configs/<model>.json (HTSAT-tiny, HTSAT-base, ...), with the fields
-    create_htsat_model reads; plus embed_dim, the width of the CLAP projection."""
-    path = _clap_module_dir() / "model_configs" / f"{model}.json"
-    if not path.is_file():
-        known = sorted(p.stem for p in path.parent.glob("HTSAT*.json"))
-        raise ValueError(f"no laion-clap model config {model!r}; expected one of {known}")
-    config = json.loads(path.read_text())
-    return types.SimpleNamespace(**config["audio_cfg"], embed_dim=config["embed_dim"])

@@ -1,0 +1,190 @@
+"""Run-time compatibility fixes for the training side: the HEAR harness (heareval 2021.1.3 under torch >= 2.6
+and pytorch-lightning 1.9.5), pretraining's tensorboard log, and laion-clap's HTS-AT built offline.
+
+Why here. Every fix for a third-party package lives in one module of ours per side: this one for training/
+(harnesses, trainers, demo), superb_upstream/compat.py for the s3prl launcher, which may not import training.
+hear_mamclap, the runtime users deploy, holds none: it runs on plain torch. The fixes both sides need are
+defined in superb_upstream.compat and re-exported here, so code under training/ imports from this module only:
+
+    runtime_env(), apply_runtime_env()   offline, TensorFlow-free environment (superb_upstream.compat)
+    prepare_tensorboard()                torch.utils.tensorboard without TensorFlow (superb_upstream.compat)
+    prepare_heareval()   heareval's predictions runner under torch >= 2.6 and pytorch-lightning 1.9.5
+    prepare_heareval_embeddings()  heareval's embeddings runner for torch modules, with or without TensorFlow
+    load_htsat_module()  laion-clap 1.1.7's HTS-AT audio branch, importable offline
+    htsat_audio_config() one of laion-clap's HTS-AT audio configurations, as create_htsat_model takes it
+
+Each fix is installed by an explicit call, never at import. Installed packages are never edited: the fixes
+add or replace attributes at run time, in this process only. tests/test_environment.py runs each one
+against the real package code path.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import sys
+import types
+from pathlib import Path
+
+import torch
+
+from superb_upstream.compat import apply_runtime_env, load_triton_before_tensorflow, prepare_tensorboard, runtime_env
+
+__all__ = ["runtime_env", "apply_runtime_env", "prepare_tensorboard", "prepare_heareval",
+           "prepare_heareval_embeddings", "load_htsat_module", "htsat_audio_config"]
+
+
+# ----------------------------------------------------------------------------------------------- heareval
+
+
+def prepare_heareval() -> None:
+    """Make heareval 2021.1.3's predictions runner work with torch >= 2.6 and pytorch-lightning 1.9.5.
+
+    Call it in the process that runs heareval.predictions.runner, before trainer.test() runs."""
+    apply_runtime_env()
+    load_triton_before_tensorflow()
+    # torch >= 2.6 loads with weights_only=True by default; Lightning 1.9.5 checkpoints, which heareval
+    # reloads for its test step, hold pickled Python objects, so torch.load raises UnpicklingError. The
+    # checkpoints are written by the same run, so loading them in full is safe.
+    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+    _restore_fit_loop_current_epoch_setter()
+    _nvml_device_name_as_bytes()  # the predictions runner imports heareval.gpu_max_mem too
+
+
+def prepare_heareval_embeddings() -> None:
+    """Let heareval 2021.1.3's embeddings runner (and its task_embeddings) run a torch HEAR module where
+    TensorFlow is absent or cannot see the GPU. Call it before importing heareval.embeddings.
+
+    The runner imports tensorflow at the top and, at import, refuses a machine where torch sees a GPU and
+    TensorFlow does not ("GPUs not available in tensorflow, but found by pytorch"); task_embeddings only
+    uses TensorFlow for models that are tf.Module instances. So:
+    - TensorFlow not installed (the GPU machines' image: heareval's TensorFlow pin has no Python 3.12 wheel
+      that fits there): a stand-in `tensorflow` module, whose Module class nothing is an instance of and
+      whose tensor conversion raises, so a torch module runs and a TensorFlow model cannot be mistaken for one;
+    - TensorFlow installed without GPU support on a CUDA machine (tensorflow-cpu, as the CPU machines
+      install it): the check is answered for the torch module, which runs on the GPU through torch.
+    """
+    apply_runtime_env()
+    load_triton_before_tensorflow()
+    _nvml_device_name_as_bytes()
+    if "tensorflow" in sys.modules:
+        tf = sys.modules["tensorflow"]
+    elif importlib.util.find_spec("tensorflow") is None:
+        sys.modules["tensorflow"] = tf = _tensorflow_stand_in()
+    else:
+        tf = importlib.import_module("tensorflow")
+    if torch.cuda.is_available() and not getattr(tf, "_mamclap_stand_in", False):
+        has_gpu = bool(tf.config.list_physical_devices("GPU"))
+        if not has_gpu:
+            tf.test.is_gpu_available = lambda *args, **kwargs: True  # torch modules only (see docstring)
+
+
+class _DecodableName(str):
+    """A str that also answers .decode(), as the bytes of older pynvml releases did."""
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return str(self)
+
+
+def _nvml_device_name_as_bytes() -> None:
+    """heareval's gpu_max_mem calls nvmlDeviceGetName(handle).decode("utf-8"): pynvml returned bytes until
+    nvidia-ml-py 11.515; newer releases (the GPU machines' image) return str, and both of heareval's runners
+    then fail on a GPU machine with AttributeError. Make the name answer .decode() again. Call it before
+    heareval.gpu_max_mem is imported (it binds the function at import)."""
+    if importlib.util.find_spec("pynvml") is None:
+        return
+    import pynvml
+
+    if getattr(pynvml.nvmlDeviceGetName, "_mamclap", False):
+        return
+    original = pynvml.nvmlDeviceGetName
+
+    def nvmlDeviceGetName(handle):
+        name = original(handle)
+        return _DecodableName(name) if isinstance(name, str) else name
+
+    nvmlDeviceGetName._mamclap = True
+    pynvml.nvmlDeviceGetName = nvmlDeviceGetName
+
+
+def _tensorflow_stand_in() -> types.ModuleType:
+    """The few names heareval's embedding code touches, for processes without TensorFlow."""
+    tf = types.ModuleType("tensorflow", "Stand-in for heareval's embedding runner (training.compat); "
+                                        "TensorFlow is not installed.")
+    tf._mamclap_stand_in = True
+
+    class Module:  # no torch model is an instance of it: heareval takes its torch branch
+        """Stand-in for tf.Module."""
+
+    def convert_to_tensor(*args, **kwargs):
+        raise RuntimeError("TensorFlow is not installed: this process can run torch HEAR modules only")
+
+    tf.Module, tf.convert_to_tensor = Module, convert_to_tensor
+    tf.test = types.SimpleNamespace(is_gpu_available=lambda *args, **kwargs: torch.cuda.is_available())
+    return tf
+
+
+def _restore_fit_loop_current_epoch_setter() -> None:
+    """heareval assigns `trainer.fit_loop.current_epoch = best_epoch` before testing, so that event tasks
+    use the post-processing chosen at that epoch. Lightning 1.6 removed FitLoop.current_epoch (the trainer
+    reads fit_loop.epoch_progress.current.completed), so the assignment only adds an unused attribute and
+    the test step then fails with KeyError in epoch_best_postprocessing_or_default. Restore the property
+    as Lightning 1.5 had it."""
+    from pytorch_lightning.loops.fit_loop import FitLoop
+
+    if isinstance(getattr(FitLoop, "current_epoch", None), property):
+        return
+
+    def get_epoch(self: FitLoop) -> int:
+        return self.epoch_progress.current.completed
+
+    def set_epoch(self: FitLoop, value: int) -> None:
+        self.epoch_progress.current.completed = int(value)
+
+    FitLoop.current_epoch = property(get_epoch, set_epoch, doc="The current epoch (settable, as in Lightning 1.5).")
+
+
+# --------------------------------------------------------------------------------------------- laion-clap
+
+_HTSAT_PACKAGE = "_mamclap_laion_clap_module"
+
+
+def _clap_module_dir() -> Path:
+    spec = importlib.util.find_spec("laion_clap")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("laion-clap is not installed; run bin/setup (it installs laion-clap 1.1.7 with --no-deps)")
+    return Path(next(iter(spec.submodule_search_locations))) / "clap_module"
+
+
+def load_htsat_module() -> types.ModuleType:
+    """laion_clap.clap_module.htsat, imported without running laion_clap/__init__.py or
+    clap_module/__init__.py: the first imports training/data.py, which calls
+    BertTokenizer.from_pretrained("bert-base-uncased") at import (network), and the second imports
+    transformers for the text branches. htsat.py itself needs only torch, torchlibrosa and the sibling
+    modules utils.py (torchvision, h5py) and feature_fusion.py, so clap_module is registered under a
+    private package name whose __init__ is never executed, and htsat is imported from it."""
+    name = f"{_HTSAT_PACKAGE}.htsat"
+    if name in sys.modules:
+        return sys.modules[name]
+    folder = _clap_module_dir()
+    spec = importlib.util.spec_from_file_location(_HTSAT_PACKAGE, folder / "__init__.py",
+                                                  submodule_search_locations=[str(folder)])
+    package = importlib.util.module_from_spec(spec)  # not executed: only its __path__ is used
+    sys.modules[_HTSAT_PACKAGE] = package
+    try:
+        return importlib.import_module(name)
+    except BaseException:
+        sys.modules.pop(_HTSAT_PACKAGE, None)
+        raise
+
+
+def htsat_audio_config(model: str = "HTSAT-tiny") -> types.SimpleNamespace:
+    """audio_cfg of laion-clap's model_configs/<model>.json (HTSAT-tiny, HTSAT-base, ...), with the fields
+    create_htsat_model reads; plus embed_dim, the width of the CLAP projection."""
+    path = _clap_module_dir() / "model_configs" / f"{model}.json"
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("HTSAT*.json"))
+        raise ValueError(f"no laion-clap model config {model!r}; expected one of {known}")
+    config = json.loads(path.read_text())
+    return types.SimpleNamespace(**config["audio_cfg"], embed_dim=config["embed_dim"])
