@@ -37,9 +37,7 @@ import hashlib
 import json
 import logging
 import math
-import os
 import tarfile
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +48,7 @@ import torch.nn.functional as F
 import torchaudio.functional as AF
 from torch.utils.data import DataLoader, Dataset
 
+from hear_mamclap import atomic
 from hear_mamclap.compat import apply_runtime_env, htsat_audio_config, load_htsat_module
 from training.pretrain.checkpointing import save_atomic
 from training.pretrain.data import SAMPLE_RATE, AudioClips, Item, StepBatches
@@ -326,13 +325,6 @@ def lr_at(step: int, cfg: ClapTrainConfig) -> float:
     return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _write_json(path: Path, obj: object) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
 def train(cfg: ClapTrainConfig) -> dict:
     """Train a CLAP teacher; writes clap.pt, metrics.json and log.jsonl in cfg.out_dir; returns the metrics."""
     if cfg.model not in ("HTSAT-tiny", "HTSAT-base"):
@@ -431,7 +423,7 @@ def train(cfg: ClapTrainConfig) -> dict:
                "skipped_clips": skipped, "initial": initial, "final": final, "chance": chance,
                "train_s": round(train_s, 2), "eval_s": round(eval_s, 2), "device": str(device),
                "checkpoint": str(out_dir / "clap.pt"), "train_config": dataclasses.asdict(cfg)}
-    _write_json(out_dir / "metrics.json", metrics)
+    atomic.write_text(out_dir / "metrics.json", json.dumps(metrics, indent=1))
     return metrics
 
 
