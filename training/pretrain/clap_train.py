@@ -52,6 +52,7 @@ from hear_mamclap import atomic
 from hear_mamclap.compat import apply_runtime_env, htsat_audio_config, load_htsat_module
 from training.pretrain.checkpointing import save_atomic
 from training.pretrain.data import SAMPLE_RATE, AudioClips, Item, StepBatches
+from training.pretrain.optim import param_groups, set_lr, setup_device, warmup_cosine
 
 log = logging.getLogger("mamclap.clap_train")
 
@@ -317,25 +318,14 @@ def evaluate(model: ClapModel, loader: DataLoader, table: dict, present: torch.T
 # ---- training ----
 
 
-def lr_at(step: int, cfg: ClapTrainConfig) -> float:
-    """Linear warm-up, then cosine decay to zero at cfg.steps."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
 def train(cfg: ClapTrainConfig) -> dict:
     """Train a CLAP teacher; writes clap.pt, metrics.json and log.jsonl in cfg.out_dir; returns the metrics."""
     if cfg.model not in ("HTSAT-tiny", "HTSAT-base"):
         raise ValueError(f"expected --model HTSAT-tiny or HTSAT-base, got {cfg.model!r}")
     if not 0 < cfg.holdout < 1:
         raise ValueError(f"expected 0 < --holdout < 1, got {cfg.holdout}")
-    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda" if use_cuda else "cpu")
-    if use_cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    device = setup_device(cfg.device)
+    use_cuda = device.type == "cuda"
     torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -366,10 +356,7 @@ def train(cfg: ClapTrainConfig) -> dict:
     eval_loader = DataLoader(eval_set, batch_size=cfg.batch_size, num_workers=cfg.workers)
 
     model = ClapModel(cfg.model, TEXT_DIM, cfg.joint_dim).to(device)
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]  # biases, norms, the logit scale
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, fused=use_cuda)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, fused=use_cuda)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if use_cuda else torch.autocast("cpu", enabled=False)
     log.info("%s: %d training clips, %d held out, %d classes present", cfg.model, len(train_items),
              len(eval_items), len(present))
@@ -386,9 +373,8 @@ def train(cfg: ClapTrainConfig) -> dict:
             skipped += int(n_skipped.sum())
             wav = wav.to(device, non_blocking=True)
             sentence = table["embeddings"][rows].to(device, non_blocking=True)
-            lr = lr_at(step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            lr = warmup_cosine(step, cfg.lr, cfg.warmup_steps, cfg.steps)
+            set_lr(optimizer, lr)
             with amp:
                 loss = model(wav, sentence)
             loss_value = float(loss.detach())

@@ -26,8 +26,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from hear_mamclap import atomic
 from training.pretrain import checkpointing
 from training.pretrain.data import AudioClips, StepBatches
+from training.pretrain.optim import param_groups, set_lr, setup_device, warmup_cosine
 
 log = logging.getLogger("mamclap.pretrain")
 
@@ -57,14 +59,6 @@ class TrainConfig:
     compile: bool = False
     device: str = "auto"             # auto | cpu | cuda
     overrides: tuple[tuple[str, str], ...] = ()  # PretrainConfig field overrides (name, value)
-
-
-def lr_at(step: int, cfg: TrainConfig, peak: float) -> float:
-    """Linear warm-up to peak, then cosine decay to zero at cfg.steps."""
-    if step < cfg.warmup_steps:
-        return peak * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return 0.5 * peak * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def masking_noise(seed: int, step: int, global_batch: int, n_patches: int) -> torch.Tensor:
@@ -120,16 +114,14 @@ def n_samples_for(enc) -> int:
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
     """Run (or resume) pretraining; returns a summary dict. Works under torchrun or as one process."""
     rank, world, local_rank = _distributed()
-    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    device = setup_device(cfg.device, local_rank)
+    use_cuda = device.type == "cuda"
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
-    if use_cuda:
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     out_dir = Path(cfg.out_dir)
     ckpt_path = out_dir / "checkpoint.pt"
+    if rank == 0:
+        atomic.remove_stale(ckpt_path)  # a half-written checkpoint of a killed run
 
     start_step, state = 0, None
     if resume:
@@ -163,12 +155,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
     global_batch = cfg.batch_size * cfg.accum * world
     peak_lr = cfg.base_lr * global_batch / 256
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or name.endswith(".bias") else decay).append(p)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=peak_lr, betas=(0.9, 0.95), fused=use_cuda)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=peak_lr, betas=(0.9, 0.95),
+                                  fused=use_cuda)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -261,9 +249,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                     progress.close()
                 raise FloatingPointError(msg)
             loss_value = values[-1]
-        lr = lr_at(step, cfg, peak_lr)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = warmup_cosine(step, peak_lr, cfg.warmup_steps, cfg.steps)
+        set_lr(optimizer, lr)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
                                                    cfg.clip_grad if cfg.clip_grad > 0 else float("inf"))
         optimizer.step()
