@@ -37,7 +37,6 @@ import hashlib
 import json
 import logging
 import math
-import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +50,7 @@ from torch.utils.data import DataLoader, Dataset
 from hear_mamclap import atomic
 from hear_mamclap.compat import apply_runtime_env, htsat_audio_config, load_htsat_module
 from training.pretrain.checkpointing import save_atomic
-from training.pretrain.data import SAMPLE_RATE, AudioClips, Item, StepBatches
+from training.pretrain.data import SAMPLE_RATE, AudioClips, Item, StepBatches, read_shards
 from training.pretrain.optim import param_groups, set_lr, setup_device, warmup_cosine
 
 log = logging.getLogger("mamclap.clap_train")
@@ -88,17 +87,11 @@ class ClapTrainConfig:
 def read_captions(shard_dir: Path) -> dict[str, str]:
     """{clip key: caption} from the <key>.json members of the corpus's *.tar shards."""
     captions = {}
-    for shard in sorted(shard_dir.glob("*.tar")):
-        try:
-            with tarfile.open(shard) as tar:
-                for m in tar:
-                    key, _, ext = m.name.partition(".")
-                    if m.isfile() and ext == "json":
-                        caption = json.load(tar.extractfile(m)).get("caption")
-                        if isinstance(caption, str) and caption.strip():
-                            captions[key] = caption
-        except (tarfile.TarError, OSError, json.JSONDecodeError) as err:
-            log.warning("skipping unreadable shard %s: %s", shard, err)
+    for _, _, metas in read_shards(shard_dir):
+        for key, meta in metas.items():
+            caption = meta.get("caption")
+            if isinstance(caption, str) and caption.strip():
+                captions[key] = caption
     return captions
 
 
