@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from training.pretrain.optim import param_groups, set_lr, setup_device, warmup_cosine
+from training.pretrain.optim import clip_and_step, param_groups, set_lr, setup_device, warmup_cosine
 
 
 def test_warmup_is_linear_up_to_the_peak():
@@ -44,6 +44,18 @@ def test_weight_decay_only_on_matrices():
     opt = torch.optim.AdamW([decay, no_decay], lr=1.0)
     set_lr(opt, 0.25)
     assert [g["lr"] for g in opt.param_groups] == [0.25, 0.25]
+
+
+@pytest.mark.parametrize("clip, expected_norm", [(1.0, 1.0), (0.0, 5.0)])
+def test_clip_and_step(clip, expected_norm):
+    w = nn.Parameter(torch.zeros(2))
+    model = nn.Module()
+    model.w = w
+    opt = torch.optim.SGD([w], lr=1.0)
+    (torch.tensor([3.0, 4.0]) * w).sum().backward()  # gradient (3, 4), norm 5
+    assert float(clip_and_step(model, opt, clip)) == pytest.approx(5.0)
+    assert float(w.detach().norm()) == pytest.approx(expected_norm)  # one SGD step of the (clipped) gradient
+    assert w.grad is None
 
 
 def test_device_choice():

@@ -51,7 +51,7 @@ from hear_mamclap import atomic
 from hear_mamclap.compat import apply_runtime_env, htsat_audio_config, load_htsat_module
 from training.pretrain.checkpointing import save_atomic
 from training.pretrain.data import SAMPLE_RATE, AudioClips, Item, StepBatches, read_shards
-from training.pretrain.optim import param_groups, set_lr, setup_device, warmup_cosine
+from training.pretrain.optim import clip_and_step, param_groups, set_lr, setup_device, warmup_cosine
 
 log = logging.getLogger("mamclap.clap_train")
 
@@ -376,10 +376,7 @@ def train(cfg: ClapTrainConfig) -> dict:
                 raise FloatingPointError(f"loss is {loss_value} at step {step}: stopping, no checkpoint written; "
                                          "lower --lr or check the data")
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                       cfg.clip_grad if cfg.clip_grad > 0 else float("inf"))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm = clip_and_step(model, optimizer, cfg.clip_grad)
             with torch.no_grad():
                 model.logit_scale_a.clamp_(0, math.log(100))  # as LAION: temperature no lower than 1/100
             step += 1

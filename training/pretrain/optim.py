@@ -42,3 +42,12 @@ def warmup_cosine(step: int, peak: float, warmup_steps: int, total_steps: int) -
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+def clip_and_step(model: nn.Module, optimizer: torch.optim.Optimizer, clip_grad: float) -> torch.Tensor:
+    """Clip the gradient norm to clip_grad (0: no clipping), step and clear the gradients; returns the norm
+    before clipping (for the log)."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad if clip_grad > 0 else float("inf"))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from hear_mamclap import atomic
 from training.pretrain import checkpointing
 from training.pretrain.data import AudioClips, StepBatches
-from training.pretrain.optim import param_groups, set_lr, setup_device, warmup_cosine
+from training.pretrain.optim import clip_and_step, param_groups, set_lr, setup_device, warmup_cosine
 
 log = logging.getLogger("mamclap.pretrain")
 
@@ -251,10 +251,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             loss_value = values[-1]
         lr = warmup_cosine(step, peak_lr, cfg.warmup_steps, cfg.steps)
         set_lr(optimizer, lr)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                   cfg.clip_grad if cfg.clip_grad > 0 else float("inf"))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = clip_and_step(model, optimizer, cfg.clip_grad)
         step += 1
         last_losses = {**sums, "loss": loss_t}
         sums = {}
