@@ -86,8 +86,9 @@ def _checkpoint_metadata(ckpt: dict) -> dict:
     metadata = {k: ckpt[k] for k in ("step",) if k in ckpt}
     train = ckpt.get("train_config")
     if isinstance(train, dict):
-        metadata.update(variant=train.get("preset"), size=train.get("size"), seed=train.get("seed"),
-                        train_config=train)
+        # "preset": the variant's name in checkpoints written before TrainConfig called it "variant".
+        metadata.update(variant=train.get("variant", train.get("preset")), size=train.get("size"),
+                        seed=train.get("seed"), train_config=train)
     metadata["pretrain_config"] = ckpt["config"]
     return metadata
 
