@@ -12,31 +12,18 @@ torch.load(weights_only=True).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from hear_mamclap import atomic
 from hear_mamclap.model import EncoderConfig, MAMCLAPEncoder
 
 EXPORT_FORMAT = "mamclap-encoder"
 EXPORT_VERSION = 1
 WEIGHTS_NAME = "encoder.safetensors"
 CONFIG_NAME = "encoder.json"
-
-
-def _temp_beside(path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
-def _replace_atomically(tmp: Path, path: Path) -> None:
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def export_encoder(encoder: MAMCLAPEncoder, out_dir: str | Path, metadata: dict | None = None) -> Path:
@@ -51,15 +38,9 @@ def export_encoder(encoder: MAMCLAPEncoder, out_dir: str | Path, metadata: dict 
     manifest = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "config": encoder.cfg.to_dict(),
                 "metadata": metadata or {}}
     # Weights first, config last: a reader never finds a config pointing at missing or partial weights.
-    for name, write in ((WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": EXPORT_FORMAT})),
-                        (CONFIG_NAME, lambda p: p.write_text(json.dumps(manifest, indent=2) + "\n"))):
-        tmp = _temp_beside(out_dir / name)
-        try:
-            write(tmp)
-            _replace_atomically(tmp, out_dir / name)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+    with atomic.file(out_dir / WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp), metadata={"format": EXPORT_FORMAT})
+    atomic.write_text(out_dir / CONFIG_NAME, json.dumps(manifest, indent=2) + "\n")
     return out_dir
 
 
@@ -105,8 +86,9 @@ def _checkpoint_metadata(ckpt: dict) -> dict:
     metadata = {k: ckpt[k] for k in ("step",) if k in ckpt}
     train = ckpt.get("train_config")
     if isinstance(train, dict):
-        metadata.update(variant=train.get("preset"), size=train.get("size"), seed=train.get("seed"),
-                        train_config=train)
+        # "preset": the variant's name in checkpoints written before TrainConfig called it "variant".
+        metadata.update(variant=train.get("variant", train.get("preset")), size=train.get("size"),
+                        seed=train.get("seed"), train_config=train)
     metadata["pretrain_config"] = ckpt["config"]
     return metadata
 

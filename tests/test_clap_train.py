@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from training.pretrain.clap_train import (PROMPT, caption_table, chance_recall, clip_metrics, held_out, load_caption_table,
-                                 load_text_encoder, open_corpus, recall_at)
+                                 load_text_encoder, open_corpus, read_captions, recall_at)
+from training.pretrain.data import index_shards
 
 REPO = Path(__file__).resolve().parents[1]
 HOLDOUT = "0.15"  # 6 of the tiny kit's 32 clips: a few seconds of HTS-AT forwards on CPU
@@ -63,6 +64,32 @@ def test_chance_levels():
     metrics, chance = clip_metrics(audio, audio, ["a", "b", "c"], labels, prompts, present)
     assert chance["zero_shot_top1"] == pytest.approx((2 / 4 + 1 / 4 + 3 / 4) / 3, abs=1e-6)
     assert metrics["audio_to_text"]["R@1"] == 1.0  # captions equal to the audio embeddings
+
+
+def test_captions_and_clips_come_from_one_shard_reader(tmp_path):
+    """Pretraining's index and the CLAP trainer's captions read the same members, skipping the same shards."""
+    import io
+    import tarfile
+
+    def add(tar, name, data: bytes):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+    for s, keys in ((0, ("a", "b")), (1, ("c",))):
+        with tarfile.open(tmp_path / f"shard-{s}.tar", "w") as tar:
+            for key in keys:
+                add(tar, f"{key}.flac", b"fLaC-not-decoded-here")
+                add(tar, f"{key}.json", json.dumps({"caption": f"the sound of {key}" if key != "b" else " ",
+                                                    "labels": ["/m/x"]}).encode())
+    (tmp_path / "shard-2.tar").write_bytes(b"not a tar file" * 64)  # skipped by both
+    items = index_shards(tmp_path, {"/m/x": 0})
+    assert [(it.key, Path(it.path).name, it.labels) for it in items] == [
+        ("a", "shard-0.tar", (0,)), ("b", "shard-0.tar", (0,)), ("c", "shard-1.tar", (0,))]
+    with open(tmp_path / "shard-0.tar", "rb") as f:
+        f.seek(items[0].offset)
+        assert f.read(items[0].size) == b"fLaC-not-decoded-here"
+    assert read_captions(tmp_path) == {"a": "the sound of a", "c": "the sound of c"}  # a blank caption is none
 
 
 # ---- the tiny kit ----

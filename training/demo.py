@@ -1,6 +1,6 @@
 """`mamclap demo`: the whole pipeline on the offline sound kit, at smoke scale, resumable.
 
-    mamclap demo [--work runs/demo] [--size tiny]
+    mamclap demo [--work runs/demo] [--kit-size tiny]
 
 Stages, in order, each one `python -m training.cli ...` subprocess whose output goes to WORK/logs/STAGE.log:
 build the kit -> caption embeddings -> train the CLAP teacher -> pretrain each variant (tiny encoder preset)
@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from training.eval.results import write_json_atomic
+from training.pretrain.mam import VARIANTS, PretrainConfig
 
 CLI = ("-m", "training.cli")  # python arguments that run `mamclap`
-VARIANTS = ("mam", "mam_clap", "supmam", "supmam_clap")
 SUPERB_TASKS = ("speech_commands", "voxceleb1")
 KIT_SEED = 0
 BATCH_SIZE = 8  # teacher and pretraining; the tiny corpus has 32 clips
@@ -52,7 +52,7 @@ TAIL_LINES = 20  # log lines shown when a stage fails
 @dataclass(frozen=True)
 class DemoConfig:
     work: Path = Path("runs/demo")     # stamps, logs, runs, results and tables
-    size: str = "tiny"                 # kit size (training.kit.build.SIZES); the encoder is always `tiny`
+    kit_size: str = "tiny"             # training.kit.build.SIZES; the encoder size is always `tiny`
     variants: tuple[str, ...] = VARIANTS
     baseline: bool = True              # also evaluate the log-mel baseline on HEAR
     hear_tasks: tuple[str, ...] = ()   # empty: every task of the kit's mini HEAR suite
@@ -100,14 +100,15 @@ def plan(cfg: DemoConfig) -> list[Stage]:
     from training.kit.build import data_root, kit_dir
 
     work = cfg.work.resolve()
-    kit = kit_dir(cfg.size, KIT_SEED, data_root()).resolve()
-    stages = [Stage("data", f"data: build the {cfg.size} kit", (*CLI, "data", "build", "--size", cfg.size,
+    kit = kit_dir(cfg.kit_size, KIT_SEED, data_root()).resolve()
+    stages = [Stage("data", f"data: build the {cfg.kit_size} kit", (*CLI, "data", "build", "--size", cfg.kit_size,
                                                                 "--seed", str(KIT_SEED)),
                     outputs=(kit / "manifest.json",), fingerprint=lambda: _kit_digest(kit))]
     corpus = str(kit / "corpus")
 
     teacher = work / "teacher" / "clap.pt"
-    if any(v.endswith("_clap") for v in cfg.variants):
+    distils = {v: PretrainConfig.preset(v).uses_teacher for v in cfg.variants}
+    if any(distils.values()):
         captions = work / "captions.pt"
         stages.append(Stage("captions", "teacher: caption embeddings (MiniLM)",
                             (*CLI, "teacher", "embed-captions", "--data", corpus, "--out", str(captions)),
@@ -125,7 +126,7 @@ def plan(cfg: DemoConfig) -> list[Stage]:
 
     for v in cfg.variants:
         run = work / "pretrain" / v
-        args = [*CLI, "pretrain", "--preset", v, "--size", "tiny", "--data", corpus, "--out-dir", str(run),
+        args = [*CLI, "pretrain", "--variant", v, "--size", "tiny", "--data", corpus, "--out-dir", str(run),
                 "--steps", str(cfg.pretrain_steps), "--batch-size", str(BATCH_SIZE),
                 "--base-lr", str(PRETRAIN_BASE_LR), "--warmup-steps", str(max(1, cfg.pretrain_steps // 10)),
                 "--log-every", "2",
@@ -133,7 +134,7 @@ def plan(cfg: DemoConfig) -> list[Stage]:
                 # The corpus is a few MiB: loader processes would only compete for the two cores.
                 "--workers", "0", "--seed", "0"]
         deps = ["data"]
-        if v.endswith("_clap"):
+        if distils[v]:
             args += ["--teacher", str(teacher)]
             deps.append("teacher")
         stages.append(Stage(f"pretrain-{v}", f"pretrain {v}", tuple(args), deps=tuple(deps),
@@ -376,7 +377,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help="the whole pipeline on the offline kit at smoke scale (resumable)",
                               description=__doc__.split("\n\n")[0] + " Finished stages are skipped on a re-run.")
     p.add_argument("--work", type=Path, default=d.work, help="work dir: stamps, logs, runs, results, tables")
-    p.add_argument("--size", default=d.size, help="kit size (tiny, small; see `mamclap data build`)")
+    p.add_argument("--kit-size", "--size", default=d.kit_size,
+                   help="kit size (tiny, small; see `mamclap data build`); --size is the old name")
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(d.variants), help="variants to pretrain")
     p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=d.baseline,
                    help="evaluate the log-mel baseline on HEAR too")
@@ -393,8 +395,8 @@ def register(subparsers) -> None:
 def _run(args) -> int:
     from training.kit.build import SIZES
 
-    if args.size not in SIZES:
-        raise SystemExit(f"--size must be one of {list(SIZES)}, got {args.size!r}")
+    if args.kit_size not in SIZES:
+        raise SystemExit(f"--kit-size must be one of {list(SIZES)}, got {args.kit_size!r}")
     for flag in ("teacher_steps", "pretrain_steps", "superb_steps"):
         if getattr(args, flag) < 1:
             raise SystemExit(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")

@@ -1,6 +1,6 @@
 """Benchmark of the whole pretraining step: data loading, front end, teacher forward, student step.
 
-    python -m training.bench.pretrain --data data/kit-medium-s0/corpus --preset supmam_clap --size base \
+    python -m training.bench.pretrain --data data/kit-medium-s0/corpus --variant supmam_clap --size base \
         --teacher CLAP.pt --steps 300 --batch-size 64 --out-dir runs/bench --json bench.json
 
 It runs the real trainer (training.pretrain.train) and reads its log: samples/s over the second half of the
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from training.pretrain.mam import PretrainConfig
+from training.pretrain.mam import VARIANTS, PretrainConfig
 from training.pretrain.train import TrainConfig, train
 
 
@@ -79,8 +79,8 @@ def summarise(out_dir: Path, global_batch: int, flops_per_sample: float, peak: f
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True)
-    p.add_argument("--preset", default="supmam_clap")
-    p.add_argument("--size", default="base")
+    p.add_argument("--variant", "--preset", default="supmam_clap", choices=VARIANTS)  # --preset: the old name
+    p.add_argument("--size", default="base", help="encoder preset: tiny | small | base")
     p.add_argument("--teacher", default="")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=64)
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out-dir", default="runs/bench")
     p.add_argument("--json", default="")
     args = p.parse_args(argv)
-    cfg = TrainConfig(preset=args.preset, size=args.size, data=args.data, teacher=args.teacher,
+    cfg = TrainConfig(variant=args.variant, size=args.size, data=args.data, teacher=args.teacher,
                       steps=args.steps, batch_size=args.batch_size, workers=args.workers, compile=args.compile,
                       out_dir=args.out_dir, log_every=max(1, min(10, args.steps // 10)), ckpt_every=args.steps, warmup_steps=min(50, args.steps // 5))
     peak = matmul_peak_flops() if torch.cuda.is_available() else None
@@ -99,11 +99,11 @@ def main(argv: list[str] | None = None) -> None:
     ckpt = torch.load(Path(args.out_dir) / "checkpoint.pt", map_location="cpu", weights_only=True)
     pcfg = PretrainConfig.from_dict(ckpt["config"])
     result = summarise(Path(args.out_dir), args.batch_size, train_flops_per_sample(pcfg), peak)
-    result.update(wall_s=wall, preset=args.preset, size=args.size, batch_size=args.batch_size,
+    result.update(wall_s=wall, variant=args.variant, size=args.size, batch_size=args.batch_size,
                   steps=args.steps, compile=args.compile, device=torch.cuda.get_device_name() if peak else "cpu")
     from training.eval.plots import plot_losses
     plot_losses([Path(args.out_dir) / "log.jsonl"], Path(args.out_dir) / "loss.png",
-                title=f"{args.preset} {args.size}, batch {args.batch_size}")
+                title=f"{args.variant} {args.size}, batch {args.batch_size}")
     print(json.dumps(result, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
+
+from hear_mamclap import atomic
 
 
 def _pyplot():
@@ -15,21 +15,6 @@ def _pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
-
-
-def savefig_atomic(fig, out_png: Path, dpi: int = 110) -> Path:
-    """Save fig as a PNG to a temp file beside out_png, then rename it into place."""
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out_png.name + ".", suffix=".tmp", dir=out_png.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi, format="png")
-        os.replace(tmp, out_png)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out_png
 
 
 def read_log(log: Path) -> list[dict]:
@@ -59,7 +44,9 @@ def _save_and_close(plt, fig, out_png: Path) -> Path:
     """Lay out, write atomically, and free the figure whatever happens."""
     fig.tight_layout()
     try:
-        return savefig_atomic(fig, out_png)
+        with atomic.file(out_png) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+        return Path(out_png)
     finally:
         plt.close(fig)
 

@@ -21,19 +21,19 @@ from __future__ import annotations
 import datetime
 import json
 import math
-import os
 import platform
 import re
 import shlex
 import subprocess
 import sys
-import tempfile
 import urllib.parse
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, Iterable
 
 from scipy import stats
+
+from hear_mamclap import atomic
 
 FORMAT = "mamclap-results"
 VERSION = 1
@@ -274,21 +274,8 @@ def validate_results(doc: Any, source: str = "<results>") -> dict:
 
 
 def write_json_atomic(obj: Any, path: str | Path) -> Path:
-    """Write obj as JSON to a temp file beside path, then rename it into place: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write obj as the results files' JSON (indent 2, no NaN) atomically: never a half-written file."""
+    return atomic.write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
 def save_results(doc: dict, path: str | Path) -> Path:

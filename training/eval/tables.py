@@ -21,12 +21,12 @@ import io
 import json
 import os
 import sys
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hear_mamclap import atomic
 from training.pretrain.mam import VARIANTS, PretrainConfig
 from training.eval.plots import plot_group_scores, plot_losses, read_log
 from training.eval.results import (FORMAT, GROUPS, HARNESSES, ResultsError, merge_results, summarize, task_name,
@@ -515,20 +515,6 @@ def to_latex(tables: list[Table]) -> str:
     return "\n".join(out)
 
 
-def write_atomic(path: Path, text: str) -> Path:
-    """Write text to a temp file beside path, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 # ------------------------------------------------------------------------------------------- the command
 
 
@@ -557,9 +543,9 @@ def make_tables(inputs: list[Path], out: Path, run_dirs: list[Path] = ()) -> lis
     written = []
     for stem, tables, extra in (("leaderboard", [board], notes), ("ablation", ablation_tables, ablation_notes),
                                 ("reported", [reported_table()], [])):
-        written.append(write_atomic(out / f"{stem}.md", to_markdown(tables, extra)))
-        written.append(write_atomic(out / f"{stem}.csv", to_csv(tables)))
-        written.append(write_atomic(out / f"{stem}.tex", to_latex(tables)))
+        written.append(atomic.write_text(out / f"{stem}.md", to_markdown(tables, extra)))
+        written.append(atomic.write_text(out / f"{stem}.csv", to_csv(tables)))
+        written.append(atomic.write_text(out / f"{stem}.tex", to_latex(tables)))
     groups = hear_groups(columns)
     if groups:
         written.append(plot_group_scores(group_summaries, groups, out / "group_scores.png",

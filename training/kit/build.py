@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from typing import Callable
 
 import soundfile as sf
 
+from hear_mamclap import atomic
 from training.kit import corpus as corpus_mod
 
 log = logging.getLogger(__name__)
@@ -90,9 +90,7 @@ def load_records(bank_dir: Path) -> list[dict]:
 
 
 def _write_json(path: Path, obj: object) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=str))
 
 
 def run_stage(kit: Path, name: str, build: Callable[[Path], dict]) -> tuple[dict, bool]:
@@ -100,18 +98,10 @@ def run_stage(kit: Path, name: str, build: Callable[[Path], dict]) -> tuple[dict
     final, done = kit / name, kit / name / "stage.json"
     if done.is_file():
         return json.loads(done.read_text()), True
-    tmp = kit / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted run
-    tmp.mkdir(parents=True)
-    try:
+    atomic.remove_stale(final)  # left by an interrupted run
+    with atomic.directory(final) as tmp:
         result = build(tmp)
         _write_json(tmp / "stage.json", result)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return result, False
 
 
@@ -178,9 +168,7 @@ def write_checksums(kit: Path) -> str:
     """Write kit/files.sha256 (sha256sum format); returns the sha256 of that listing (the kit digest)."""
     lines = [f"{_sha256(p)}  {p.relative_to(kit).as_posix()}\n" for p in data_files(kit)]
     text = "".join(lines)
-    tmp = kit / ".files.sha256.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, kit / "files.sha256")
+    atomic.write_text(kit / "files.sha256", text)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -351,41 +339,36 @@ def build_kit(size: str, seed: int, data_dir: Path | None = None, cache_dir: Pat
 
 def write_cards(kit: Path, manifest: dict, by_id: dict[str, dict], datasets: dict[str, tuple[dict, set]]) -> None:
     """cards/<data set>.md: sources with licences, class counts, durations, splits."""
-    tmp = kit / ".cards.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for name, (stats, ids) in datasets.items():
-        lines = [f"# {name} ({manifest['kit']})", "",
-                 f"Built by `mamclap data build --size {manifest['size']} --seed {manifest['seed']}` from the "
-                 "mamclap source bank (Debian data packages and synthesizers; no downloads from elsewhere).", "",
-                 f"- path: `{stats.get('path')}`"]
-        for key in ("clips", "files", "hours", "bytes", "shards", "clip_seconds", "sample_duration",
-                    "prediction_type", "split_mode", "held_out_by", "bank_ids", "heldout_groups"):
-            if key in stats:
-                lines.append(f"- {key.replace('_', ' ')}: {stats[key]}")
-        lines += ["", "## Sources", "", "| Debian package | version | licence | synthesizer | bank clips used |",
-                  "|---|---|---|---|---|"]
-        for p in packages([by_id[i] for i in sorted(ids) if i in by_id]):
-            lines.append(f"| {p['package']} | {p['version']} | {p['license']} | {', '.join(p['synth']) or '-'} "
-                         f"| {p['clips']} |")
-        if "splits" in stats:
-            lines += ["", "## Splits and class counts", ""]
-            for split, s in stats["splits"].items():
-                classes = ", ".join(f"{k}: {v}" for k, v in s["classes"].items())
-                lines.append(f"- **{split}** ({s['clips']} clips): {classes}")
-        if "labels" in stats:
-            lines += ["", "## Tags (clips per ontology class)", "",
-                      ", ".join(f"{k}: {v}" for k, v in sorted(stats["labels"].items(), key=lambda kv: -kv[1]))]
-        if name == "corpus":
-            ov = manifest["no_overlap"]
-            lines += ["", "## Held-out material", "",
-                      f"{ov['excluded_bank_ids']} bank clips are left out (evaluation test splits and held-out "
-                      f"groups); the corpus shares {len(ov['intersection'])} bank clips with them."]
-        (tmp / f"{name.replace('/', '-')}.md").write_text("\n".join(lines) + "\n")
-    final = kit / "cards"
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    atomic.remove_stale(kit / "cards")
+    with atomic.directory(kit / "cards") as tmp:
+        for name, (stats, ids) in datasets.items():
+            lines = [f"# {name} ({manifest['kit']})", "",
+                     f"Built by `mamclap data build --size {manifest['size']} --seed {manifest['seed']}` from the "
+                     "mamclap source bank (Debian data packages and synthesizers; no downloads from elsewhere).", "",
+                     f"- path: `{stats.get('path')}`"]
+            for key in ("clips", "files", "hours", "bytes", "shards", "clip_seconds", "sample_duration",
+                        "prediction_type", "split_mode", "held_out_by", "bank_ids", "heldout_groups"):
+                if key in stats:
+                    lines.append(f"- {key.replace('_', ' ')}: {stats[key]}")
+            lines += ["", "## Sources", "", "| Debian package | version | licence | synthesizer | bank clips used |",
+                      "|---|---|---|---|---|"]
+            for p in packages([by_id[i] for i in sorted(ids) if i in by_id]):
+                lines.append(f"| {p['package']} | {p['version']} | {p['license']} | {', '.join(p['synth']) or '-'} "
+                             f"| {p['clips']} |")
+            if "splits" in stats:
+                lines += ["", "## Splits and class counts", ""]
+                for split, s in stats["splits"].items():
+                    classes = ", ".join(f"{k}: {v}" for k, v in s["classes"].items())
+                    lines.append(f"- **{split}** ({s['clips']} clips): {classes}")
+            if "labels" in stats:
+                lines += ["", "## Tags (clips per ontology class)", "",
+                          ", ".join(f"{k}: {v}" for k, v in sorted(stats["labels"].items(), key=lambda kv: -kv[1]))]
+            if name == "corpus":
+                ov = manifest["no_overlap"]
+                lines += ["", "## Held-out material", "",
+                          f"{ov['excluded_bank_ids']} bank clips are left out (evaluation test splits and held-out "
+                          f"groups); the corpus shares {len(ov['intersection'])} bank clips with them."]
+            (tmp / f"{name.replace('/', '-')}.md").write_text("\n".join(lines) + "\n")
 
 
 def check_kit(kit: Path) -> dict:

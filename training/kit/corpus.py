@@ -16,9 +16,10 @@ Layout (WebDataset): ``<out>/shard-000000.tar`` ... each holding ``<key>.flac`` 
 
 plus ``class_labels_indices.csv`` (every ontology class; index,mid,display_name as AudioSet writes it)
 and ``corpus.json`` (counts, hours, bank ids used, skipped clips), written last: its presence marks the
-corpus complete. A shard is written to ``.shard-N.tar.tmp`` and renamed, after its stats file, so an
-interrupted build leaves no half shard and a rerun skips the shards already there. Each shard draws from
-its own generator seeded by (seed, shard index): the output does not depend on the number of workers.
+corpus complete. A shard is written to a temporary name (hear_mamclap.atomic) and renamed, after its stats
+file, so an interrupted build leaves no half shard and a rerun skips the shards already there. Each shard
+draws from its own generator seeded by (seed, shard index): the output does not depend on the number of
+workers.
 
 write_audioset_layout converts the shards to AudioSet's layout: class_labels_indices.csv,
 unbalanced_train_segments.csv (YTID, start_seconds, end_seconds, "mid1,mid2"), audio/<YTID>.flac and
@@ -31,10 +32,7 @@ import io
 import json
 import logging
 import multiprocessing as mp
-import os
-import shutil
 import tarfile
-import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,6 +42,7 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
+from hear_mamclap import atomic
 from training.kit import augment, ontology
 
 log = logging.getLogger(__name__)
@@ -257,8 +256,9 @@ def write_shard(out_dir: Path, index: int) -> dict:
     first, last = index * cfg.shard_clips, min(cfg.clips, (index + 1) * cfg.shard_clips)
     stats = {"shard": shard_name(index), "clips": 0, "seconds": 0.0, "bank_ids": set(), "labels": Counter(),
              "parts": Counter()}
-    tmp = out_dir / f".{shard_name(index)}.tmp"
-    try:
+    # The shard is renamed into place only once complete, and after its stats file: no half shard is left
+    # behind, and a shard without stats is written again.
+    with atomic.file(out_dir / shard_name(index)) as tmp:
         with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
             for i in range(first, last):
                 key = f"c{i:08d}"
@@ -272,31 +272,23 @@ def write_shard(out_dir: Path, index: int) -> dict:
                     stats["bank_ids"].add(meta["bed"]["bank_id"])
                 stats["labels"].update(lab["name"] for lab in meta["labels"])
                 stats["parts"][len(meta["parts"])] += 1
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # no half shard left behind, even hidden
-        raise
-    stats.update(bank_ids=sorted(stats["bank_ids"]), labels=dict(stats["labels"]),
-                 parts={str(k): v for k, v in sorted(stats["parts"].items())}, skipped=dict(w.skipped))
-    _write_json(out_dir / f"{shard_name(index)}.stats.json", stats)
-    os.replace(tmp, out_dir / shard_name(index))  # the shard exists only once complete
+        stats.update(bank_ids=sorted(stats["bank_ids"]), labels=dict(stats["labels"]),
+                     parts={str(k): v for k, v in sorted(stats["parts"].items())}, skipped=dict(w.skipped))
+        _write_json(out_dir / f"{shard_name(index)}.stats.json", stats)
     return stats
 
 
 def _write_json(path: Path, obj: object) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
 def write_class_csv(path: Path) -> None:
     """class_labels_indices.csv over every ontology class, in ontology order (stable across kits)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic.open_write(path, newline="") as f:
         w = csv.writer(f, quoting=csv.QUOTE_MINIMAL)
         w.writerow(["index", "mid", "display_name"])
         for i, c in enumerate(ontology.CLASSES):
             w.writerow([i, c.mid, c.name])
-    os.replace(tmp, path)
 
 
 def build_corpus(records: list[dict], bank_dir: Path, out_dir: Path, cfg: CorpusConfig, seed: int,
@@ -312,8 +304,7 @@ def build_corpus(records: list[dict], bank_dir: Path, out_dir: Path, cfg: Corpus
     if not any(r["kind"] in FOREGROUND_KINDS for r in usable):
         raise ValueError(f"every foreground bank clip is excluded ({len(exclude)} ids held out for evaluation);"
                          " the corpus needs some speech, music, drum or env clips")
-    for stale in out_dir.glob(".shard-*.tmp"):  # half-written by an interrupted run
-        stale.unlink()
+    atomic.remove_stale(out_dir / "shard-*.tar")  # half-written by an interrupted run
     todo = [i for i in range(cfg.shards) if not (out_dir / shard_name(i)).exists()
             or not (out_dir / f"{shard_name(i)}.stats.json").exists()]
     if todo:
@@ -393,8 +384,8 @@ def write_audioset_layout(corpus_dir: Path, out_dir: Path, progress: bool = True
     shards = sorted(corpus_dir.glob("shard-*.tar"))
     if not shards:
         raise FileNotFoundError(f"no corpus shards in {corpus_dir}")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    atomic.remove_stale(out_dir)
+    with atomic.directory(out_dir) as tmp:
         (tmp / "audio").mkdir()
         write_class_csv(tmp / "class_labels_indices.csv")
         rows, captions, mids = [], [], set()
@@ -416,11 +407,4 @@ def write_audioset_layout(corpus_dir: Path, out_dir: Path, progress: bool = True
             w = csv.writer(f)
             w.writerow(["YTID", "caption"])
             w.writerows(captions)
-        tmp.chmod(0o755)  # mkdtemp makes it private; the layout is for any reader
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {"clips": len(rows), "labels": len(mids)}

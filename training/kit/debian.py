@@ -15,11 +15,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from hear_mamclap import atomic
 
 log = logging.getLogger(__name__)
 
@@ -140,19 +141,12 @@ def _unpack(name: str, deb: Path, debroot: Path) -> dict:
         raise SetupError(f"{deb} is not a readable .deb ({field.stderr.strip()}): delete it and {SETUP_HINT}")
     info = {"package": name, "version": field.stdout.strip(), "license": DATA_PACKAGES[name][0],
             "deb": deb.name, "deb_bytes": deb.stat().st_size}
-    target = debroot / name
-    tmp = Path(tempfile.mkdtemp(dir=debroot, prefix=f".{name}-"))
-    try:
+    atomic.remove_stale(debroot / name)
+    with atomic.directory(debroot / name) as tmp:
         r = _run(["dpkg-deb", "-x", str(deb), str(tmp)])
         if r.returncode != 0:
             raise SetupError(f"`dpkg-deb -x {deb}` failed: {r.stderr.strip()}")
         (tmp / MARKER).write_text(json.dumps(info, indent=1))
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return info
 
 

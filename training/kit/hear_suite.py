@@ -34,8 +34,6 @@ import csv
 import hashlib
 import json
 import logging
-import shutil
-import tempfile
 import time
 from collections import Counter, defaultdict
 from contextlib import contextmanager
@@ -47,6 +45,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from hear_mamclap import atomic
 from training.kit import augment as aug
 from training.kit.augment import AugmentConfig
 
@@ -677,8 +676,8 @@ def write_task(spec: TaskSpec, data: TaskData, out_dir: Path, extra_meta: dict) 
     n = int(round(spec.sample_duration * SAMPLE_RATE))
     out_dir.mkdir(parents=True, exist_ok=True)
     # Beside out_dir, not inside: heareval treats every entry of the tasks folder as a task.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{spec.folder}.", dir=out_dir.parent))
-    try:
+    atomic.remove_stale(out_dir / spec.folder, temp_parent=out_dir.parent)
+    with atomic.directory(out_dir / spec.folder, temp_parent=out_dir.parent) as tmp:
         for split in spec.splits:
             audio_dir = tmp / str(SAMPLE_RATE) / split
             audio_dir.mkdir(parents=True)
@@ -697,13 +696,6 @@ def write_task(spec: TaskSpec, data: TaskData, out_dir: Path, extra_meta: dict) 
             writer.writerow(["idx", "label"])
             writer.writerows(enumerate(data.vocabulary))
         (tmp / "task_metadata.json").write_text(json.dumps(spec.metadata(extra_meta), indent=True))
-        final = out_dir / spec.folder
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def manifest_entry(spec: TaskSpec, data: TaskData) -> dict:

@@ -23,14 +23,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import shutil
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
+from hear_mamclap import atomic
 from training.kit import augment as aug
 from training.kit.hear_suite import (KWS_WORDS, SAMPLE_RATE, SILENCE, UNKNOWN, BankAudio, Cycler, finish,
                                      one_torch_thread, pick_speech_classes, pools_by_unit, split_units, vary,
@@ -210,16 +209,8 @@ def build_superb(records: list[dict], out_dir: Path, size: str, seed: int, bank_
     audio = BankAudio(bank_dir)
     manifest = {}
     for name, build in (("speech_commands", build_speech_commands), ("voxceleb1", build_voxceleb1)):
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir))
-        try:
-            with one_torch_thread():
-                manifest[name] = build(audio, records, tmp, size, seed)
-            final = out_dir / name
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        atomic.remove_stale(out_dir / name)
+        with atomic.directory(out_dir / name) as tmp, one_torch_thread():
+            manifest[name] = build(audio, records, tmp, size, seed)
     manifest["skipped_bank_clips"] = dict(audio.skipped)
     return manifest

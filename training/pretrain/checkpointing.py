@@ -8,13 +8,13 @@ at any moment leaves either the previous checkpoint or the new one, never half o
 """
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from hear_mamclap import atomic
 
 
 def rng_state() -> dict:
@@ -43,19 +43,9 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_atomic(obj: dict, path: str | Path) -> None:
-    """torch.save to a temp file beside `path`, fsync, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save to a temp file beside `path`, fsync, then rename over `path` (hear_mamclap.atomic)."""
+    with atomic.open_write(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def load(path: str | Path) -> dict:

@@ -37,9 +37,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import tarfile
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,9 +47,11 @@ import torch.nn.functional as F
 import torchaudio.functional as AF
 from torch.utils.data import DataLoader, Dataset
 
+from hear_mamclap import atomic
 from training.compat import apply_runtime_env
 from training.pretrain.checkpointing import save_atomic
-from training.pretrain.data import SAMPLE_RATE, AudioClips, Item, StepBatches
+from training.pretrain.data import SAMPLE_RATE, AudioClips, Item, StepBatches, read_shards
+from training.pretrain.optim import clip_and_step, param_groups, set_lr, setup_device, warmup_cosine
 from training.pretrain.teacher import build_clap_audio
 
 log = logging.getLogger("mamclap.clap_train")
@@ -89,17 +88,11 @@ class ClapTrainConfig:
 def read_captions(shard_dir: Path) -> dict[str, str]:
     """{clip key: caption} from the <key>.json members of the corpus's *.tar shards."""
     captions = {}
-    for shard in sorted(shard_dir.glob("*.tar")):
-        try:
-            with tarfile.open(shard) as tar:
-                for m in tar:
-                    key, _, ext = m.name.partition(".")
-                    if m.isfile() and ext == "json":
-                        caption = json.load(tar.extractfile(m)).get("caption")
-                        if isinstance(caption, str) and caption.strip():
-                            captions[key] = caption
-        except (tarfile.TarError, OSError, json.JSONDecodeError) as err:
-            log.warning("skipping unreadable shard %s: %s", shard, err)
+    for _, _, metas in read_shards(shard_dir):
+        for key, meta in metas.items():
+            caption = meta.get("caption")
+            if isinstance(caption, str) and caption.strip():
+                captions[key] = caption
     return captions
 
 
@@ -316,32 +309,14 @@ def evaluate(model: ClapModel, loader: DataLoader, table: dict, present: torch.T
 # ---- training ----
 
 
-def lr_at(step: int, cfg: ClapTrainConfig) -> float:
-    """Linear warm-up, then cosine decay to zero at cfg.steps."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def _write_json(path: Path, obj: object) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
 def train(cfg: ClapTrainConfig) -> dict:
     """Train a CLAP teacher; writes clap.pt, metrics.json and log.jsonl in cfg.out_dir; returns the metrics."""
     if cfg.model not in ("HTSAT-tiny", "HTSAT-base"):
         raise ValueError(f"expected --model HTSAT-tiny or HTSAT-base, got {cfg.model!r}")
     if not 0 < cfg.holdout < 1:
         raise ValueError(f"expected 0 < --holdout < 1, got {cfg.holdout}")
-    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda" if use_cuda else "cpu")
-    if use_cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    device = setup_device(cfg.device)
+    use_cuda = device.type == "cuda"
     torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -372,10 +347,7 @@ def train(cfg: ClapTrainConfig) -> dict:
     eval_loader = DataLoader(eval_set, batch_size=cfg.batch_size, num_workers=cfg.workers)
 
     model = ClapModel(cfg.model, TEXT_DIM, cfg.joint_dim).to(device)
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]  # biases, norms, the logit scale
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, fused=use_cuda)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, fused=use_cuda)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if use_cuda else torch.autocast("cpu", enabled=False)
     log.info("%s: %d training clips, %d held out, %d classes present", cfg.model, len(train_items),
              len(eval_items), len(present))
@@ -392,9 +364,8 @@ def train(cfg: ClapTrainConfig) -> dict:
             skipped += int(n_skipped.sum())
             wav = wav.to(device, non_blocking=True)
             sentence = table["embeddings"][rows].to(device, non_blocking=True)
-            lr = lr_at(step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            lr = warmup_cosine(step, cfg.lr, cfg.warmup_steps, cfg.steps)
+            set_lr(optimizer, lr)
             with amp:
                 loss = model(wav, sentence)
             loss_value = float(loss.detach())
@@ -403,10 +374,7 @@ def train(cfg: ClapTrainConfig) -> dict:
                 raise FloatingPointError(f"loss is {loss_value} at step {step}: stopping, no checkpoint written; "
                                          "lower --lr or check the data")
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                       cfg.clip_grad if cfg.clip_grad > 0 else float("inf"))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm = clip_and_step(model, optimizer, cfg.clip_grad)
             with torch.no_grad():
                 model.logit_scale_a.clamp_(0, math.log(100))  # as LAION: temperature no lower than 1/100
             step += 1
@@ -429,7 +397,7 @@ def train(cfg: ClapTrainConfig) -> dict:
                "skipped_clips": skipped, "initial": initial, "final": final, "chance": chance,
                "train_s": round(train_s, 2), "eval_s": round(eval_s, 2), "device": str(device),
                "checkpoint": str(out_dir / "clap.pt"), "train_config": dataclasses.asdict(cfg)}
-    _write_json(out_dir / "metrics.json", metrics)
+    atomic.write_text(out_dir / "metrics.json", json.dumps(metrics, indent=1))
     return metrics
 
 

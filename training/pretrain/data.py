@@ -17,6 +17,7 @@ import logging
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import soundfile as sf
@@ -61,9 +62,9 @@ def _label_mids(meta: dict) -> list[str]:
     return [lab["mid"] if isinstance(lab, dict) else str(lab) for lab in labels]
 
 
-def index_shards(shard_dir: Path, mid_to_index: dict[str, int]) -> list[Item]:
-    """Index every audio member of the *.tar shards in shard_dir with its labels from the paired JSON."""
-    items = []
+def read_shards(shard_dir: Path) -> Iterator[tuple[Path, dict[str, tuple[int, int]], dict[str, dict]]]:
+    """Each *.tar shard of shard_dir in name order, as (shard, {key: (byte offset, size) of its audio member},
+    {key: its JSON member}); a shard that cannot be read whole is logged and skipped."""
     for shard in sorted(shard_dir.glob("*.tar")):
         audio, metas = {}, {}
         try:
@@ -79,6 +80,13 @@ def index_shards(shard_dir: Path, mid_to_index: dict[str, int]) -> list[Item]:
         except (tarfile.TarError, OSError, json.JSONDecodeError) as err:
             log.warning("skipping unreadable shard %s: %s", shard, err)
             continue
+        yield shard, audio, metas
+
+
+def index_shards(shard_dir: Path, mid_to_index: dict[str, int]) -> list[Item]:
+    """Index every audio member of the *.tar shards in shard_dir with its labels from the paired JSON."""
+    items = []
+    for shard, audio, metas in read_shards(shard_dir):
         for key, (offset, size) in sorted(audio.items()):
             mids = _label_mids(metas.get(key, {}))
             items.append(Item(key, str(shard), offset, size,

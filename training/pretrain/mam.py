@@ -1,8 +1,8 @@
-"""Masked audio modelling with CLAP distillation and a supervised branch: one wrapper, four presets.
+"""Masked audio modelling with CLAP distillation and a supervised branch: one wrapper, four variants.
 
 `MAMPretrainer` wraps a plain `MAMCLAPEncoder` (lucidrains' mae.py layout) and owns everything that exists
 only for pretraining: random masking, the decoder and the loss heads. The four variants of the paper are
-presets of one `PretrainConfig`, differing only in loss weights:
+presets of one `PretrainConfig`, differing only in loss weights (VARIANT_WEIGHTS):
 
   mam          reconstruction of masked patches (AudioMAE)
   mam_clap     + prediction of the CLAP teacher's features on visible and masked positions
@@ -29,7 +29,16 @@ import torch.nn.functional as F
 
 from hear_mamclap.model import Block, EncoderConfig, MAMCLAPEncoder, init_weights, patchify, sincos_pos_embed_2d
 
-VARIANTS = ("mam", "mam_clap", "supmam", "supmam_clap")
+# The paper's four methods as data: each variant is PretrainConfig with these loss weights (over the defaults,
+# reconstruction alone). Code asks a config what it needs (uses_teacher, uses_labels), never a variant's name.
+# lambda_cls 0.5 sits in the paper's range (0.1 .. 1.0).
+VARIANT_WEIGHTS: dict[str, dict[str, float]] = {
+    "mam": {},
+    "mam_clap": {"distill_visible_weight": 1.0, "distill_masked_weight": 1.0},
+    "supmam": {"lambda_cls": 0.5},
+    "supmam_clap": {"distill_visible_weight": 1.0, "distill_masked_weight": 1.0, "lambda_cls": 0.5},
+}
+VARIANTS = tuple(VARIANT_WEIGHTS)
 
 
 @dataclass(frozen=True)
@@ -65,32 +74,30 @@ class PretrainConfig:
 
     @property
     def uses_decoder(self) -> bool:
+        """Reconstruction or distillation is on: both predict from the decoder."""
         return self.recon_weight > 0 or self.distill_visible_weight > 0 or self.distill_masked_weight > 0
 
     @property
     def uses_teacher(self) -> bool:
+        """A distillation loss is on: training needs a CLAP teacher's features."""
         return self.distill_visible_weight > 0 or self.distill_masked_weight > 0
 
     @property
     def uses_labels(self) -> bool:
+        """The classification loss is on: training needs labelled data."""
         return self.lambda_cls > 0
 
     @classmethod
     def preset(cls, variant: str, size: str = "base", **overrides) -> PretrainConfig:
-        """One of VARIANTS with an encoder preset (tiny | small | base); keyword overrides on top.
+        """A variant (VARIANT_WEIGHTS) on an encoder size (tiny | small | base); keyword overrides on top.
 
-        size="tiny" also shrinks the decoder (tests, CPU smoke runs); lambda_cls 0.5 sits in the paper's range
-        (0.1 .. 1.0).
+        size="tiny" also shrinks the decoder (tests, CPU smoke runs).
         """
-        if variant not in VARIANTS:
+        if variant not in VARIANT_WEIGHTS:
             raise ValueError(f"unknown pretraining variant {variant!r}; expected one of {VARIANTS}")
-        cfg = cls(encoder=EncoderConfig.preset(size))
+        cfg = cls(encoder=EncoderConfig.preset(size), **VARIANT_WEIGHTS[variant])
         if size == "tiny":
             cfg = replace(cfg, decoder_width=32, decoder_depth=2, decoder_heads=4)
-        if variant.endswith("_clap"):
-            cfg = replace(cfg, distill_visible_weight=1.0, distill_masked_weight=1.0)
-        if variant.startswith("sup"):
-            cfg = replace(cfg, lambda_cls=0.5)
         return replace(cfg, **overrides)
 
     def to_dict(self) -> dict:

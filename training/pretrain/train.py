@@ -26,19 +26,21 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from hear_mamclap import atomic
 from training.pretrain import checkpointing
 from training.pretrain.data import AudioClips, StepBatches
+from training.pretrain.optim import clip_and_step, param_groups, set_lr, setup_device, warmup_cosine
 
 log = logging.getLogger("mamclap.pretrain")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    preset: str = "supmam_clap"      # mam | mam_clap | supmam | supmam_clap
+    variant: str = "supmam_clap"     # mam | mam_clap | supmam | supmam_clap (mam.VARIANT_WEIGHTS)
     size: str = "tiny"               # encoder preset: tiny | small | base
     data: str = ""                   # shards folder, AudioSet CSV, or audio folder
     out_dir: str = "runs/pretrain"
-    teacher: str = ""                # LAION-layout CLAP checkpoint (needed by *_clap presets)
+    teacher: str = ""                # LAION-layout CLAP checkpoint (needed by variants that distil)
     teacher_features: str = "frames"  # frames | tokenmap (training.pretrain.teacher.TeacherConfig)
     teacher_align: str = "time_interp"  # time_interp | grid_resample
     teacher_projection: bool = False  # LAION's 512-d audio projection on each step
@@ -58,13 +60,21 @@ class TrainConfig:
     device: str = "auto"             # auto | cpu | cuda
     overrides: tuple[tuple[str, str], ...] = ()  # PretrainConfig field overrides (name, value)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """The config a checkpoint saved (dataclasses.asdict); checkpoints from before the rename name the
+        variant "preset"."""
+        d = dict(d)
+        if "preset" in d:
+            d["variant"] = d.pop("preset")
+        return cls(**{**d, "overrides": tuple(tuple(kv) for kv in d.get("overrides", ()))})
 
-def lr_at(step: int, cfg: TrainConfig, peak: float) -> float:
-    """Linear warm-up to peak, then cosine decay to zero at cfg.steps."""
-    if step < cfg.warmup_steps:
-        return peak * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return 0.5 * peak * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    def pretrain_config(self):
+        """The PretrainConfig this run trains: the variant on the encoder size, with the --set overrides."""
+        from training.pretrain.mam import PretrainConfig
+
+        overrides = {k: _parse_value(v) for k, v in self.overrides}
+        return PretrainConfig.preset(self.variant, size=self.size, **overrides)
 
 
 def masking_noise(seed: int, step: int, global_batch: int, n_patches: int) -> torch.Tensor:
@@ -91,17 +101,16 @@ def _parse_value(text: str):
 
 
 def _build(cfg: TrainConfig, n_classes: int):
-    """The pretraining wrapper and, for presets that distil, the frozen teacher."""
-    from training.pretrain.mam import MAMPretrainer, PretrainConfig
+    """The pretraining wrapper and, for configs that distil, the frozen teacher."""
+    from training.pretrain.mam import MAMPretrainer
 
-    overrides = {k: _parse_value(v) for k, v in cfg.overrides}
-    pcfg = PretrainConfig.preset(cfg.preset, size=cfg.size, **overrides)
+    pcfg = cfg.pretrain_config()
     if pcfg.uses_labels:
         pcfg = dataclasses.replace(pcfg, n_classes=n_classes)
     teacher = None
     if pcfg.uses_teacher:
         if not cfg.teacher:
-            raise ValueError(f"preset {cfg.preset!r} distils a CLAP teacher: pass --teacher CKPT (a "
+            raise ValueError(f"variant {cfg.variant!r} distils a CLAP teacher: pass --teacher CKPT (a "
                              "LAION-layout checkpoint, e.g. one from `mamclap teacher train`)")
         from training.pretrain.teacher import TeacherConfig, load_teacher
         teacher = load_teacher(cfg.teacher, encoder=pcfg.encoder, cfg=TeacherConfig(
@@ -120,24 +129,21 @@ def n_samples_for(enc) -> int:
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
     """Run (or resume) pretraining; returns a summary dict. Works under torchrun or as one process."""
     rank, world, local_rank = _distributed()
-    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    device = setup_device(cfg.device, local_rank)
+    use_cuda = device.type == "cuda"
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
-    if use_cuda:
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     out_dir = Path(cfg.out_dir)
     ckpt_path = out_dir / "checkpoint.pt"
+    if rank == 0:
+        atomic.remove_stale(ckpt_path)  # a half-written checkpoint of a killed run
 
     start_step, state = 0, None
     if resume:
         if not ckpt_path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
         state = checkpointing.load(ckpt_path)
-        saved = TrainConfig(**{**state["train_config"], "overrides": tuple(
-            tuple(kv) for kv in state["train_config"]["overrides"])})
+        saved = TrainConfig.from_dict(state["train_config"])
         cfg = dataclasses.replace(saved, steps=cfg.steps, stop_at=cfg.stop_at, out_dir=cfg.out_dir, workers=cfg.workers,
                                   device=cfg.device, compile=cfg.compile, data=cfg.data or saved.data,
                                   teacher=cfg.teacher or saved.teacher)
@@ -154,7 +160,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         start_step = state["step"]
     torch.manual_seed(cfg.seed)
 
-    dataset = AudioClips(cfg.data, n_samples=1, require_labels=cfg.preset.startswith("sup"))
+    dataset = AudioClips(cfg.data, n_samples=1, require_labels=cfg.pretrain_config().uses_labels)
     model, teacher = _build(cfg, dataset.n_classes)
     dataset.n_samples = n_samples_for(model.cfg.encoder)
     model.to(device)
@@ -163,12 +169,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
     global_batch = cfg.batch_size * cfg.accum * world
     peak_lr = cfg.base_lr * global_batch / 256
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or name.endswith(".bias") else decay).append(p)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=peak_lr, betas=(0.9, 0.95), fused=use_cuda)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=peak_lr, betas=(0.9, 0.95),
+                                  fused=use_cuda)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -209,7 +211,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     progress = None
     if rank == 0:
         from tqdm import tqdm
-        progress = tqdm(total=cfg.steps, initial=start_step, desc=f"pretrain {cfg.preset}", unit="step")
+        progress = tqdm(total=cfg.steps, initial=start_step, desc=f"pretrain {cfg.variant}", unit="step")
     micro = 0
     sums: dict[str, torch.Tensor] = {}
     unchecked: list[tuple[int, torch.Tensor]] = []  # (step, loss on the device) not yet read on the host
@@ -261,13 +263,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                     progress.close()
                 raise FloatingPointError(msg)
             loss_value = values[-1]
-        lr = lr_at(step, cfg, peak_lr)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                   cfg.clip_grad if cfg.clip_grad > 0 else float("inf"))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        lr = warmup_cosine(step, peak_lr, cfg.warmup_steps, cfg.steps)
+        set_lr(optimizer, lr)
+        grad_norm = clip_and_step(model, optimizer, cfg.clip_grad)
         step += 1
         last_losses = {**sums, "loss": loss_t}
         sums = {}
@@ -298,7 +296,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         # Provenance the harnesses copy into every results file, so tables can group runs by variant,
         # seed and loss weights without parsing run names.
         export_encoder(model.encoder, out_dir / "encoder", metadata={
-            "variant": cfg.preset, "size": cfg.size, "seed": cfg.seed, "step": step,
+            "variant": cfg.variant, "size": cfg.size, "seed": cfg.seed, "step": step,
             "pretrain_config": model.cfg.to_dict(), "train_config": dataclasses.asdict(cfg)})
     if world > 1:
         dist.barrier()
@@ -307,19 +305,23 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
 
 def register(subparsers) -> None:
-    """`mamclap pretrain`: flags mirror TrainConfig's fields."""
+    """`mamclap pretrain`: flags mirror TrainConfig's fields (--preset is the old name of --variant)."""
+    from training.pretrain.mam import VARIANTS
+
     p = subparsers.add_parser("pretrain", help="pretrain MAM / MAM-CLAP / SupMAM / SupMAM-CLAP",
                               description=__doc__.splitlines()[0])
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         if f.name == "overrides":
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flags = ["--" + f.name.replace("_", "-")] + (["--preset"] if f.name == "variant" else [])
         value = getattr(defaults, f.name)
         if isinstance(value, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
+            p.add_argument(*flags, action=argparse.BooleanOptionalAction, default=value)
+        elif f.name == "variant":
+            p.add_argument(*flags, choices=VARIANTS, default=value)
         else:
-            p.add_argument(flag, type=type(value), default=value)
+            p.add_argument(*flags, type=type(value), default=value)
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a PretrainConfig field, e.g. --set lambda_cls=0.1 --set "
                         "distill_visible_weight=0 (repeatable)")
