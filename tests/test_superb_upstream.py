@@ -109,9 +109,10 @@ def test_patch_features_are_interpolated_between_patch_centres(expert):
     """Output frames at patch centres equal the patch features; between them they lie on the segment."""
     wav = waves(15000)  # its last output frames lie past its last patch centre
     with torch.no_grad():
-        layers, n_patches = expert.patch_features(wav[0][None], torch.tensor([15000]))
+        per_patch = expert.encoder.embed(wav[0][None], torch.tensor([15000]))
+        n_patches = per_patch.n_patches
         out = expert(wav)["last_hidden_state"][0]  # (T, D')
-    patches = layers[-1][0]  # (P, D')
+    patches = per_patch.features[0]  # (P, D')
     centres = expert.encoder.frame_times(patches.shape[0]).numpy() * 16000  # samples
     times = (torch.arange(out.shape[0]) + 0.5).numpy() * HOP_SAMPLES
     held = 0
