@@ -384,6 +384,8 @@ class MAMCLAPEncoder(nn.Module):
         self.check_embed_options(layers, last_k, freq_reduce, windows_per_forward)
         cfg = self.cfg
         n_frames = self.valid_frames(audio, lengths)  # (B,)
+        if lengths is not None:
+            audio = audio[:, :int(torch.as_tensor(lengths).max())]  # padding past the longest clip is never read
         group = cfg.target_frames * windows_per_forward  # frames per encoder pass
         chosen, hidden, n_patches = [], [], 0
         for first in range(0, int(n_frames.max()), group):
@@ -404,8 +406,7 @@ class MAMCLAPEncoder(nn.Module):
         if hop_ms is None:
             return Embeddings(features, centres, n_patches, hidden)
         if n_steps is None:
-            longest = audio.shape[1] if lengths is None else int(torch.as_tensor(lengths).max())
-            n_steps = max(1, math.ceil(1000.0 * longest / cfg.sample_rate / hop_ms))
+            n_steps = max(1, math.ceil(1000.0 * audio.shape[1] / cfg.sample_rate / hop_ms))
         times = (torch.arange(n_steps, dtype=torch.float64) + 0.5) * hop_ms  # (T,) ms
 
         def at_hop(x: torch.Tensor) -> torch.Tensor:  # (B, P, D) -> (B, T, D)

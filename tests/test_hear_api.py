@@ -134,3 +134,24 @@ def test_timestamp_interpolation_in_chunks_equals_the_linear_formula(model):
     w = (t - centres[j - 1]) / (centres[j] - centres[j - 1])
     expected = features[:, j - 1].double() * (1 - w) + features[:, j].double() * w
     assert torch.allclose(whole[:, 100].double(), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("options", [dict(), dict(layers="mean", last_k=2, freq_reduce="mean"),
+                                     dict(layers="concat", last_k=3, scene_pooling="meanmax", timestamp_hop_ms=25.0),
+                                     dict(windows_per_forward=1, timestamp_hop_ms=50.0)])
+def test_the_hear_api_is_embed_with_its_options(encoder, options):
+    """Timestamp embeddings are embed() at the timestamp hop; scene embeddings pool embed()'s patches."""
+    model = hear.HearModel(encoder, **options)
+    x = audio(3, 3.3)
+    emb, ts = hear.get_timestamp_embeddings(x, model)
+    scene = hear.get_scene_embeddings(x, model)
+    kw = {k: v for k, v in options.items() if k in ("layers", "last_k", "freq_reduce", "windows_per_forward")}
+    with torch.no_grad():
+        at_hop = encoder.embed(x, hop_ms=model.timestamp_hop_ms, **kw)
+        patches = encoder.embed(x, **kw).features  # (B, P, D)
+    assert torch.equal(emb, at_hop.features)
+    assert torch.equal(ts, at_hop.timestamps_ms.float().expand(3, -1))
+    pooled = patches.mean(1)
+    if options.get("scene_pooling") == "meanmax":
+        pooled = torch.cat([pooled, patches.amax(1)], dim=1)
+    assert torch.equal(scene, pooled)
