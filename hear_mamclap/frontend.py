@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+SAMPLE_RATE = 16000  # Hz: what every mamclap encoder, the HEAR module and the s3prl upstream take
 AUDIOSET_MEAN = -4.2677393  # log-mel mean over AudioSet (AudioMAE, AST)
 AUDIOSET_STD = 4.5689974
 LOG_FLOOR = torch.finfo(torch.float32).eps  # Kaldi's floor before the log (numeric_limits<float>::epsilon)
@@ -51,6 +52,11 @@ def kaldi_mel_banks(n_mels: int, n_fft: int, sample_rate: float, low_freq: float
     return F.pad(banks, (0, 1)).float()  # (n_mels, n_fft // 2 + 1)
 
 
+def ms_to_samples(sample_rate: int, ms: float) -> int:
+    """Whole samples in `ms` milliseconds, truncated as Kaldi does (25 ms -> 400 at 16 kHz)."""
+    return int(sample_rate * ms / 1000)
+
+
 def num_frames(n_samples: int, window: int = 400, hop: int = 160) -> int:
     """Frames Kaldi gives for n_samples with snip_edges=True (0 when shorter than one window)."""
     return 0 if n_samples < window else 1 + (n_samples - window) // hop
@@ -76,13 +82,13 @@ class LogMelFrontend(nn.Module):
     config is the one place these settings live.
     """
 
-    def __init__(self, sample_rate: int = 16000, n_mels: int = 128, frame_length_ms: float = 25.0,
+    def __init__(self, sample_rate: int = SAMPLE_RATE, n_mels: int = 128, frame_length_ms: float = 25.0,
                  frame_shift_ms: float = 10.0, low_freq: float = 20.0, high_freq: float = 0.0,
                  preemphasis: float = 0.97, mean: float = AUDIOSET_MEAN, std: float = AUDIOSET_STD) -> None:
         super().__init__()
         self.sample_rate = sample_rate
-        self.window_length = int(sample_rate * frame_length_ms / 1000)  # 400 samples at 16 kHz
-        self.hop_length = int(sample_rate * frame_shift_ms / 1000)  # 160
+        self.window_length = ms_to_samples(sample_rate, frame_length_ms)  # 400 samples at 16 kHz
+        self.hop_length = ms_to_samples(sample_rate, frame_shift_ms)  # 160
         if self.window_length < 2 or self.hop_length < 1:
             raise ValueError(f"frame length {frame_length_ms} ms / shift {frame_shift_ms} ms too short at "
                              f"{sample_rate} Hz")

@@ -1,8 +1,9 @@
 """The MAM-CLAP audio encoder: a ViT over log-mel patches, from raw 16 kHz audio to per-layer features.
 
 Reads top to bottom: patch helpers and positional embeddings, the transformer block, the config with its
-presets, then `MAMCLAPEncoder`, which holds the front end (log-mel + normalisation) and the ViT, so adapters
-(HEAR, s3prl) only call it.
+presets and frame geometry, the runtime outputs and helpers (audio check, time interpolation), then
+`MAMCLAPEncoder`, which holds the front end (log-mel + normalisation) and the ViT. Its `embed` does the
+windowing, padding masks, layer choice and time interpolation once, so the adapters (HEAR, s3prl) are thin.
 
 Patch order is time-major everywhere (the encoder, the pretraining wrapper, teacher targets): patch
 (t, f) of a (P_t, P_f) grid has index t * P_f + f. A shorter input therefore uses the first positions of the
@@ -18,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hear_mamclap.frontend import AUDIOSET_MEAN, AUDIOSET_STD, LogMelFrontend
+from hear_mamclap.frontend import AUDIOSET_MEAN, AUDIOSET_STD, SAMPLE_RATE, LogMelFrontend, ms_to_samples, num_frames
 
 
 def patchify(mel: torch.Tensor, patch_size: tuple[int, int]) -> torch.Tensor:
@@ -96,7 +97,7 @@ def init_weights(module: nn.Module) -> None:
 @dataclass(frozen=True)
 class EncoderConfig:
     # front end (Kaldi fbank, see frontend.py) and normalisation
-    sample_rate: int = 16000               # Hz; resample other audio before the encoder
+    sample_rate: int = SAMPLE_RATE         # Hz; resample other audio before the encoder
     n_mels: int = 128
     frame_length_ms: float = 25.0
     frame_shift_ms: float = 10.0
@@ -135,14 +136,33 @@ class EncoderConfig:
     def n_patches(self) -> int:
         return self.grid[0] * self.grid[1]
 
+    # frame geometry in samples, as LogMelFrontend computes it
+
+    @property
+    def hop_samples(self) -> int:
+        """Samples between the starts of two analysis frames: 160 by default (10 ms)."""
+        return ms_to_samples(self.sample_rate, self.frame_shift_ms)
+
+    @property
+    def window_samples(self) -> int:
+        """Samples one analysis frame reads: 400 by default (25 ms); shorter audio gives no frame."""
+        return ms_to_samples(self.sample_rate, self.frame_length_ms)
+
+    def samples_for(self, n_frames: int) -> int:
+        """Fewest samples that give n_frames analysis frames: window + hop * (n_frames - 1)."""
+        return self.window_samples + self.hop_samples * (n_frames - 1)
+
+    def num_frames(self, n_samples: int) -> int:
+        """Analysis frames in n_samples samples (Kaldi's snip_edges count; 0 below one window)."""
+        return num_frames(n_samples, self.window_samples, self.hop_samples)
+
     def patch_times(self, n_time_patches: int) -> torch.Tensor:
         """Centre time in seconds of each of the first n_time_patches time patches: the middle of the span
         from its first frame's window start to its last frame's window end (0.0875 s + 0.16 s * i by default).
         Teachers align their features to the patch grid with it; HEAR timestamps come from it."""
-        hop = int(self.sample_rate * self.frame_shift_ms / 1000)  # as LogMelFrontend computes them
-        window = int(self.sample_rate * self.frame_length_ms / 1000)
-        first = torch.arange(n_time_patches, dtype=torch.float64) * self.patch_size[0] * hop  # first sample
-        end = first + (self.patch_size[0] - 1) * hop + window  # one past the last sample of its last window
+        pt = self.patch_size[0]
+        first = torch.arange(n_time_patches, dtype=torch.float64) * pt * self.hop_samples  # first sample
+        end = first + self.samples_for(pt)  # one past the last sample of its last window
         return (first + end) / 2 / self.sample_rate
 
     @classmethod
@@ -183,9 +203,77 @@ class EncoderOutput:
     hidden_states: list[torch.Tensor] = field(default_factory=list)  # depth + 1 of (B, P, D') when asked
 
 
+@dataclass
+class Embeddings:
+    """What embed() gives. T = time patches of the longest clip, or the output steps when a hop is given."""
+    features: torch.Tensor       # (B, T, D) the chosen layers; per patch zero past a clip's end, at a hop its last held
+    timestamps_ms: torch.Tensor  # (T,) centre of each patch or step in ms, float64 on the CPU
+    n_patches: torch.Tensor      # (B,) valid time patches per clip
+    hidden_states: list[torch.Tensor] = field(default_factory=list)  # depth + 1 of (B, T, D') when asked
+
+
+def check_audio(audio, min_samples: int = 1, *, as_list: bool = False, sample_rate: int = SAMPLE_RATE) -> None:
+    """A ValueError saying what was expected unless audio is finite floating-point sound, each at least
+    min_samples long: a (n_sounds, n_samples) tensor (the HEAR API) or, with as_list, a non-empty list of 1-D
+    (n_samples,) tensors (s3prl). Adapters call it first, before any conversion hides a wrong dtype or shape."""
+    if not as_list:
+        _check_waveforms(audio, 2, min_samples, sample_rate, "")
+        return
+    if not isinstance(audio, (list, tuple)):
+        raise ValueError(f"expected a list of 1-D waveform tensors at {sample_rate} Hz, got {type(audio).__name__}")
+    if len(audio) == 0:
+        raise ValueError("expected at least one sound, got an empty list")
+    for i, wav in enumerate(audio):
+        _check_waveforms(wav, 1, min_samples, sample_rate, f"wavs[{i}]: ")
+
+
+def _check_waveforms(x, rank: int, min_samples: int, sample_rate: int, where: str) -> None:
+    what = "a 1-D waveform (n_samples,)" if rank == 1 else "audio of rank 2 (n_sounds, n_samples)"
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{where}expected a torch.Tensor holding {what}, got {type(x).__name__}")
+    if x.ndim != rank:
+        mono = "; mix the channels down to mono first" if x.ndim == rank + 1 else ""
+        raise ValueError(f"{where}expected {what} at {sample_rate} Hz, got shape {tuple(x.shape)}{mono}")
+    if not x.is_floating_point():
+        raise ValueError(f"{where}expected floating-point samples in [-1, 1], got dtype {x.dtype}")
+    if rank == 2 and x.shape[0] == 0:
+        raise ValueError("expected at least one sound, got an empty batch")
+    need = max(min_samples, 1)
+    if x.shape[-1] < need:
+        raise ValueError(f"{where}expected at least {need} samples ({1000 * need / sample_rate:g} ms at {sample_rate} "
+                         f"Hz), got {x.shape[-1]}" + (" (zero-length audio)" if x.shape[-1] == 0 else ""))
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{where}audio contains NaN or Inf values")
+
+
+def interpolate_in_time(x: torch.Tensor, centres_ms: torch.Tensor, times_ms: torch.Tensor, n_valid: torch.Tensor,
+                        chunk: int = 4096) -> torch.Tensor:
+    """(B, P, D) features at patch centres (P,) -> (B, T, D) at times (T,), linear in time. Clip b reads only
+    its first n_valid[b] patches and holds the first and last of them beyond their centres, so it does not
+    depend on the rest of the batch. The output is allocated once and filled `chunk` steps at a time: the
+    temporaries stay (B, chunk, D) however long the clip (one hour at 40 ms is 90,000 steps)."""
+    last = (n_valid.cpu() - 1).clamp_min(0)[:, None]  # (B, 1) each clip's last valid patch
+    pos = torch.searchsorted(centres_ms, times_ms)[None]  # (1, T) first centre at or after each time
+    right = torch.minimum(pos, last)  # (B, T)
+    left = torch.minimum((pos - 1).clamp_min(0), last)
+    span = (centres_ms[right] - centres_ms[left]).clamp_min(1e-9)
+    w = ((times_ms - centres_ms[left]) / span).clamp(0, 1)  # (B, T) float64
+    left, right, w = left.to(x.device), right.to(x.device), w.to(x.device, x.dtype)
+
+    def take(idx: torch.Tensor) -> torch.Tensor:  # (B, c) -> (B, c, D)
+        return torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[2]))
+
+    out = x.new_empty(x.shape[0], len(times_ms), x.shape[2])  # (B, T, D)
+    for start in range(0, len(times_ms), chunk):
+        s = slice(start, start + chunk)
+        out[:, s] = torch.lerp(take(left[:, s]), take(right[:, s]), w[:, s, None])
+    return out
+
+
 class MAMCLAPEncoder(nn.Module):
-    """Front end + ViT. `forward_features` works on normalised log-mel patches (pretraining);
-    `forward` goes from raw audio (B, N) to frame- and clip-level features of any length (runtime)."""
+    """Front end + ViT. `forward_features` works on normalised log-mel patches (pretraining); `forward` goes
+    from raw audio (B, N) to frame- and clip-level features of any length, and `embed` adds what the HEAR and
+    s3prl adapters need on top: layer choice, bounded memory on long audio, a regular time hop (runtime)."""
 
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
@@ -244,14 +332,20 @@ class MAMCLAPEncoder(nn.Module):
         """(B, N) audio, optional valid sample counts (B,) -> normalised log-mel (B, T, n_mels) and the valid
         frame counts (B,) (Kaldi's count for each clip's own length)."""
         mel = self.frontend(audio)  # (B, T, n_mels)
-        B, T, _ = mel.shape
+        return mel, self.valid_frames(audio, lengths)
+
+    def valid_frames(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Analysis frames (B,) of each clip of a (B, N) batch: N's count for every clip when lengths is None,
+        else each clip's own (lengths (B,) valid samples, at least one window each)."""
+        (B, N), window = audio.shape, self.cfg.window_samples
         if lengths is None:
-            return mel, torch.full((B,), T, dtype=torch.long, device=mel.device)
-        lengths = torch.as_tensor(lengths, device=mel.device)
-        if lengths.shape != (B,) or (lengths > audio.shape[1]).any() or (lengths < self.frontend.window_length).any():
-            raise ValueError(f"expected lengths (batch,) between {self.frontend.window_length} and {audio.shape[1]} "
-                             f"samples, got {lengths.tolist()}")
-        return mel, (lengths - self.frontend.window_length) // self.frontend.hop_length + 1  # Kaldi snip_edges
+            if N < window:
+                raise ValueError(f"expected at least {window} samples (one analysis window), got {N}")
+            return torch.full((B,), self.cfg.num_frames(N), dtype=torch.long, device=audio.device)
+        lengths = torch.as_tensor(lengths, device=audio.device)
+        if lengths.shape != (B,) or (lengths > N).any() or (lengths < window).any():
+            raise ValueError(f"expected lengths (batch,) between {window} and {N} samples, got {lengths.tolist()}")
+        return (lengths - window) // self.cfg.hop_samples + 1  # Kaldi snip_edges
 
     def feature_dim(self, freq_reduce: Literal["concat", "mean"] = "concat") -> int:
         """Size of a frame (and clip) feature: width x frequency patches for concat, width for mean."""
@@ -260,6 +354,71 @@ class MAMCLAPEncoder(nn.Module):
     def frame_times(self, n_frames: int) -> torch.Tensor:
         """Centre time in seconds of each of the first n_frames runtime frames (time patches)."""
         return self.cfg.patch_times(n_frames)
+
+    def check_embed_options(self, layers: str = "last", last_k: int = 1, freq_reduce: str = "concat",
+                            windows_per_forward: int = 8) -> None:
+        """A ValueError for any option embed() refuses, so an adapter can refuse its options when built."""
+        if layers not in ("last", "mean", "concat"):
+            raise ValueError(f"layers must be 'last', 'mean' or 'concat', got {layers!r}")
+        if not 1 <= last_k <= self.cfg.depth:
+            raise ValueError(f"last_k must be between 1 and the encoder depth {self.cfg.depth}, got {last_k}")
+        if freq_reduce not in ("concat", "mean"):
+            raise ValueError(f"freq_reduce must be 'concat' or 'mean', got {freq_reduce!r}")
+        if not isinstance(windows_per_forward, int) or windows_per_forward < 1:
+            raise ValueError(f"windows_per_forward must be an integer >= 1, got {windows_per_forward!r}")
+
+    def embed_dim(self, layers: str = "last", last_k: int = 1, freq_reduce: str = "concat") -> int:
+        """Size of an embed() feature: feature_dim(freq_reduce), last_k times that for layers="concat"."""
+        return self.feature_dim(freq_reduce) * (last_k if layers == "concat" else 1)
+
+    def embed(self, audio: torch.Tensor, lengths: torch.Tensor | None = None, *,
+              layers: Literal["last", "mean", "concat"] = "last", last_k: int = 1,
+              freq_reduce: Literal["concat", "mean"] = "concat", hidden_states: bool = False,
+              hop_ms: float | None = None, n_steps: int | None = None, windows_per_forward: int = 8) -> Embeddings:
+        """Raw audio (B, N) at cfg.sample_rate, optional valid samples per clip (B,) -> Embeddings: the one
+        runtime path under the HEAR module and the s3prl upstream.
+
+        Features per time patch of the chosen layers: "last" the final, normalised layer; "mean" or "concat"
+        the outputs of the last last_k blocks. hidden_states adds every layer (the block input, then each
+        block's output). With hop_ms, all of them are interpolated linearly in time between patch centres
+        (interpolate_in_time) to n_steps steps centred at (i + 0.5) * hop_ms; by default enough steps to cover
+        the longest clip. The audio is read windows_per_forward encoder windows (target_frames frames each)
+        at a time, each group with the look-ahead its last frame's window needs, so memory beyond the output
+        stays bounded on long audio while the features equal forward()'s on the whole clip: the same for a
+        clip alone, beside others (padding masked) and in any grouping.
+        """
+        self.check_embed_options(layers, last_k, freq_reduce, windows_per_forward)
+        cfg = self.cfg
+        n_frames = self.valid_frames(audio, lengths)  # (B,)
+        if lengths is not None:
+            audio = audio[:, :int(torch.as_tensor(lengths).max())]  # padding past the longest clip is never read
+        group = cfg.target_frames * windows_per_forward  # frames per encoder pass
+        chosen, hidden, n_patches = [], [], 0
+        for first in range(0, int(n_frames.max()), group):
+            start = first * cfg.hop_samples
+            mel = self.frontend(audio[:, start:start + cfg.samples_for(group)])  # (B, <= group, n_mels)
+            out = self.encode_mel(mel, (n_frames - first).clamp(0, mel.shape[1]), freq_reduce=freq_reduce,
+                                  hidden_states=hidden_states or layers != "last")
+            if layers == "last":
+                chosen.append(out.frames)  # (B, p, D')
+            else:
+                last = out.hidden_states[-last_k:]
+                chosen.append(torch.stack(last).mean(0) if layers == "mean" else torch.cat(last, dim=-1))
+            hidden.append(out.hidden_states if hidden_states else [])
+            n_patches = n_patches + out.n_frames
+        features = torch.cat(chosen, dim=1)  # (B, P, D)
+        hidden = [torch.cat(layer, dim=1) for layer in zip(*hidden)]  # depth + 1 of (B, P, D')
+        centres = 1000.0 * self.frame_times(features.shape[1])  # (P,) ms
+        if hop_ms is None:
+            return Embeddings(features, centres, n_patches, hidden)
+        if n_steps is None:
+            n_steps = max(1, math.ceil(1000.0 * audio.shape[1] / cfg.sample_rate / hop_ms))
+        times = (torch.arange(n_steps, dtype=torch.float64) + 0.5) * hop_ms  # (T,) ms
+
+        def at_hop(x: torch.Tensor) -> torch.Tensor:  # (B, P, D) -> (B, T, D)
+            return interpolate_in_time(x, centres, times, n_patches)
+
+        return Embeddings(at_hop(features), times, n_patches, [at_hop(h) for h in hidden])
 
     def forward(self, audio: torch.Tensor, lengths: torch.Tensor | None = None,
                 freq_reduce: Literal["concat", "mean"] = "concat", hidden_states: bool = False) -> EncoderOutput:

@@ -7,7 +7,7 @@ import torch
 
 import hear_mamclap as hear
 from hear_mamclap.checkpoint import export_encoder
-from hear_mamclap.model import EncoderConfig, MAMCLAPEncoder
+from hear_mamclap.model import EncoderConfig, MAMCLAPEncoder, interpolate_in_time
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +66,10 @@ def test_grouping_of_windows_does_not_change_features(encoder, options):
     x = audio(2, 4.3 * encoder.cfg.target_frames / 100)
     one = hear.HearModel(encoder, windows_per_forward=1, **options)
     many = hear.HearModel(encoder, windows_per_forward=64, **options)
-    torch.testing.assert_close(one.patch_features(x), many.patch_features(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(one.embed(x).features, many.embed(x).features, atol=1e-5, rtol=1e-5)
     # ...and both equal the encoder's own whole-clip processing for the last layer.
     if options["layers"] == "last":
-        torch.testing.assert_close(one.patch_features(x), encoder(x).frames, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(one.embed(x).features, encoder(x).frames, atol=1e-5, rtol=1e-5)
     emb, _ = hear.get_timestamp_embeddings(x, one)
     assert emb.shape[2] == one.timestamp_embedding_size
 
@@ -116,13 +116,17 @@ def test_bad_options_are_refused(encoder, option):
 
 
 def test_timestamp_interpolation_in_chunks_equals_the_linear_formula(model):
-    """interpolate() fills its output a chunk of timestamps at a time (bounded temporaries on long audio);
-    any chunk size gives the linear interpolation between the neighbouring patch centres."""
+    """interpolate_in_time() fills its output a chunk of timestamps at a time (bounded temporaries on long
+    audio); any chunk size gives the HEAR timestamp embeddings, the linear interpolation between the
+    neighbouring patch centres."""
     x = audio(2, 7.3)
-    features = model.patch_features(x)                                   # (B, P, D)
-    whole, times = model.interpolate(features, x.shape[1], chunk=10**9)
+    patches = model.embed(x)
+    features = patches.features                                          # (B, P, D)
+    times = model.embed(x, hop_ms=model.timestamp_hop_ms).timestamps_ms  # (T,) ms
+    whole = interpolate_in_time(features, patches.timestamps_ms, times, patches.n_patches, chunk=10**9)
+    assert torch.equal(whole, hear.get_timestamp_embeddings(x, model)[0])
     for chunk in (1, 7, 64):
-        part, _ = model.interpolate(features, x.shape[1], chunk=chunk)
+        part = interpolate_in_time(features, patches.timestamps_ms, times, patches.n_patches, chunk=chunk)
         assert torch.equal(part, whole), chunk
     centres = 1000.0 * model.encoder.frame_times(features.shape[1]).double()
     t = times.double()[100]                                              # one timestamp between two centres
@@ -130,3 +134,24 @@ def test_timestamp_interpolation_in_chunks_equals_the_linear_formula(model):
     w = (t - centres[j - 1]) / (centres[j] - centres[j - 1])
     expected = features[:, j - 1].double() * (1 - w) + features[:, j].double() * w
     assert torch.allclose(whole[:, 100].double(), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("options", [dict(), dict(layers="mean", last_k=2, freq_reduce="mean"),
+                                     dict(layers="concat", last_k=3, scene_pooling="meanmax", timestamp_hop_ms=25.0),
+                                     dict(windows_per_forward=1, timestamp_hop_ms=50.0)])
+def test_the_hear_api_is_embed_with_its_options(encoder, options):
+    """Timestamp embeddings are embed() at the timestamp hop; scene embeddings pool embed()'s patches."""
+    model = hear.HearModel(encoder, **options)
+    x = audio(3, 3.3)
+    emb, ts = hear.get_timestamp_embeddings(x, model)
+    scene = hear.get_scene_embeddings(x, model)
+    kw = {k: v for k, v in options.items() if k in ("layers", "last_k", "freq_reduce", "windows_per_forward")}
+    with torch.no_grad():
+        at_hop = encoder.embed(x, hop_ms=model.timestamp_hop_ms, **kw)
+        patches = encoder.embed(x, **kw).features  # (B, P, D)
+    assert torch.equal(emb, at_hop.features)
+    assert torch.equal(ts, at_hop.timestamps_ms.float().expand(3, -1))
+    pooled = patches.mean(1)
+    if options.get("scene_pooling") == "meanmax":
+        pooled = torch.cat([pooled, patches.amax(1)], dim=1)
+    assert torch.equal(scene, pooled)

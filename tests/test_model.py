@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from hear_mamclap.checkpoint import export_encoder, load_encoder
-from hear_mamclap.model import EncoderConfig, MAMCLAPEncoder, patchify, sincos_pos_embed_2d, unpatchify
+from hear_mamclap.model import (EncoderConfig, MAMCLAPEncoder, check_audio, patchify, sincos_pos_embed_2d,
+                                unpatchify)
 
 SR = 16000
 
@@ -143,6 +144,114 @@ def test_bad_lengths_are_explained() -> None:
         enc(audio(2, 1.0), lengths=torch.tensor([16000, 20000]))
     with pytest.raises(ValueError, match="expected lengths"):
         enc(audio(2, 1.0), lengths=torch.tensor([16000, 100]))
+
+
+@pytest.mark.parametrize("overrides", [{}, {"sample_rate": 22050, "frame_shift_ms": 12.5, "frame_length_ms": 30.0}])
+def test_frame_geometry_is_the_front_ends(overrides) -> None:
+    enc = tiny(**overrides)
+    cfg = enc.cfg
+    assert (cfg.hop_samples, cfg.window_samples) == (enc.frontend.hop_length, enc.frontend.window_length)
+    if not overrides:
+        assert (cfg.hop_samples, cfg.window_samples, cfg.samples_for(1024)) == (160, 400, 400 + 160 * 1023)
+    for n in (1, 2, 17):
+        x = torch.zeros(1, cfg.samples_for(n))
+        assert enc.frontend(x).shape[1] == cfg.num_frames(x.shape[1]) == n
+        assert cfg.num_frames(x.shape[1] - 1) == n - 1  # the fewest samples for n frames
+
+
+EMBED_OPTIONS = [dict(), dict(layers="mean", last_k=2), dict(layers="concat", last_k=3, freq_reduce="mean"),
+                 dict(hidden_states=True)]
+
+
+def padded_batch(lengths: list[int], total: int, fill: float) -> torch.Tensor:
+    batch = torch.full((len(lengths), total), fill)
+    for i, n in enumerate(lengths):
+        batch[i, :n] = audio(1, n / SR, seed=i)[0]
+    return batch
+
+
+@pytest.mark.parametrize("hop_ms", [None, 40.0])
+@pytest.mark.parametrize("options", EMBED_OPTIONS)
+def test_embed_batched_equals_one_by_one(options, hop_ms) -> None:
+    """Clips of several encoder windows and of one frame, padded with garbage, one window per pass, give each
+    clip what it gets alone in the default grouping; per patch, nothing past a clip's end."""
+    enc = tiny()
+    lengths = [int(2.7 * SR), int(0.5 * SR), int(1.3 * SR), 400]
+    batch = padded_batch(lengths, max(lengths), fill=0.3)
+    with torch.no_grad():
+        out = enc.embed(batch, torch.tensor(lengths), hop_ms=hop_ms, windows_per_forward=1, **options)
+        assert out.features.shape[1] == len(out.timestamps_ms)
+        assert len(out.hidden_states) == (enc.cfg.depth + 1 if options.get("hidden_states") else 0)
+        for i, n in enumerate(lengths):
+            alone = enc.embed(batch[i:i + 1, :n], hop_ms=hop_ms, **options)
+            T = alone.features.shape[1]
+            assert int(out.n_patches[i]) == int(alone.n_patches[0]) and torch.equal(out.timestamps_ms[:T],
+                                                                                     alone.timestamps_ms)
+            for a, b in zip([out.features, *out.hidden_states], [alone.features, *alone.hidden_states]):
+                torch.testing.assert_close(a[i, :T], b[0], rtol=1e-4, atol=1e-4)
+                if hop_ms is None:
+                    assert not a[i, T:].any()
+    assert out.features.shape[2] == enc.embed_dim(**{k: v for k, v in options.items() if k != "hidden_states"})
+
+
+@pytest.mark.parametrize("hop_ms", [None, 25.0])
+def test_embed_ignores_what_lies_past_each_clip(hop_ms) -> None:
+    """Padding invariance: zeros, garbage, or extra padding past the longest clip give the same features."""
+    enc = tiny()
+    lengths = torch.tensor([int(1.9 * SR), int(0.4 * SR)])
+    zeros = padded_batch(lengths.tolist(), int(lengths.max()), fill=0.0)
+    garbage = padded_batch(lengths.tolist(), int(lengths.max()) + 5000, fill=-0.7)
+    with torch.no_grad():
+        a = enc.embed(zeros, lengths, hop_ms=hop_ms, hidden_states=True)
+        b = enc.embed(garbage, lengths, hop_ms=hop_ms, hidden_states=True)
+    assert torch.equal(a.timestamps_ms, b.timestamps_ms) and torch.equal(a.n_patches, b.n_patches)
+    for x, y in zip([a.features, *a.hidden_states], [b.features, *b.hidden_states]):
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-6)
+
+
+def test_embed_per_patch_is_forward_and_at_a_hop_interpolates() -> None:
+    enc = tiny()
+    x = audio(2, 3.0)
+    with torch.no_grad():
+        whole = enc(x, hidden_states=True)
+        per_patch = enc.embed(x, hidden_states=True, windows_per_forward=1)
+        at_hop = enc.embed(x, hop_ms=40.0)
+    torch.testing.assert_close(per_patch.features, whole.frames, rtol=1e-5, atol=1e-5)
+    for a, b in zip(per_patch.hidden_states, whole.hidden_states, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(per_patch.timestamps_ms, 1000 * enc.cfg.patch_times(19))
+    assert at_hop.features.shape == (2, 75, per_patch.features.shape[2])  # ceil(3000 ms / 40 ms)
+    torch.testing.assert_close(at_hop.timestamps_ms, 20.0 + 40.0 * torch.arange(75, dtype=torch.float64))
+    # a step exactly between two patch centres is their mean: 87.5 ms + 160 ms * 3 = 567.5, 727.5 ms -> 647.5 ms
+    mid = enc.embed(x, hop_ms=647.5 * 2, n_steps=1)
+    torch.testing.assert_close(mid.features[:, 0], per_patch.features[:, 3:5].mean(1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("option, message", [(dict(layers="sum"), "layers"), (dict(last_k=0), "last_k"),
+                                             (dict(last_k=4), "last_k"), (dict(freq_reduce="max"), "freq_reduce"),
+                                             (dict(windows_per_forward=0), "windows_per_forward"),
+                                             (dict(windows_per_forward=2.0), "windows_per_forward")])
+def test_embed_refuses_bad_options(option, message) -> None:
+    enc = tiny()  # depth 3
+    with pytest.raises(ValueError, match=message):
+        enc.check_embed_options(**option)
+    with pytest.raises(ValueError, match=message):
+        enc.embed(audio(1, 0.5), **option)
+
+
+def test_one_audio_check_for_both_forms() -> None:
+    check_audio(torch.zeros(2, 400), 400)
+    check_audio([torch.zeros(400), torch.zeros(3)], as_list=True)
+    with pytest.raises(ValueError, match="list of 1-D waveform tensors"):
+        check_audio(torch.zeros(2, 400), as_list=True)
+    with pytest.raises(ValueError, match="torch.Tensor"):
+        check_audio([torch.zeros(400)], 400)
+    with pytest.raises(ValueError, match=r"wavs\[1\]: expected at least 401 samples"):
+        check_audio([torch.zeros(401), torch.zeros(400)], 401, as_list=True)
+    with pytest.raises(ValueError, match=r"at least 400 samples \(25 ms at 16000 Hz\), got 399"):
+        check_audio(torch.zeros(1, 399), 400)
+    with pytest.raises(ValueError, match="at least 400 samples"):
+        tiny().embed(torch.zeros(1, 399))
 
 
 def test_export_round_trip(tmp_path) -> None:

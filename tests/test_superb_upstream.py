@@ -109,9 +109,10 @@ def test_patch_features_are_interpolated_between_patch_centres(expert):
     """Output frames at patch centres equal the patch features; between them they lie on the segment."""
     wav = waves(15000)  # its last output frames lie past its last patch centre
     with torch.no_grad():
-        layers, n_patches = expert.patch_features(wav[0][None], torch.tensor([15000]))
+        per_patch = expert.encoder.embed(wav[0][None], torch.tensor([15000]))
+        n_patches = per_patch.n_patches
         out = expert(wav)["last_hidden_state"][0]  # (T, D')
-    patches = layers[-1][0]  # (P, D')
+    patches = per_patch.features[0]  # (P, D')
     centres = expert.encoder.frame_times(patches.shape[0]).numpy() * 16000  # samples
     times = (torch.arange(out.shape[0]) + 0.5).numpy() * HOP_SAMPLES
     held = 0
@@ -126,6 +127,26 @@ def test_patch_features_are_interpolated_between_patch_centres(expert):
             w = float((t - centres[k - 1]) / (centres[k] - centres[k - 1]))
             torch.testing.assert_close(frame, (1 - w) * patches[k - 1] + w * patches[k], atol=1e-5, rtol=1e-4)
     assert held > 0
+
+
+@pytest.mark.parametrize("freq_reduce, windows_per_forward", [("concat", 8), ("mean", 1)])
+def test_the_expert_is_embed_at_its_hop(freq_reduce, windows_per_forward):
+    """The expert's features are embed()'s on the zero-padded batch: every layer at 40 ms, round(longest /
+    640) steps; an utterance shorter than one analysis window counts as one window."""
+    encoder = tiny_encoder()
+    expert = UpstreamExpert(encoder=encoder, freq_reduce=freq_reduce, windows_per_forward=windows_per_forward)
+    wavs = waves(40000, 9000, 100)
+    lengths = torch.tensor([40000, 9000, 400])
+    audio = torch.zeros(3, 40000)
+    for i, w in enumerate(wavs):
+        audio[i, :len(w)] = w
+    with torch.no_grad():
+        out = expert(wavs)
+        ref = encoder.embed(audio, lengths, freq_reduce=freq_reduce, hidden_states=True, hop_ms=40.0,
+                            n_steps=round(40000 / HOP_SAMPLES), windows_per_forward=windows_per_forward)
+    assert len(out["hidden_states"]) == len(ref.hidden_states) == encoder.cfg.depth + 1
+    for a, b in zip([*out["hidden_states"], out["last_hidden_state"]], [*ref.hidden_states, ref.features]):
+        assert torch.equal(a, b)
 
 
 def test_gradients_reach_the_encoder_when_fine_tuning(expert):

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torchcrepe
 
-SAMPLE_RATE = 16000  # CREPE's own rate
+SAMPLE_RATE = torchcrepe.SAMPLE_RATE  # CREPE's own rate (16 kHz), a fact of the network, not of mamclap
 WINDOW = torchcrepe.WINDOW_SIZE  # 1024 samples per frame
 HOP_MS = 50.0
 # Frames through the network at once, all clips together: the first conv layer keeps 1024 x 512 floats per

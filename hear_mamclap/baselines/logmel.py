@@ -11,9 +11,8 @@ import torch
 import torch.nn as nn
 import torchaudio
 
-from hear_mamclap import check_audio
+from hear_mamclap import SAMPLE_RATE, check_audio
 
-SAMPLE_RATE = 16000
 N_MELS = 128
 WIN_LENGTH = 400  # 25 ms
 FRAME_HOP = 160  # 10 ms analysis hop

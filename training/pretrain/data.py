@@ -24,7 +24,8 @@ import soundfile as sf
 import torch
 from torch.utils.data import Dataset
 
-SAMPLE_RATE = 16000
+from hear_mamclap import SAMPLE_RATE
+
 AUDIO_SUFFIXES = (".flac", ".wav", ".ogg", ".mp3", ".opus")
 log = logging.getLogger(__name__)
 

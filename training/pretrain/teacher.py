@@ -69,7 +69,7 @@ import torch
 import torch.nn as nn
 import torchaudio.functional as AF
 
-from hear_mamclap.frontend import LogMelFrontend, num_frames
+from hear_mamclap.frontend import LogMelFrontend
 from hear_mamclap.model import EncoderConfig
 from training.compat import htsat_audio_config, load_htsat_module
 from training.pretrain.checkpointing import save_atomic
@@ -167,11 +167,9 @@ def band_centres_hz(filters: torch.Tensor, fft_hz: torch.Tensor, n_bands: int) -
 
 def student_patch_times(encoder: EncoderConfig, n_samples: int) -> torch.Tensor:
     """Centre times (s) of the time patches the student makes of n_samples samples."""
-    hop = int(encoder.sample_rate * encoder.frame_shift_ms / 1000)  # as LogMelFrontend computes them
-    window = int(encoder.sample_rate * encoder.frame_length_ms / 1000)
-    n_time = num_frames(n_samples, window, hop) // encoder.patch_size[0]
+    n_time = encoder.num_frames(n_samples) // encoder.patch_size[0]
     if n_time == 0:
-        need = window + hop * (encoder.patch_size[0] - 1)
+        need = encoder.samples_for(encoder.patch_size[0])
         raise ValueError(f"expected at least {need} samples (one patch of {encoder.patch_size[0]} frames at "
                          f"{encoder.sample_rate} Hz), got {n_samples}")
     return encoder.patch_times(n_time)
