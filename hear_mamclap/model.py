@@ -326,6 +326,21 @@ class MAMCLAPEncoder(nn.Module):
             hidden.append(x)
         return self.norm(x), hidden
 
+    # ---- saving and loading in the Hugging Face convention (hear_mamclap.hub) ----
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, device="cpu", revision=None) -> MAMCLAPEncoder:
+        """A local export / checkpoint, or a Hub repository id (needs huggingface_hub)."""
+        from hear_mamclap.hub import from_pretrained
+
+        return from_pretrained(name_or_path, device=device, revision=revision)
+
+    def save_pretrained(self, out_dir, metadata: dict | None = None):
+        """The export (encoder.safetensors + encoder.json) and a generated README.md model card."""
+        from hear_mamclap.hub import save_pretrained
+
+        return save_pretrained(self, out_dir, metadata=metadata)
+
     # ---- runtime interface: raw audio in, features out ----
 
     def mel(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
