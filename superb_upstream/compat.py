@@ -87,13 +87,12 @@ def prepare_s3prl() -> None:
     """Make s3prl 0.4.18's downstreams (speech_commands, voxceleb1, runner) import and read audio with
     torchaudio 2.11 on Python 3.11. Call it before importing anything from s3prl.downstream.
 
-    Also: full checkpoint loading (s3prl's own checkpoints), and voxceleb1's file-list cache keyed by data.
+    Also: s3prl's checkpoints loaded with weights_only=True (allow_s3prl_checkpoints), and voxceleb1's
+    file-list cache keyed by data.
     huggingface_hub's HfFolder and Repository, which s3prl's runner imports, are kept by pinning
     huggingface-hub < 1 (pyproject.toml), not patched here."""
     apply_runtime_env()
-    # s3prl saves argparse.Namespace objects in its downstream checkpoints and reloads them with plain
-    # torch.load, which torch >= 2.6 refuses (weights_only=True). The checkpoints are the run's own.
-    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+    allow_s3prl_checkpoints()
     # s3prl's runner imports torch.utils.tensorboard, which would import TensorFlow (see prepare_tensorboard).
     prepare_tensorboard()
     load_triton_before_tensorflow()
@@ -101,6 +100,65 @@ def prepare_s3prl() -> None:
     _install_torchaudio_layer()
     _install_catalyst_sampler()
     _key_voxceleb1_cache()
+
+
+def allow_s3prl_checkpoints() -> None:
+    """Load s3prl's downstream checkpoints with torch's weights-only unpickler, never in full.
+
+    They hold state dicts, numbers, strings, the yaml config as plain dicts, and the run's arguments as an
+    argparse.Namespace, which torch >= 2.6 refuses by default. Allowing that one type keeps every load
+    weights-only, so a crafted `-e file.ckpt` cannot run code; lifting weights_only for the whole process
+    (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1) would run whatever the file's pickle says. An inherited
+    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is removed for the same reason, and TORCH_FORCE_WEIGHTS_ONLY_LOAD
+    makes loads that pass weights_only=False weights-only too."""
+    import argparse
+
+    os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    torch.serialization.add_safe_globals([argparse.Namespace])
+
+
+def trust_own_checkpoints() -> None:
+    """In this process, torch.load reads in full (weights_only=False) only bytes that this same process
+    wrote with torch.save, recognised by their SHA-256; everything else stays weights-only.
+
+    For runners that save and reload their own pickled checkpoints in one process (heareval's Lightning
+    1.9.5 predictors hold hyper-parameters with classes and functions in them, such as torch.optim.Adam);
+    a checkpoint file from anywhere else cannot run code. Lightning saves into a BytesIO buffer and then
+    writes it out, and loads from an open file: both are hashed by content, not by name."""
+    import hashlib
+
+    if getattr(torch.load, "_mamclap_own_checkpoints", False):
+        return
+    save, load = torch.save, torch.load
+    own: set[str] = set()
+
+    def digest(f) -> str | None:  # SHA-256 of what a path, a buffer or a readable file holds
+        if isinstance(f, (str, os.PathLike)):
+            with open(f, "rb") as fh:
+                return hashlib.sha256(fh.read()).hexdigest()
+        if hasattr(f, "getvalue"):
+            return hashlib.sha256(f.getvalue()).hexdigest()
+        if hasattr(f, "readable") and f.readable() and hasattr(f, "seek"):
+            pos = f.tell()
+            data = f.read()
+            f.seek(pos)
+            return hashlib.sha256(data).hexdigest()
+        return None
+
+    def saving(obj, f, *args, **kwargs):
+        save(obj, f, *args, **kwargs)
+        d = digest(f)
+        if d is not None:
+            own.add(d)
+
+    def loading(f, *args, **kwargs):
+        if "weights_only" not in kwargs and digest(f) in own:
+            kwargs["weights_only"] = False
+        return load(f, *args, **kwargs)
+
+    loading._mamclap_own_checkpoints = True
+    torch.save, torch.load = saving, loading
 
 
 def _keep_huggingface_hub_names(hub: types.ModuleType | None = None) -> None:

@@ -13,6 +13,7 @@ cpu when no GPU is visible (s3prl's default is cuda, and -m evaluate does not ta
 from __future__ import annotations
 
 import importlib
+import pickle
 import sys
 import types
 from pathlib import Path
@@ -111,7 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     from s3prl import run_downstream
 
     sys.argv = ["run_downstream.py", *argv]  # s3prl's main parses sys.argv itself
-    run_downstream.main()
+    try:
+        run_downstream.main()
+    except pickle.UnpicklingError as e:  # weights-only loading refused a checkpoint (compat.allow_s3prl_checkpoints)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"run_downstream: refused to load a checkpoint that holds more than an s3prl checkpoint does "
+              f"(tensors, numbers, strings, dicts, argparse.Namespace): {first}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-from superb_upstream.compat import apply_runtime_env, load_triton_before_tensorflow, prepare_tensorboard, runtime_env
+from superb_upstream.compat import (apply_runtime_env, load_triton_before_tensorflow, prepare_tensorboard, runtime_env,
+                                    trust_own_checkpoints)
 
 __all__ = ["runtime_env", "apply_runtime_env", "prepare_tensorboard", "prepare_heareval",
            "prepare_heareval_embeddings", "load_htsat_module", "htsat_audio_config"]
@@ -45,9 +46,11 @@ def prepare_heareval() -> None:
     apply_runtime_env()
     load_triton_before_tensorflow()
     # torch >= 2.6 loads with weights_only=True by default; Lightning 1.9.5 checkpoints, which heareval
-    # reloads for its test step, hold pickled Python objects, so torch.load raises UnpicklingError. The
-    # checkpoints are written by the same run, so loading them in full is safe.
-    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+    # reloads for its test step, hold pickled Python objects (its hyper-parameters name classes such as
+    # torch.optim.Adam), so torch.load raises UnpicklingError. heareval saves and reloads them in this same
+    # process: only those bytes are loaded in full, anything else stays weights-only.
+    os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+    trust_own_checkpoints()
     _restore_fit_loop_current_epoch_setter()
     _nvml_device_name_as_bytes()  # the predictions runner imports heareval.gpu_max_mem too
 
