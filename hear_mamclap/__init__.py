@@ -21,7 +21,9 @@ windows_per_forward (memory/speed trade-off).
 """
 from __future__ import annotations
 
+import inspect
 import math
+import numbers
 import warnings
 from typing import Literal
 
@@ -33,6 +35,9 @@ from hear_mamclap.model import EncoderConfig, MAMCLAPEncoder
 
 SAMPLE_RATE = 16000
 TIMESTAMP_HOP_MS = 40.0
+# Larger samples overflow float32 in the front end: a frame's power spectrum sums (512 * peak)^2 over 257
+# bins, above float32's 3.4e38 from a peak of about 2e15. Audio is [-1, 1]; int16-scaled floats still pass.
+MAX_PEAK = 1e12
 
 
 class HearModel(nn.Module):
@@ -121,8 +126,28 @@ class HearModel(nn.Module):
         return out, times.to(torch.float32)
 
 
+def check_options(options: dict) -> None:
+    """A ValueError naming the option, for an unknown option or a value of the wrong type (the ranges are
+    checked by HearModel): caught at load time, not at the first embedding call."""
+    known = [name for name in inspect.signature(HearModel.__init__).parameters if name not in ("self", "encoder")]
+    for name, value in options.items():
+        if name not in known:
+            raise ValueError(f"unknown hear_mamclap option {name!r}; options: {', '.join(known)}")
+        if name in ("last_k", "windows_per_forward"):
+            ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            want = "an integer"
+        elif name == "timestamp_hop_ms":
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+            want = "a number of milliseconds"
+        else:
+            ok, want = isinstance(value, str), "a string"
+        if not ok:
+            raise ValueError(f"hear_mamclap option {name} must be {want}, got {value!r}")
+
+
 def load_model(model_file_path: str = "", **options) -> HearModel:
     """HEAR entry point: an encoder export, a pretraining checkpoint, or "" for a random base encoder."""
+    check_options(options)
     if model_file_path:
         from hear_mamclap.checkpoint import load_encoder
         encoder = load_encoder(model_file_path)
@@ -154,6 +179,10 @@ def check_audio(audio, min_samples: int) -> None:
                          f"ms, one analysis frame) at {SAMPLE_RATE} Hz, got {audio.shape[1]}")
     if not torch.isfinite(audio).all():
         raise ValueError("audio contains NaN or Inf values")
+    peak = float(audio.detach().abs().max())
+    if peak > MAX_PEAK:
+        raise ValueError(f"audio peak {peak:.3g} is far outside [-1, 1]: expected floating-point audio in [-1, 1] "
+                         f"(the front end's power spectrum overflows float32 above {MAX_PEAK:g})")
 
 
 def _device(model: HearModel) -> torch.device:

@@ -60,3 +60,14 @@ def save_atomic(obj: dict, path: str | Path) -> None:
 def load(path: str | Path) -> dict:
     """Load a training checkpoint safely (weights_only=True: no pickled code)."""
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def clean_stale_tmp(path: str | Path) -> list[Path]:
+    """Remove the temp files a writer killed mid-save (kill -9 runs no cleanup) left beside `path`
+    (`<name>.<random>.tmp`, as save_atomic names them); returns those removed. Call it when no other process
+    is saving to `path`, e.g. as a run starts."""
+    path = Path(path)
+    stale = sorted(path.parent.glob(f"{path.name}.*.tmp")) if path.parent.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
