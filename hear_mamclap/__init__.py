@@ -19,6 +19,9 @@ windows_per_forward (memory/speed trade-off).
 """
 from __future__ import annotations
 
+import inspect
+import math
+import numbers
 import warnings
 from typing import Literal
 
@@ -66,8 +69,28 @@ class HearModel(nn.Module):
         return self.encoder.embed(audio.to(device, torch.float32), hop_ms=hop_ms, **self.options)
 
 
+def check_options(options: dict) -> None:
+    """A ValueError naming the option, for an unknown option or a value of the wrong type (the ranges are
+    checked by HearModel): caught at load time, not at the first embedding call."""
+    known = [name for name in inspect.signature(HearModel.__init__).parameters if name not in ("self", "encoder")]
+    for name, value in options.items():
+        if name not in known:
+            raise ValueError(f"unknown hear_mamclap option {name!r}; options: {', '.join(known)}")
+        if name in ("last_k", "windows_per_forward"):
+            ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            want = "an integer"
+        elif name == "timestamp_hop_ms":
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+            want = "a number of milliseconds"
+        else:
+            ok, want = isinstance(value, str), "a string"
+        if not ok:
+            raise ValueError(f"hear_mamclap option {name} must be {want}, got {value!r}")
+
+
 def load_model(model_file_path: str = "", **options) -> HearModel:
     """HEAR entry point: an encoder export, a pretraining checkpoint, or "" for a random base encoder."""
+    check_options(options)
     if model_file_path:
         from hear_mamclap.checkpoint import load_encoder
         encoder = load_encoder(model_file_path)

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hear_mamclap import atomic
+from hear_mamclap.errors import UserError
 from hear_mamclap.model import EncoderConfig, MAMCLAPEncoder
 
 EXPORT_FORMAT = "mamclap-encoder"
@@ -52,22 +53,68 @@ def _strip_wrappers(key: str) -> str:
     return key
 
 
+EXPECTED = (f"an encoder export (a folder with {WEIGHTS_NAME} and {CONFIG_NAME}, or its {WEIGHTS_NAME}) or a "
+            "pretraining checkpoint (checkpoint.pt)")
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aiff")
+
+
+def _read_manifest(path: Path) -> dict:
+    """encoder.json as a dict; UserError naming the file when it is not one."""
+    try:
+        manifest = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: not valid JSON ({err}); expected the {CONFIG_NAME} that export_encoder "
+                        "writes") from None
+    if not isinstance(manifest, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
+    return manifest
+
+
+def _encoder_config(d, source: Path) -> EncoderConfig:
+    """EncoderConfig.from_dict, with the file it came from named in its errors."""
+    if not isinstance(d, dict):
+        raise UserError(f"{source}: the encoder config is {type(d).__name__}, expected a dict of EncoderConfig "
+                        "fields")
+    try:
+        return EncoderConfig.from_dict(d)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"{source}: bad encoder config: {err}") from None
+
+
+def _torch_load(path: Path):
+    """torch.load(weights_only=True), with the file named in its errors (torch's own, for a file that is not a
+    checkpoint, are e.g. "IndexError: pop from empty list")."""
+    if path.suffix.lower() in AUDIO_SUFFIXES:
+        raise UserError(f"{path} is an audio file; expected {EXPECTED}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - unpickling a foreign file fails in many ways
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__}: {first}); expected {EXPECTED}") \
+            from err
+
+
 def _from_export(weights: Path) -> tuple[EncoderConfig, dict, dict]:
     manifest_path = weights.parent / CONFIG_NAME
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{weights} has no {CONFIG_NAME} beside it; an encoder export is a folder with "
                                 f"{WEIGHTS_NAME} and {CONFIG_NAME} (hear_mamclap.checkpoint.export_encoder)")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = _read_manifest(manifest_path)
     if manifest.get("format") != EXPORT_FORMAT:
         raise ValueError(f"{manifest_path} is not a {EXPORT_FORMAT} manifest (format={manifest.get('format')!r})")
     if manifest.get("version") != EXPORT_VERSION:
         raise ValueError(f"{manifest_path} has export version {manifest.get('version')}, this code reads "
                          f"{EXPORT_VERSION}")
-    return EncoderConfig.from_dict(manifest["config"]), load_file(str(weights)), manifest.get("metadata", {})
+    cfg = _encoder_config(manifest.get("config"), manifest_path)
+    try:
+        state = load_file(str(weights))
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own SafetensorError, and OSError
+        raise UserError(f"{weights}: not a readable safetensors file ({err}); re-export the encoder") from err
+    return cfg, state, manifest.get("metadata", {})
 
 
 def _from_training_checkpoint(path: Path) -> tuple[EncoderConfig, dict, dict]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = _torch_load(path)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise ValueError(f"{path}: expected a pretraining checkpoint dict with 'model' and 'config', got "
                          f"{sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__}")
@@ -78,7 +125,7 @@ def _from_training_checkpoint(path: Path) -> tuple[EncoderConfig, dict, dict]:
              if k.startswith(prefix)}
     if not state:
         raise ValueError(f"{path}: no '{prefix}*' weights in checkpoint['model']")
-    return EncoderConfig.from_dict(ckpt["config"]["encoder"]), state, _checkpoint_metadata(ckpt)
+    return _encoder_config(ckpt["config"]["encoder"], path), state, _checkpoint_metadata(ckpt)
 
 
 def _checkpoint_metadata(ckpt: dict) -> dict:
@@ -105,10 +152,14 @@ def read_metadata(path: str | Path) -> dict:
         if not manifest.is_file():
             raise FileNotFoundError(f"{path}: no {CONFIG_NAME} beside it (an encoder export is a folder with "
                                     f"{WEIGHTS_NAME} and {CONFIG_NAME})")
-        return dict(json.loads(manifest.read_text()).get("metadata", {}))
+        return dict(_read_manifest(manifest).get("metadata", {}))
     if not path.is_file():
         raise FileNotFoundError(f"no encoder export or pretraining checkpoint at {path}")
-    return _checkpoint_metadata(torch.load(path, map_location="cpu", weights_only=True))
+    ckpt = _torch_load(path)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("config"), dict):
+        raise UserError(f"{path}: expected a pretraining checkpoint dict with 'model' and 'config', got "
+                        f"{sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__}")
+    return _checkpoint_metadata(ckpt)
 
 
 def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> MAMCLAPEncoder:
@@ -123,7 +174,11 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> MAMCLA
         raise FileNotFoundError(f"no encoder at {path}")
     cfg, state, metadata = (_from_export(path) if path.suffix == ".safetensors" else _from_training_checkpoint(path))
     encoder = MAMCLAPEncoder(cfg)
-    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = encoder.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # a tensor of the wrong shape
+        raise UserError(f"{path}: weights do not fit the encoder config ({str(err).strip().splitlines()[-1]})") \
+            from None
     if missing or unexpected:
         raise ValueError(f"{path}: weights do not fit the encoder config (missing {missing}, unexpected "
                          f"{unexpected})")

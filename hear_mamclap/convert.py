@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from hear_mamclap.errors import UserError
 from hear_mamclap.model import EncoderConfig, MAMCLAPEncoder, sincos_pos_embed_2d
 
 # AudioMAE's released ViT-B/16 encoder: 1024 frames x 128 mel bins, (64, 8) patches.
@@ -106,12 +107,17 @@ def load_audiomae(path: str | Path, cfg: EncoderConfig = AUDIOMAE) -> tuple[MAMC
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        obj = load_file(str(path))
-    else:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - a foreign or broken file fails in many ways
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__}: {first}); expected an AudioMAE "
+                        "or timm ViT state dict (.pth/.pt, or .safetensors)") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a state dict, got {type(obj).__name__}")
     try:

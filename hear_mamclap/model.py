@@ -212,6 +212,11 @@ class Embeddings:
     hidden_states: list[torch.Tensor] = field(default_factory=list)  # depth + 1 of (B, T, D') when asked
 
 
+# Larger samples overflow float32 in the front end: a frame's power spectrum sums (512 * peak)^2 over 257
+# bins, above float32's 3.4e38 from a peak of about 2e15. Audio is [-1, 1]; int16-scaled floats still pass.
+MAX_PEAK = 1e12
+
+
 def check_audio(audio, min_samples: int = 1, *, as_list: bool = False, sample_rate: int = SAMPLE_RATE) -> None:
     """A ValueError saying what was expected unless audio is finite floating-point sound, each at least
     min_samples long: a (n_sounds, n_samples) tensor (the HEAR API) or, with as_list, a non-empty list of 1-D
@@ -244,6 +249,10 @@ def _check_waveforms(x, rank: int, min_samples: int, sample_rate: int, where: st
                          f"Hz), got {x.shape[-1]}" + (" (zero-length audio)" if x.shape[-1] == 0 else ""))
     if not torch.isfinite(x).all():
         raise ValueError(f"{where}audio contains NaN or Inf values")
+    peak = float(x.detach().abs().max())
+    if peak > MAX_PEAK:
+        raise ValueError(f"{where}audio peak {peak:.3g} is far outside [-1, 1]: expected floating-point audio in "
+                         f"[-1, 1] (the front end's power spectrum overflows float32 above {MAX_PEAK:g})")
 
 
 def interpolate_in_time(x: torch.Tensor, centres_ms: torch.Tensor, times_ms: torch.Tensor, n_valid: torch.Tensor,

@@ -62,5 +62,5 @@ def test_device_choice():
     assert setup_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():
         assert setup_device("auto") == torch.device("cpu")
-    with pytest.raises(ValueError, match="auto, cpu or cuda"):
+    with pytest.raises(ValueError, match="auto, cpu, cuda or cuda:N"):
         setup_device("gpu")

@@ -2,14 +2,27 @@
 
 Each area registers its own subcommands with a ``register(subparsers)`` function, so this file stays a
 table of contents: ``data`` (the offline sound kit), ``pretrain``, ``teacher`` (CLAP teacher training),
-``superb`` and ``hear`` (the evaluation harnesses), ``demo`` (the whole pipeline on the tiny kit) and
-``tables``.
+``superb`` and ``hear`` (the evaluation harnesses), ``demo`` (the whole pipeline on the tiny kit),
+``tables`` and ``convert`` (AudioMAE/timm checkpoints).
+
+Errors. A user's mistake (a bad argument, a missing or unreadable file: UserError, ValueError, the
+FileNotFoundError family) is reported on one line naming the argument or file, exit status 2; `--debug` or
+MAMCLAP_DEBUG=1 adds the traceback. SIGTERM stops a command like Ctrl-C does (its `with` blocks and
+`finally` clauses run, so worker pools and temporary files go with it), exit status 128 + the signal.
+Anything else is a bug and shows its traceback.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
+import threading
+import traceback
+
+from hear_mamclap.errors import Interrupted, UserError
+from training.args import Parser, debug_enabled
 
 # (module, help) for each top-level subcommand; the module defines register(subparsers).
 COMMANDS = [
@@ -24,17 +37,67 @@ COMMANDS = [
 ]
 
 
+# Exceptions that mean the input was wrong, not the code: reported in one line.
+USER_ERRORS = (UserError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError,
+               PermissionError)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mamclap", description=__doc__.splitlines()[0])
+    parser = Parser(prog="mamclap", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module, _name in COMMANDS:
         importlib.import_module(module).register(sub)
     return parser
 
 
+@contextlib.contextmanager
+def sigterm_raises():
+    """While active, SIGTERM raises Interrupted in the main thread (by default it ends the process at once,
+    leaving worker processes and temporary files behind)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Interrupted(signum)
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed command through the error path above; its exit status."""
+    where = "mamclap " + args.command
+    debug = debug_enabled(args)
+    try:
+        with sigterm_raises():
+            return int(args.func(args) or 0)
+    except Interrupted as err:
+        if debug:
+            traceback.print_exc()
+        print(f"{where}: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print(f"{where}: interrupted (SIGINT)", file=sys.stderr)
+        return 130
+    except USER_ERRORS as err:
+        if debug:
+            traceback.print_exc()
+        print(f"{where}: error: {err}" + ("" if debug else "  [--debug shows the traceback]"), file=sys.stderr)
+        return 2
+    except SystemExit as err:  # raise SystemExit("message"): a command refusing bad input in one line
+        if isinstance(err.code, str):
+            print(err.code, file=sys.stderr)
+            err.code = 2  # exit status 2 like every other refusal; str(err) keeps the message
+        raise
 
 
 if __name__ == "__main__":

@@ -373,12 +373,14 @@ def summarize(report: list[dict], total_s: float, work: Path, console: TextIO = 
 
 
 def register(subparsers) -> None:
+    from training.args import out_dir, positive_int
+    from training.kit.build import SIZES
     d = DemoConfig()
     p = subparsers.add_parser("demo", help="the whole pipeline on the offline kit at smoke scale (resumable)",
                               description=__doc__.split("\n\n")[0] + " Finished stages are skipped on a re-run.")
-    p.add_argument("--work", type=Path, default=d.work, help="work dir: stamps, logs, runs, results, tables")
-    p.add_argument("--kit-size", "--size", default=d.kit_size,
-                   help="kit size (tiny, small; see `mamclap data build`); --size is the old name")
+    p.add_argument("--work", type=out_dir, default=d.work, help="work dir: stamps, logs, runs, results, tables")
+    p.add_argument("--kit-size", "--size", default=d.kit_size, choices=list(SIZES),
+                   help="kit size (see `mamclap data build`); --size is the old name")
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(d.variants), help="variants to pretrain")
     p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=d.baseline,
                    help="evaluate the log-mel baseline on HEAR too")
@@ -386,9 +388,10 @@ def register(subparsers) -> None:
                    help="only these HEAR tasks (default: the whole mini suite)")
     p.add_argument("--superb-tasks", nargs="*", choices=SUPERB_TASKS, default=list(d.superb_tasks), metavar="TASK",
                    help=f"SUPERB tasks, of {list(SUPERB_TASKS)} (none: no SUPERB stages)")
-    p.add_argument("--teacher-steps", type=int, default=d.teacher_steps, help="CLAP teacher training steps")
-    p.add_argument("--pretrain-steps", type=int, default=d.pretrain_steps, help="pretraining steps per variant")
-    p.add_argument("--superb-steps", type=int, default=d.superb_steps, help="SUPERB downstream steps per task")
+    p.add_argument("--teacher-steps", type=positive_int, default=d.teacher_steps, help="CLAP teacher training steps")
+    p.add_argument("--pretrain-steps", type=positive_int, default=d.pretrain_steps,
+                   help="pretraining steps per variant")
+    p.add_argument("--superb-steps", type=positive_int, default=d.superb_steps, help="SUPERB downstream steps per task")
     p.set_defaults(func=_run)
 
 

@@ -444,34 +444,35 @@ def _eval_command(args) -> int:
 
 
 def register(subparsers) -> None:
+    from training.args import existing_dir, existing_path, out_dir, out_file, positive_int, seed
     p = subparsers.add_parser("hear", help="HEAR evaluation: heareval embeddings, predictions and a results JSON",
                               description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="hear_command", required=True, metavar="STEP")
 
     s = sub.add_parser("predict", help="heareval's predictions runner with this project's compatibility fixes")
-    s.add_argument("emb_dirs", nargs="+", type=Path, metavar="EMB_DIR",
+    s.add_argument("emb_dirs", nargs="+", type=existing_dir, metavar="EMB_DIR",
                    help="embedded task folders (embeddings/MODULE/TASK), or a module folder holding them")
     s.add_argument("--grid", choices=["default", "fast", "faster"], default="default",
                    help="heareval's hyperparameter grid (default: heareval's own default)")
-    s.add_argument("--grid-points", type=int, default=8, help="grid points tried per task")
-    s.add_argument("--work-dir", type=Path, default=None, help="where Lightning writes logs/ (default: here)")
+    s.add_argument("--grid-points", type=positive_int, default=8, help="grid points tried per task")
+    s.add_argument("--work-dir", type=out_dir, default=None, help="where Lightning writes logs/ (default: here)")
     s.set_defaults(func=_predict_command)
 
     s = sub.add_parser("eval", help="embeddings + predictions for every task, test scores into one results JSON")
     s.add_argument("--module", default="hear_mamclap",
                    help="HEAR module: hear_mamclap, hear_mamclap.baselines.logmel, .random_init, .crepe")
-    s.add_argument("--model", type=Path, default=None, help="weights passed to load_model (none for baselines)")
+    s.add_argument("--model", type=existing_path, default=None, help="weights passed to load_model (none for baselines)")
     s.add_argument("--model-options", default="{}", help="JSON object of load_model keyword arguments")
-    s.add_argument("--tasks-dir", type=Path, required=True, help="folder of HEAR task folders")
+    s.add_argument("--tasks-dir", type=existing_dir, required=True, help="folder of HEAR task folders")
     s.add_argument("--tasks", nargs="+", default=None, help="only these tasks (names or folder names)")
     s.add_argument("--name", required=True, help="model name recorded in the results JSON")
-    s.add_argument("--out", type=Path, default=None, help="results JSON (default results/NAME.json)")
-    s.add_argument("--work-dir", type=Path, default=None, help="embeddings and logs (default runs/hear/NAME)")
+    s.add_argument("--out", type=out_file, default=None, help="results JSON (default results/NAME.json)")
+    s.add_argument("--work-dir", type=out_dir, default=None, help="embeddings and logs (default runs/hear/NAME)")
     s.add_argument("--grid", choices=["default", "fast", "faster"], default="default",
                    help="heareval's hyperparameter grid (faster for quick runs)")
-    s.add_argument("--grid-points", type=int, default=8, help="grid points tried per task")
-    s.add_argument("--seed", type=int, default=None,
+    s.add_argument("--grid-points", type=positive_int, default=8, help="grid points tried per task")
+    s.add_argument("--seed", type=seed, default=None,
                    help="seed of the model's pretraining run, for means over seeds (default: the export's metadata)")
-    s.add_argument("--jobs", type=int, default=1,
+    s.add_argument("--jobs", type=positive_int, default=1,
                    help="tasks whose predictors train at once, one heareval process each (same scores; default 1)")
     s.set_defaults(func=_eval_command)

@@ -136,7 +136,7 @@ def superb_eval(args) -> int:
     try:
         provenance = read_metadata(model)
     except (OSError, ValueError, RuntimeError) as err:
-        print(f"no model at {model}: {err}", file=sys.stderr)
+        print(f"mamclap superb eval: --model: {err}", file=sys.stderr)
         return 2
     pretraining_seed = provenance.get("seed") if isinstance(provenance.get("seed"), int) else None
     tasks = {}
@@ -160,23 +160,24 @@ def superb_eval(args) -> int:
 
 
 def register(subparsers) -> None:
+    from training.args import DEVICE_HELP, device, existing_dir, existing_path, out_dir, out_file, positive_int, seed
     p = subparsers.add_parser("superb", help="SUPERB downstreams (s3prl) over a mamclap encoder",
                               description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="superb_command", required=True, metavar="STEP")
     e = sub.add_parser("eval", help="train and test s3prl downstreams, write a results JSON")
-    e.add_argument("--model", required=True, type=Path,
+    e.add_argument("--model", required=True, type=existing_path,
                    help="encoder export folder, its encoder.safetensors, or a pretraining checkpoint")
-    e.add_argument("--task", nargs="+", choices=TASKS, default=list(TASKS))
-    e.add_argument("--data-root", required=True, type=Path,
+    e.add_argument("--task", nargs="+", choices=TASKS, default=list(TASKS), help="downstream tasks to run")
+    e.add_argument("--data-root", required=True, type=existing_dir,
                    help="a task's layout (speech_commands: train/ and test/; voxceleb1: iden_split.txt and "
                         "*/wav/), or a folder holding speech_commands/ and voxceleb1/")
     e.add_argument("--name", required=True, help="model name recorded in the results")
-    e.add_argument("--out", required=True, type=Path, help="results JSON to write")
-    e.add_argument("--steps", type=int, default=None, help="training steps (default: the config's)")
-    e.add_argument("--expdir", type=Path, default=None, help="s3prl experiment folders (default runs/superb/NAME)")
+    e.add_argument("--out", required=True, type=out_file, help="results JSON to write")
+    e.add_argument("--steps", type=positive_int, default=None, help="training steps (default: the config's)")
+    e.add_argument("--expdir", type=out_dir, default=None, help="s3prl experiment folders (default runs/superb/NAME)")
     e.add_argument("--overwrite", action="store_true", help="replace earlier runs in the experiment folders")
-    e.add_argument("--device", default=None, help="cpu or cuda (default: cuda when visible, else cpu)")
-    e.add_argument("--seed", type=int, default=1337, help="s3prl's seed (its default)")
+    e.add_argument("--device", type=device, default=None, help=f"{DEVICE_HELP} (default: s3prl's, cuda when visible)")
+    e.add_argument("--seed", type=seed, default=1337, help="s3prl's seed (its default)")
     e.add_argument("-o", "--override", action="append", default=[],
                    help="extra s3prl -o assignment, e.g. config.downstream_expert.datarc.num_workers=0 (repeatable)")
     e.set_defaults(func=superb_eval)

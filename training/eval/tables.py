@@ -568,11 +568,12 @@ def _command(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
+    from training.args import existing_path, out_dir
     p = subparsers.add_parser("tables", help="leaderboard, ablation and reported tables (Markdown, CSV, LaTeX) "
                                              "and plots from results JSONs", description=__doc__.splitlines()[0])
     p.add_argument("inputs", nargs="*", type=Path, default=[Path("results")], metavar="RESULTS_JSON_OR_DIR",
                    help="results files, or folders searched for them (default: results/)")
-    p.add_argument("--out", type=Path, default=Path("results/tables"), help="output folder (default: %(default)s)")
-    p.add_argument("--runs", nargs="+", type=Path, default=[], metavar="PRETRAIN_RUN_DIR",
+    p.add_argument("--out", type=out_dir, default=Path("results/tables"), help="output folder (default: %(default)s)")
+    p.add_argument("--runs", nargs="+", type=existing_path, default=[], metavar="PRETRAIN_RUN_DIR",
                    help="pretraining run folders (or their log.jsonl) whose loss curves to plot")
     p.set_defaults(func=_command)

@@ -32,15 +32,16 @@ into place at the end, so an interrupted build leaves the previous bank (or none
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import multiprocessing
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
 from collections import Counter, defaultdict
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from math import gcd
 from pathlib import Path
@@ -186,6 +187,11 @@ def render(job: dict, synths: dict | None = None) -> np.ndarray:
     return finish(x, cut)
 
 
+def _worker_init() -> None:
+    """Ctrl-C reaches the whole process group: the workers leave it to the parent, which stops them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _render_batch(jobs: list[dict], tmp_dir: str) -> list[tuple[str, dict | None, str | None]]:
     """Render and write a batch; (id, record, None) or (id, None, reason) per job."""
     out, synths = [], {}
@@ -316,9 +322,11 @@ def build_bank(out_dir: Path, cache_dir: Path, seed: int = 0, workers: int = 2, 
             bar and bar.update(len(b))
     else:
         # spawn, not fork: a forked worker can inherit a lock held by torch's or OpenMP's threads in the
-        # parent (pytest, a kit build) and wait on it forever.
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for b, res in zip(batches, pool.map(_render_batch, batches, [str(tmp)] * len(batches))):
+        # parent (pytest, a kit build) and wait on it forever. A Pool, not a ProcessPoolExecutor: leaving the
+        # `with` block on an exception (Ctrl-C; SIGTERM, which `mamclap` turns into one) terminates the
+        # workers, where an executor would wait for every queued batch.
+        with multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_init) as pool:
+            for b, res in zip(batches, pool.imap(functools.partial(_render_batch, tmp_dir=str(tmp)), batches)):
                 results += res
                 bar and bar.update(len(b))
     bar and bar.close()

@@ -12,17 +12,17 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
+from training.args import out_dir, positive_int, seed
 from training.kit import build
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("data", help="the offline sound kit: bank, pretraining corpus, HEAR and SUPERB sets",
                               description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", type=Path, default=None,
+    p.add_argument("--data-dir", type=out_dir, default=None,
                    help="data root (default $MAMCLAP_DATA or ./data)")
-    p.add_argument("--cache-dir", type=Path, default=None,
+    p.add_argument("--cache-dir", type=out_dir, default=None,
                    help="download cache (default $MAMCLAP_CACHE or ./cache)")
     sub = p.add_subparsers(dest="data_command", required=True, metavar="STEP")
 
@@ -32,20 +32,20 @@ def register(subparsers) -> None:
     s.set_defaults(func=_setup)
 
     s = sub.add_parser("bank", help="build the source bank (data/bank)")
-    s.add_argument("--workers", type=int, default=2)
+    s.add_argument("--workers", type=positive_int, default=2, help="rendering processes (1: in this process)")
     s.set_defaults(func=_bank)
 
     for name, func, text in (("build", _build, "build a kit (reuses complete stages)"),
                              ("show", _show, "print what a kit holds"),
                              ("check", _check, "re-verify a kit: no overlap with test splits, file checksums")):
         s = sub.add_parser(name, help=text)
-        s.add_argument("--size", choices=list(build.SIZES), default="tiny")
-        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--size", choices=list(build.SIZES), default="tiny", help="kit size")
+        s.add_argument("--seed", type=seed, default=0, help="kit seed (which clips, splits and augmentations)")
         if name == "build":
-            s.add_argument("--workers", type=int, default=2, help="processes for the bank and corpus")
+            s.add_argument("--workers", type=positive_int, default=2, help="processes for the bank and corpus")
             s.add_argument("--audioset-layout", action="store_true",
                            help="also write the corpus in AudioSet's CSV + audio folder layout")
-            s.add_argument("--bank-dir", type=Path, default=None, help="source bank (default <data-dir>/bank)")
+            s.add_argument("--bank-dir", type=out_dir, default=None, help="source bank (default <data-dir>/bank)")
         s.set_defaults(func=func)
 
 

@@ -8,19 +8,24 @@ unpacked into the cache (never installed).
 
 setup() is idempotent: when every tool is installed and every package unpacked it reads a few small files
 and returns (it runs on every `make test`); otherwise it fetches what is missing (running `apt-get update`
-first when apt has no package lists or a download fails).
+first when apt has no package lists or a download fails). When another apt or dpkg holds the lock (an
+unattended upgrade, a second terminal), apt-get fails at once: setup waits for it, up to LOCK_TIMEOUT_S, and
+then names the process that holds it.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
+import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 from hear_mamclap import atomic
+from hear_mamclap.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +60,46 @@ DATA_PACKAGES: dict[str, tuple[str, str]] = {
 }
 
 
-class SetupError(RuntimeError):
-    """A tool or package the bank needs is missing and cannot be fetched here."""
+LOCK_TIMEOUT_S = 600.0  # how long apt commands wait for another apt or dpkg to release its lock
+LOCK_POLL_S = 5.0
+
+
+class SetupError(UserError, RuntimeError):
+    """A tool or package the bank needs is missing and cannot be fetched here (a UserError: `mamclap` reports
+    it in one line)."""
 
 
 def _run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+
+
+def _lock_holder(stderr: str) -> str | None:
+    """"<lock file> is held by process N (name)" when apt-get failed because another process holds its lock."""
+    if "Could not get lock" not in stderr:
+        return None
+    lock = re.search(r"Could not get lock (\S+?)\.?(?:\s|$)", stderr)
+    held = re.search(r"held by process (\d+) \(([^)]*)\)", stderr)
+    return (f"{lock.group(1) if lock else 'the apt lock'} is held by "
+            + (f"process {held.group(1)} ({held.group(2)})" if held else "another process"))
+
+
+def _apt(cmd: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run an apt-get command; while another process holds the apt or dpkg lock, try again every LOCK_POLL_S
+    seconds, up to LOCK_TIMEOUT_S, then a SetupError naming the holder."""
+    deadline = time.monotonic() + LOCK_TIMEOUT_S
+    waiting = False
+    while True:
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        holder = _lock_holder(r.stderr) if r.returncode != 0 else None
+        if holder is None:
+            return r
+        if time.monotonic() >= deadline:
+            raise SetupError(f"`{' '.join(cmd)}`: {holder}, still after {LOCK_TIMEOUT_S:.0f} s; let it finish "
+                             f"(or stop it), then {SETUP_HINT} again")
+        if not waiting:
+            log.info("%s: waiting up to %.0f s for it to finish", holder, LOCK_TIMEOUT_S)
+            waiting = True
+        time.sleep(LOCK_POLL_S)
 
 
 def tool_versions(names=tuple(SYSTEM_TOOLS)) -> dict[str, str | None]:
@@ -80,7 +119,7 @@ def _is_root() -> bool:
 
 def _apt_update() -> None:
     log.info("apt-get update")
-    r = _run(["apt-get", "update"])
+    r = _apt(["apt-get", "update"])
     if r.returncode != 0:
         raise SetupError(f"`apt-get update` failed:\n{r.stderr.strip()[-2000:]}")
 
@@ -103,10 +142,10 @@ def ensure_tools(names=tuple(SYSTEM_TOOLS)) -> dict[str, str]:
             _apt_update()
         log.info(cmd)
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        r = subprocess.run(cmd.split(), capture_output=True, text=True, env=env)
+        r = _apt(cmd.split(), env=env)
         if r.returncode != 0:  # stale lists are the usual cause: update once and retry
             _apt_update()
-            r = subprocess.run(cmd.split(), capture_output=True, text=True, env=env)
+            r = _apt(cmd.split(), env=env)
         if r.returncode != 0:
             raise SetupError(f"`{cmd}` failed:\n{r.stderr.strip()[-2000:]}")
         versions = tool_versions(names)

@@ -48,6 +48,7 @@ import torchaudio.functional as AF
 from torch.utils.data import DataLoader, Dataset
 
 from hear_mamclap import atomic
+from training import args as checks
 from training.compat import apply_runtime_env
 from training.pretrain.checkpointing import save_atomic
 from training.pretrain.data import SAMPLE_RATE, AudioClips, Item, StepBatches, read_shards
@@ -65,21 +66,21 @@ WINDOW_S = 10.0  # HTS-AT's window (480000 samples at 48 kHz)
 @dataclass(frozen=True)
 class ClapTrainConfig:
     data: str = ""                   # the kit's corpus folder (shard-*.tar, class_labels_indices.csv)
-    out_dir: str = "runs/clap"
+    out_dir: str = "runs/clap"       # clap.pt, metrics.json, log.jsonl
     caption_embeddings: str = ""     # file from `mamclap teacher embed-captions`; empty: embed with MiniLM
     model: str = "HTSAT-tiny"        # HTSAT-tiny | HTSAT-base
     joint_dim: int = 512             # width of the shared audio-text space (LAION: 512)
-    steps: int = 300
+    steps: int = 300                 # optimizer steps
     batch_size: int = 64             # also the evaluation batch
     lr: float = 1e-4                 # LAION's CLAP learning rate
     weight_decay: float = 0.0        # LAION trains CLAP without weight decay
-    warmup_steps: int = 30
+    warmup_steps: int = 30           # linear warm-up of the learning rate, then cosine decay
     clip_grad: float = 1.0           # 0 disables clipping
     holdout: float = 0.1             # fraction of clips held out (by hash of key) for evaluation
-    log_every: int = 10
-    seed: int = 0
-    workers: int = 4
-    device: str = "auto"             # auto | cpu | cuda
+    log_every: int = 10              # steps between log.jsonl records
+    seed: int = 0                    # model init and data order
+    workers: int = 4                 # data loader processes (0: load in the main process)
+    device: str = "auto"             # auto | cpu | cuda | cuda:N
 
 
 # ---- captions and their sentence embeddings ----
@@ -410,27 +411,31 @@ def register(subparsers) -> None:
                               description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="teacher_command", required=True, metavar="ACTION")
     t = sub.add_parser("train", help="contrastive audio-text training; writes clap.pt (LAION layout) and metrics.json")
-    defaults = ClapTrainConfig()
-    for f in dataclasses.fields(ClapTrainConfig):
-        value = getattr(defaults, f.name)
-        t.add_argument("--" + f.name.replace("_", "-"), type=type(value), default=value)
+    checks.add_config_arguments(t, ClapTrainConfig, {
+        "data": checks.existing_dir, "out_dir": checks.out_dir, "caption_embeddings": checks.existing_file,
+        "joint_dim": checks.positive_int, "steps": checks.positive_int, "batch_size": checks.positive_int,
+        "lr": checks.positive_float, "weight_decay": checks.nonneg_float, "warmup_steps": checks.nonneg_int,
+        "clip_grad": checks.nonneg_float, "holdout": checks.fraction, "log_every": checks.positive_int,
+        "seed": checks.seed, "workers": checks.nonneg_int, "device": checks.device},
+        choices={"model": ("HTSAT-tiny", "HTSAT-base")}, default_none=True)
     t.set_defaults(func=_run_train)
     e = sub.add_parser("embed-captions", help="caption and class-prompt embeddings with MiniLM, for "
                                               "`train --caption-embeddings` on a machine without it")
-    e.add_argument("--data", required=True, help="the kit's corpus folder (shard-*.tar)")
-    e.add_argument("--out", required=True, help="output file (.pt)")
-    e.add_argument("--device", default="cpu", help="device for MiniLM (cpu | cuda)")
+    e.add_argument("--data", required=True, type=checks.existing_dir, help="the kit's corpus folder (shard-*.tar)")
+    e.add_argument("--out", required=True, type=checks.out_file, help="output file (.pt)")
+    e.add_argument("--device", default="cpu", type=checks.device, help="device for MiniLM: " + checks.DEVICE_HELP)
     e.set_defaults(func=_run_embed)
     i = sub.add_parser("init", help="a LAION-layout CLAP checkpoint with random (seeded) weights, a stand-in "
                                     "teacher for benchmarks")
-    i.add_argument("--out", required=True, help="output file (.pt)")
+    i.add_argument("--out", required=True, type=checks.out_file, help="output file (.pt)")
     i.add_argument("--model", default="HTSAT-tiny", help="HTS-AT size: HTSAT-tiny or HTSAT-base")
-    i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--seed", type=checks.seed, default=0, help="seed of the random weights")
     i.set_defaults(func=_run_init)
 
 
 def _run_train(args) -> int:
-    cfg = ClapTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ClapTrainConfig)})
+    cfg = ClapTrainConfig(**{k: str(v) if isinstance(v, Path) else v
+                             for k, v in checks.given_fields(args, ClapTrainConfig).items()})
     if not cfg.data:
         raise SystemExit("--data is required: the kit's corpus folder (e.g. data/kit-small-s0/corpus)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

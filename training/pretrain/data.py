@@ -5,8 +5,9 @@ fixed number of samples. Map-style (rather than streaming) so that the sample or
 (seed, epoch) and a resumed run sees exactly the batches an uninterrupted run would. Shards are indexed
 once (tar member offsets) and read by seeking, so random access costs one small read.
 
-A file that cannot be decoded is skipped: the dataset returns the next readable item in a fixed order and
-counts the failure, so a run never stops on one bad clip and stays deterministic.
+Audio at another sample rate is resampled to 16 kHz as it is read (soxr), and the dataset says so once when
+it is made; a file that cannot be decoded is skipped: the dataset returns the next readable item in a fixed
+order and counts the failure, so a run never stops on one bad clip and stays deterministic.
 """
 from __future__ import annotations
 
@@ -38,6 +39,15 @@ class Item:
     offset: int = -1
     size: int = -1
     labels: tuple[int, ...] = ()
+
+
+def resample(wav: np.ndarray, sr: int) -> np.ndarray:
+    """(n,) float32 at sr -> float32 at 16 kHz, with soxr (high quality, deterministic)."""
+    try:
+        import soxr
+    except ImportError:
+        raise RuntimeError(f"audio at {sr} Hz needs resampling to {SAMPLE_RATE} Hz: pip install soxr") from None
+    return soxr.resample(wav, sr, SAMPLE_RATE).astype(np.float32, copy=False)
 
 
 def read_vocabulary(path: Path) -> list[tuple[str, str]]:
@@ -130,7 +140,7 @@ class AudioClips(Dataset):
 
     def __init__(self, source: str | Path, n_samples: int, audio_dir: str | Path | None = None,
                  require_labels: bool = False) -> None:
-        source = Path(source)
+        source = self.source = Path(source)
         if not source.exists():
             raise FileNotFoundError(f"pretraining data not found: {source} (expected a folder of *.tar "
                                     "shards, an AudioSet CSV, or a folder of audio; build the kit with "
@@ -152,23 +162,38 @@ class AudioClips(Dataset):
                              "was found beside the data")
         self.n_samples = n_samples
         self.n_classes = len(self.vocabulary)
+        self._say_if_resampled()
+
+    def _say_if_resampled(self, probe: int = 8) -> None:
+        """One log line when the first few files are not at 16 kHz (a header read each, no decoding)."""
+        rates = set()
+        for item in self.items[:probe]:
+            try:
+                rates.add(sf.info(item.path if item.offset < 0 else self._member(item)).samplerate)
+            except (OSError, RuntimeError, sf.LibsndfileError):
+                continue  # unreadable: skipped (and counted) when read
+        other = sorted(r for r in rates if r != SAMPLE_RATE)
+        if other:
+            log.info("%s: audio at %s Hz is resampled to %d Hz as it is read (soxr)", self.source,
+                     ", ".join(map(str, other)), SAMPLE_RATE)
+
+    @staticmethod
+    def _member(item: Item) -> io.BytesIO:
+        """The bytes of a shard member."""
+        with open(item.path, "rb") as f:
+            f.seek(item.offset)
+            return io.BytesIO(f.read(item.size))
 
     def __len__(self) -> int:
         return len(self.items)
 
     def _decode(self, item: Item) -> np.ndarray:
-        if item.offset >= 0:
-            with open(item.path, "rb") as f:
-                f.seek(item.offset)
-                data = f.read(item.size)
-            wav, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-        else:
-            wav, sr = sf.read(item.path, dtype="float32", always_2d=True)
-        if sr != SAMPLE_RATE:
-            raise ValueError(f"expected {SAMPLE_RATE} Hz audio, got {sr} Hz")
+        wav, sr = sf.read(self._member(item) if item.offset >= 0 else item.path, dtype="float32", always_2d=True)
         wav = wav.mean(1)
         if wav.size == 0 or not np.isfinite(wav).all():
             raise ValueError("empty or non-finite audio")
+        if sr != SAMPLE_RATE:
+            wav = resample(wav, sr)
         return wav
 
     def _fit(self, wav: np.ndarray, index: int) -> np.ndarray:

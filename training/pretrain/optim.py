@@ -6,18 +6,37 @@ import math
 import torch
 import torch.nn as nn
 
+from hear_mamclap.errors import UserError
 
-def setup_device(device: str = "auto", local_rank: int = 0) -> torch.device:
-    """auto | cpu | cuda -> this process's device. On CUDA it becomes the current device (cuda:local_rank),
-    and float32 matmuls and convolutions (what runs outside bf16 autocast) may use TF32."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"expected device auto, cpu or cuda, got {device!r}")
+
+def resolve_device(device: str = "auto", local_rank: int = 0, world: int = 1) -> torch.device:
+    """auto | cpu | cuda | cuda:N -> this process's device (cuda:local_rank under torchrun); UserError for a
+    device that is not there, rather than a silent fall-back to the CPU."""
+    if device != "auto" and device != "cpu" and not (device == "cuda" or device.startswith("cuda:")):
+        raise UserError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
-    dev = torch.device(f"cuda:{local_rank}")
-    torch.cuda.set_device(dev)
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+    if not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA device is visible (torch.cuda.is_available() is False); "
+                        "use --device cpu or auto")
+    if not device.startswith("cuda:"):
+        return torch.device(f"cuda:{local_rank}")
+    if world > 1:
+        raise UserError(f"--device {device}: under torchrun each process uses cuda:LOCAL_RANK; pass --device cuda")
+    index = device.split(":", 1)[1]
+    if not index.isdigit() or int(index) >= torch.cuda.device_count():
+        raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return torch.device(device)
+
+
+def setup_device(device: str = "auto", local_rank: int = 0, world: int = 1) -> torch.device:
+    """resolve_device, then on CUDA make it the current device and let float32 matmuls and convolutions
+    (what runs outside bf16 autocast) use TF32."""
+    dev = resolve_device(device, local_rank, world)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     return dev
 
 

@@ -7,17 +7,25 @@ a JSON-lines log), periodic atomic checkpoints, exact `--resume`, and an encoder
 
 The front end (log-mel) and the teacher run on the device inside the step, on the batch of raw waveforms
 the loader gives, so data loading stays cheap and a teacher never sees different audio than the student.
+
+Ctrl-C or SIGTERM stops the run at the next step boundary with a checkpoint (`--resume` continues it); a
+second signal stops at once. Every value is checked when the config is made (`--steps 0` is refused before
+any data is read), and `--resume` refuses flags that contradict the checkpoint's run.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import dataclasses
+import difflib
 import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +35,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from hear_mamclap import atomic
+from hear_mamclap.errors import Interrupted, UserError
+from hear_mamclap.model import ENCODER_PRESETS
+from training import args as checks
 from training.pretrain import checkpointing
 from training.pretrain.data import AudioClips, StepBatches
+from training.pretrain.mam import VARIANTS
 from training.pretrain.optim import clip_and_step, param_groups, set_lr, setup_device, warmup_cosine
 
 log = logging.getLogger("mamclap.pretrain")
@@ -38,8 +50,8 @@ log = logging.getLogger("mamclap.pretrain")
 class TrainConfig:
     variant: str = "supmam_clap"     # mam | mam_clap | supmam | supmam_clap (mam.VARIANT_WEIGHTS)
     size: str = "tiny"               # encoder preset: tiny | small | base
-    data: str = ""                   # shards folder, AudioSet CSV, or audio folder
-    out_dir: str = "runs/pretrain"
+    data: str = ""                   # shards folder, AudioSet CSV, or audio folder (required unless resuming)
+    out_dir: str = "runs/pretrain"   # checkpoint.pt, log.jsonl, tb/ and the encoder/ export
     teacher: str = ""                # LAION-layout CLAP checkpoint (needed by variants that distil)
     teacher_features: str = "frames"  # frames | tokenmap (training.pretrain.teacher.TeacherConfig)
     teacher_align: str = "time_interp"  # time_interp | grid_resample
@@ -49,16 +61,25 @@ class TrainConfig:
     batch_size: int = 8              # per process and micro-batch
     accum: int = 1                   # micro-batches per optimizer step
     base_lr: float = 2e-4            # scaled by global batch / 256 (AudioMAE)
-    weight_decay: float = 1e-4
-    warmup_steps: int = 20
+    weight_decay: float = 1e-4       # AdamW's, on weights (not on biases and norms)
+    warmup_steps: int = 20           # linear warm-up of the learning rate, then cosine decay
     clip_grad: float = 1.0           # 0 disables clipping
-    ckpt_every: int = 50
-    log_every: int = 10
-    seed: int = 0
-    workers: int = 2
-    compile: bool = False
-    device: str = "auto"             # auto | cpu | cuda
+    ckpt_every: int = 50             # steps between checkpoints (one is also written at the end)
+    log_every: int = 10              # steps between log.jsonl / TensorBoard records
+    seed: int = 0                    # model init, data order and masks
+    workers: int = 2                 # data loader processes (0: load in the main process)
+    compile: bool = False            # torch.compile the training step
+    device: str = "auto"             # auto | cpu | cuda | cuda:N
     overrides: tuple[tuple[str, str], ...] = ()  # PretrainConfig field overrides (name, value)
+
+    def __post_init__(self) -> None:
+        checks.check_fields(self, VALUE_RULES)
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"TrainConfig.{name}: expected one of {list(allowed)}, got {getattr(self, name)!r}")
+        if self.stop_at > self.steps:
+            raise ValueError(f"stop_at (--stop-at) must be 0 (run to the end) or a step <= steps (--steps) "
+                             f"{self.steps}, got {self.stop_at}")
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -75,6 +96,18 @@ class TrainConfig:
 
         overrides = {k: _parse_value(v) for k, v in self.overrides}
         return PretrainConfig.preset(self.variant, size=self.size, **overrides)
+
+
+# The values each field may take, checked on the command line and in TrainConfig alike.
+VALUE_RULES = {"steps": checks.positive_int, "stop_at": checks.nonneg_int, "batch_size": checks.positive_int,
+               "accum": checks.positive_int, "base_lr": checks.positive_float, "weight_decay": checks.nonneg_float,
+               "warmup_steps": checks.nonneg_int, "clip_grad": checks.nonneg_float,
+               "ckpt_every": checks.positive_int, "log_every": checks.positive_int, "seed": checks.seed,
+               "workers": checks.nonneg_int, "device": checks.device}
+CHOICES = {"variant": VARIANTS, "size": tuple(ENCODER_PRESETS), "teacher_features": ("frames", "tokenmap"),
+           "teacher_align": ("time_interp", "grid_resample")}
+# Fields a resumed run takes from the command line; every other one comes from the checkpoint.
+RESUMABLE = ("steps", "stop_at", "out_dir", "workers", "device", "compile", "data", "teacher")
 
 
 def masking_noise(seed: int, step: int, global_batch: int, n_patches: int) -> torch.Tensor:
@@ -98,6 +131,43 @@ def _parse_value(text: str):
         return json.loads(text)
     except json.JSONDecodeError:
         return text
+
+
+def _override_fields() -> dict[str, object]:
+    """PretrainConfig fields `--set` may change, with their types (the encoder comes from --size)."""
+    from training.pretrain.mam import PretrainConfig
+    hints = typing.get_type_hints(PretrainConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(PretrainConfig) if f.name != "encoder"}
+
+
+def _fits(value, kind) -> bool:
+    if typing.get_origin(kind) is typing.Literal:
+        return value in typing.get_args(kind)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def override(text: str) -> tuple[str, str]:
+    """argparse type of --set: FIELD=VALUE for a known PretrainConfig field and a value of its type."""
+    key, sep, value = text.partition("=")
+    key, value = key.strip(), value.strip()
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got {text!r}")
+    fields = _override_fields()
+    if key not in fields:
+        close = difflib.get_close_matches(key, list(fields), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise argparse.ArgumentTypeError(f"unknown PretrainConfig field {key!r}; {hint}fields: {', '.join(fields)}"
+                                         + (" (the encoder size is --size)" if key == "encoder" else ""))
+    kind = fields[key]
+    if not _fits(_parse_value(value), kind):
+        want = (" or ".join(repr(a) for a in typing.get_args(kind)) if typing.get_origin(kind) is typing.Literal
+                else {float: "a number", int: "an integer", bool: "true or false"}.get(kind, str(kind)))
+        raise argparse.ArgumentTypeError(f"{key} expects {want}, got {value!r}")
+    return key, value
 
 
 def _build(cfg: TrainConfig, n_classes: int):
@@ -126,30 +196,108 @@ def n_samples_for(enc) -> int:
     return window + hop * (enc.target_frames - 1)
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Run (or resume) pretraining; returns a summary dict. Works under torchrun or as one process."""
+def _resume_conflicts(cfg: TrainConfig, saved: TrainConfig, given, world: int, saved_world: int) -> list[str]:
+    """The flags given with --resume that contradict the checkpoint's run (they would be ignored)."""
+    if given is None:  # called from Python: the fields set away from their defaults
+        default = TrainConfig()
+        given = [f.name for f in dataclasses.fields(TrainConfig) if getattr(cfg, f.name) != getattr(default, f.name)]
+    conflicts = []
+    for name in given:
+        if name in RESUMABLE:
+            continue
+        ours, theirs = getattr(cfg, name), getattr(saved, name)
+        if name == "batch_size":  # the per-process batch may change with the world size, the global batch may not
+            theirs = saved.batch_size * saved_world // world
+        if name == "overrides":
+            ours, theirs = sorted(map(tuple, ours)), sorted(map(tuple, theirs))
+        if ours != theirs:
+            flag = "--set" if name == "overrides" else "--" + name.replace("_", "-")
+            conflicts.append(f"{flag} {ours} (the checkpoint's run has {theirs})")
+    return conflicts
+
+
+class StopOnSignal:
+    """While active (in the main thread), SIGINT and SIGTERM ask the loop to stop at the next step
+    boundary, where it saves a checkpoint; a second signal stops at once without saving."""
+
+    def __init__(self) -> None:
+        self.signum, self._previous = 0, {}
+
+    def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.signum:
+            raise Interrupted(signum, f"{name} again: stopped at once, the last checkpoint is kept")
+        self.signum = signum
+        log.warning("%s: saving a checkpoint after this step, then stopping (%s again stops at once)", name, name)
+
+    def agreed(self, world: int, group) -> int:
+        """The signal to stop for, the same on every process (any process that got one stops them all)."""
+        if world == 1:
+            return self.signum
+        flag = torch.tensor([self.signum])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+        return int(flag)
+
+
+def _worker_signals(worker_id: int) -> None:
+    """Data loader workers leave Ctrl-C (sent to the whole process group) to the main process, which
+    finishes the step and stops them; SIGTERM from the loader's shutdown ends them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def train(cfg: TrainConfig, resume: bool = False, given=None) -> dict:
+    """Run (or resume) pretraining; returns a summary dict. Works under torchrun or as one process.
+
+    given: the TrainConfig fields the user set (the CLI's flags); with resume, those that contradict the
+    checkpoint's run are refused. None: the fields that differ from TrainConfig's defaults.
+    """
     rank, world, local_rank = _distributed()
-    device = setup_device(cfg.device, local_rank)
+    device = setup_device(cfg.device, local_rank, world)
     use_cuda = device.type == "cuda"
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     out_dir = Path(cfg.out_dir)
     ckpt_path = out_dir / "checkpoint.pt"
     if rank == 0:
-        atomic.remove_stale(ckpt_path)  # a half-written checkpoint of a killed run
+        from hear_mamclap.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+        for target in (ckpt_path, out_dir / "encoder" / WEIGHTS_NAME, out_dir / "encoder" / CONFIG_NAME):
+            for stale in atomic.remove_stale(target):
+                log.info("removed %s, left by a run killed while saving", stale)
 
     start_step, state = 0, None
     if resume:
         if not ckpt_path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
         state = checkpointing.load(ckpt_path)
-        saved = TrainConfig.from_dict(state["train_config"])
-        cfg = dataclasses.replace(saved, steps=cfg.steps, stop_at=cfg.stop_at, out_dir=cfg.out_dir, workers=cfg.workers,
-                                  device=cfg.device, compile=cfg.compile, data=cfg.data or saved.data,
-                                  teacher=cfg.teacher or saved.teacher)
+        saved_dict = dataclasses.asdict(TrainConfig.from_dict(state["train_config"]))
+        from_cli = {k: getattr(cfg, k) for k in RESUMABLE}
+        from_cli.update(data=cfg.data or saved_dict["data"], teacher=cfg.teacher or saved_dict["teacher"])
+        saved_world = state.get("world_size", 1)
+        saved = TrainConfig(**{**saved_dict, **from_cli, "stop_at": 0})
+        conflicts = _resume_conflicts(cfg, saved, given, world, saved_world)
+        if conflicts:
+            raise UserError(f"--resume continues the run saved in {ckpt_path}, but {'; '.join(conflicts)}. A resumed "
+                            f"run takes only --{', --'.join(k.replace('_', '-') for k in RESUMABLE)} from the command "
+                            "line: drop the others, or start a new run in another --out-dir")
+        if state["step"] > cfg.steps:
+            raise UserError(f"--steps {cfg.steps}: the checkpoint in {ckpt_path} is already at step {state['step']}")
+        if cfg.stop_at and cfg.stop_at <= state["step"]:
+            raise UserError(f"--stop-at {cfg.stop_at}: the checkpoint in {ckpt_path} is already at step "
+                            f"{state['step']}; stop later, or leave --stop-at out")
+        cfg = dataclasses.replace(saved, stop_at=cfg.stop_at)
         # On another number of processes, keep the global batch (so the data order, the masks and the
         # learning rate continue unchanged): the per-process batch absorbs the difference.
-        saved_world = state.get("world_size", 1)
         if saved_world != world:
             global_batch = saved.batch_size * saved.accum * saved_world
             if global_batch % (world * saved.accum):
@@ -181,8 +329,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
     sampler = StepBatches(len(dataset), cfg.batch_size, cfg.accum, world, rank, cfg.seed,
                           start_step, cfg.steps)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers,
-                        pin_memory=use_cuda, persistent_workers=False)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers, pin_memory=use_cuda,
+                        persistent_workers=False, worker_init_fn=_worker_signals if cfg.workers else None)
+    # The stop flag is agreed over a CPU group, so checking it each step never waits for the GPU.
+    stop_group = dist.new_group(backend="gloo") if world > 1 and use_cuda else None
 
     writer = None
     if rank == 0:
@@ -212,86 +362,93 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if rank == 0:
         from tqdm import tqdm
         progress = tqdm(total=cfg.steps, initial=start_step, desc=f"pretrain {cfg.variant}", unit="step")
-    micro = 0
-    sums: dict[str, torch.Tensor] = {}
-    unchecked: list[tuple[int, torch.Tensor]] = []  # (step, loss on the device) not yet read on the host
-    for wav, labels, n_skipped in loader:
-        skipped += int(n_skipped.sum())
-        wav = wav.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        with torch.no_grad():
-            mel = model.encoder.frontend(wav)                                  # (B, T, n_mels), float32
-            with amp:  # the teacher in bf16 on GPU: a third less time, targets are layer-normed anyway
-                targets = teacher(wav) if teacher is not None else None        # (B, n_patches, D)
-        sync = micro == cfg.accum - 1
-        noise = masking_noise(cfg.seed, step, global_batch, model.cfg.encoder.n_patches)
-        row = (micro * world + rank) * cfg.batch_size
-        noise = noise[row:row + wav.shape[0]].to(device)  # this micro-batch's rows of the global batch
-        ctx = ddp_model.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
-        with ctx:
-            with amp:
-                out = step_fn(mel, teacher=targets, labels=labels if model.cfg.uses_labels else None,
-                              noise=noise)
-            (out["loss"] / cfg.accum).backward()
-        # Loss values stay on the device: reading them on the host every micro-batch would make the CPU wait
-        # for the GPU each time. They are read where they are needed (logging, checkpoints, the end).
-        for k, v in out.items():
-            sums[k] = sums.get(k, 0.0) + v.detach().float() / cfg.accum
-        micro += 1
-        if not sync:
-            continue
-        micro = 0
-        loss_t = sums["loss"]
-        if world > 1:
-            loss_t = loss_t.clone()
-            dist.all_reduce(loss_t)
-            loss_t = loss_t / world
-        unchecked.append((step, loss_t))
-        nxt = step + 1
-        read_now = nxt % cfg.log_every == 0 or nxt % cfg.ckpt_every == 0 or nxt in (cfg.steps, cfg.stop_at)
-        if read_now:
-            # Every loss since the last read, in one transfer; a non-finite one stops the run before this
-            # step's update and before any checkpoint is written after it, so the last checkpoint is good.
-            values = torch.stack([t for _, t in unchecked]).tolist()
-            bad = [(s, v) for (s, _), v in zip(unchecked, values) if not math.isfinite(v)]
-            unchecked.clear()
-            if bad:
-                msg = (f"loss is {bad[0][1]} at step {bad[0][0]}: stopping. The last good checkpoint "
-                       f"(step {checkpointing.load(ckpt_path)['step'] if ckpt_path.exists() else 'none'}) "
-                       f"is kept at {ckpt_path}; lower --base-lr or check the data.")
-                if rank == 0:
-                    progress.close()
-                raise FloatingPointError(msg)
-            loss_value = values[-1]
-        lr = warmup_cosine(step, peak_lr, cfg.warmup_steps, cfg.steps)
-        set_lr(optimizer, lr)
-        grad_norm = clip_and_step(model, optimizer, cfg.clip_grad)
-        step += 1
-        last_losses = {**sums, "loss": loss_t}
-        sums = {}
+    stopper = StopOnSignal()
+    with contextlib.ExitStack() as finish:
+        finish.enter_context(stopper)
         if rank == 0:
-            progress.update(1)
+            for close in (log_file.close, writer.close, progress.close):
+                finish.callback(close)
+        micro = 0
+        sums: dict[str, torch.Tensor] = {}
+        unchecked: list[tuple[int, torch.Tensor]] = []  # (step, loss on the device) not yet read on the host
+        for wav, labels, n_skipped in loader:
+            skipped += int(n_skipped.sum())
+            wav = wav.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            with torch.no_grad():
+                mel = model.encoder.frontend(wav)                                  # (B, T, n_mels), float32
+                with amp:  # the teacher in bf16 on GPU: a third less time, targets are layer-normed anyway
+                    targets = teacher(wav) if teacher is not None else None        # (B, n_patches, D)
+            sync = micro == cfg.accum - 1
+            noise = masking_noise(cfg.seed, step, global_batch, model.cfg.encoder.n_patches)
+            row = (micro * world + rank) * cfg.batch_size
+            noise = noise[row:row + wav.shape[0]].to(device)  # this micro-batch's rows of the global batch
+            ctx = ddp_model.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
+            with ctx:
+                with amp:
+                    out = step_fn(mel, teacher=targets, labels=labels if model.cfg.uses_labels else None,
+                                  noise=noise)
+                (out["loss"] / cfg.accum).backward()
+            # Loss values stay on the device: reading them on the host every micro-batch would make the CPU wait
+            # for the GPU each time. They are read where they are needed (logging, checkpoints, the end).
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + v.detach().float() / cfg.accum
+            micro += 1
+            if not sync:
+                continue
+            micro = 0
+            loss_t = sums["loss"]
+            if world > 1:
+                loss_t = loss_t.clone()
+                dist.all_reduce(loss_t)
+                loss_t = loss_t / world
+            unchecked.append((step, loss_t))
+            stop_signal = stopper.agreed(world, stop_group)  # a stop saves after this step: check its loss first
+            nxt = step + 1
+            read_now = (nxt % cfg.log_every == 0 or nxt % cfg.ckpt_every == 0 or nxt in (cfg.steps, cfg.stop_at)
+                        or bool(stop_signal))
             if read_now:
-                progress.set_postfix(loss=f"{loss_value:.4f}")
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                elapsed = time.perf_counter() - t0
-                record = {"step": step, "lr": lr, "grad_norm": float(grad_norm), "skipped": skipped,
-                          **{k: float(v) for k, v in last_losses.items()}, "elapsed_s": elapsed}
-                if use_cuda:
-                    record["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-                log_file.write(json.dumps(record) + "\n")
-                log_file.flush()
-                for k, v in record.items():
-                    if k != "step":
-                        writer.add_scalar(f"train/{k}", v, step)
-        if step % cfg.ckpt_every == 0 or step == cfg.steps or step == cfg.stop_at:
-            save(step)
-        if step == cfg.stop_at:
-            break
+                # Every loss since the last read, in one transfer; a non-finite one stops the run before this
+                # step's update and before any checkpoint is written after it, so the last checkpoint is good.
+                values = torch.stack([t for _, t in unchecked]).tolist()
+                bad = [(s, v) for (s, _), v in zip(unchecked, values) if not math.isfinite(v)]
+                unchecked.clear()
+                if bad:
+                    msg = (f"loss is {bad[0][1]} at step {bad[0][0]}: stopping. The last good checkpoint "
+                           f"(step {checkpointing.load(ckpt_path)['step'] if ckpt_path.exists() else 'none'}) "
+                           f"is kept at {ckpt_path}; lower --base-lr or check the data.")
+                    raise FloatingPointError(msg)
+                loss_value = values[-1]
+            lr = warmup_cosine(step, peak_lr, cfg.warmup_steps, cfg.steps)
+            set_lr(optimizer, lr)
+            grad_norm = clip_and_step(model, optimizer, cfg.clip_grad)
+            step += 1
+            last_losses = {**sums, "loss": loss_t}
+            sums = {}
+            if rank == 0:
+                progress.update(1)
+                if read_now:
+                    progress.set_postfix(loss=f"{loss_value:.4f}")
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    elapsed = time.perf_counter() - t0
+                    record = {"step": step, "lr": lr, "grad_norm": float(grad_norm), "skipped": skipped,
+                              **{k: float(v) for k, v in last_losses.items()}, "elapsed_s": elapsed}
+                    if use_cuda:
+                        record["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+                    log_file.write(json.dumps(record) + "\n")
+                    log_file.flush()
+                    for k, v in record.items():
+                        if k != "step":
+                            writer.add_scalar(f"train/{k}", v, step)
+            if step % cfg.ckpt_every == 0 or step == cfg.steps or step == cfg.stop_at or stop_signal:
+                save(step)
+            if stop_signal and step < cfg.steps:
+                raise Interrupted(stop_signal, f"stopped by {signal.Signals(stop_signal).name} at step {step} of "
+                                               f"{cfg.steps}: checkpoint saved to {ckpt_path}; continue with "
+                                               f"`mamclap pretrain --out-dir {out_dir} --steps {cfg.steps} --resume`")
+            if step == cfg.stop_at:
+                break
     if rank == 0:
-        progress.close()
-        writer.close()
-        log_file.close()
         from hear_mamclap.checkpoint import export_encoder
         # Provenance the harnesses copy into every results file, so tables can group runs by variant,
         # seed and loss weights without parsing run names.
@@ -305,43 +462,38 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
 
 def register(subparsers) -> None:
-    """`mamclap pretrain`: flags mirror TrainConfig's fields (--preset is the old name of --variant)."""
-    from training.pretrain.mam import VARIANTS
-
+    """`mamclap pretrain`: flags mirror TrainConfig's fields, each checked as it is parsed (--preset is the
+    old name of --variant)."""
     p = subparsers.add_parser("pretrain", help="pretrain MAM / MAM-CLAP / SupMAM / SupMAM-CLAP",
                               description=__doc__.splitlines()[0])
-    defaults = TrainConfig()
-    for f in dataclasses.fields(TrainConfig):
-        if f.name == "overrides":
-            continue
-        flags = ["--" + f.name.replace("_", "-")] + (["--preset"] if f.name == "variant" else [])
-        value = getattr(defaults, f.name)
-        if isinstance(value, bool):
-            p.add_argument(*flags, action=argparse.BooleanOptionalAction, default=value)
-        elif f.name == "variant":
-            p.add_argument(*flags, choices=VARIANTS, default=value)
-        else:
-            p.add_argument(*flags, type=type(value), default=value)
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+    # Flags default to None (the help shows TrainConfig's default), so --resume can tell which were given.
+    checks.add_config_arguments(p, TrainConfig, {**VALUE_RULES, **FLAG_TYPES}, CHOICES, skip=("overrides",),
+                                default_none=True, aliases={"variant": ["--preset"]})
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", type=override,
                    help="override a PretrainConfig field, e.g. --set lambda_cls=0.1 --set "
                         "distill_visible_weight=0 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/checkpoint.pt")
     p.set_defaults(func=_run)
 
 
+# Flag types beyond VALUE_RULES: paths checked when parsed (TrainConfig holds them as strings).
+FLAG_TYPES = {"data": checks.existing_path, "out_dir": checks.out_dir, "teacher": checks.existing_file}
+
+
 def _run(args) -> int:
-    overrides = []
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects FIELD=VALUE, got {item!r}")
-        overrides.append((key.strip(), value.strip()))
-    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "overrides"}
-    cfg = TrainConfig(**fields, overrides=tuple(overrides))
+    given = {k: str(v) if isinstance(v, Path) else v
+             for k, v in checks.given_fields(args, TrainConfig, skip=("overrides",)).items()}
+    cfg = TrainConfig(**given, overrides=tuple(args.set))
     if not cfg.data and not args.resume:
-        raise SystemExit("--data is required: a folder of shards, an AudioSet CSV or a folder of audio")
+        raise UserError("--data is required: a folder of shards, an AudioSet CSV or a folder of audio")
+    if not args.resume:  # the whole PretrainConfig, before any data is read: --set values that clash fail here
+        try:
+            cfg.pretrain_config()
+        except ValueError as err:
+            raise UserError(f"--variant {cfg.variant} --size {cfg.size}" + "".join(
+                f" --set {k}={v}" for k, v in cfg.overrides) + f": {err}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    summary = train(cfg, resume=args.resume)
+    summary = train(cfg, resume=args.resume, given=[*given, *(["overrides"] if args.set else [])])
     if int(os.environ.get("RANK", 0)) == 0:
         print(json.dumps(summary, indent=1, default=float))
     return 0
