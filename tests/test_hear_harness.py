@@ -6,6 +6,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -206,13 +207,132 @@ def test_eval_refuses_bad_arguments(tmp_path, tiny_export):
         evaluate("hear_mamclap", tiny_export, tmp_path, tmp_path / "work", "x")
     task = tmp_path / "tasks" / "mystery-v1.0-full"
     task.mkdir(parents=True)
-    (task / "task_metadata.json").write_text(json.dumps({"task_name": "mystery", "evaluation": ["top1_acc"]}))
+    (task / "task_metadata.json").write_text(json.dumps({"task_name": "mystery", "evaluation": ["top1_acc"],
+                                                         "split_mode": "trainvaltest",
+                                                         "splits": ["train", "valid", "test"]}))
     with pytest.raises(ValueError, match="no task folders \\['nope'\\]"):
         evaluate("hear_mamclap", tiny_export, tmp_path / "tasks", tmp_path / "work", "x", tasks=["nope"])
     with pytest.raises(ValueError, match="no group known for task 'mystery'"):
         evaluate("hear_mamclap", tiny_export, tmp_path / "tasks", tmp_path / "work", "x")
     assert not (tmp_path / "work").exists(), "nothing is started before the arguments are checked"
 
+
+
+# ----------------------------------------------------------------- task folders as hearpreprocess names them
+
+# (folder, split_mode, splits, evaluation) of real HEAR 2021 tasks, from hearpreprocess's task configs: the
+# folder is <task_name>-<version>-<mode>.
+HEAR2021 = {
+    "speech_commands-v0.0.2-5h": ("trainvaltest", ["train", "valid", "test"], ["top1_acc"]),
+    "speech_commands-v0.0.2-full": ("trainvaltest", ["train", "valid", "test"], ["top1_acc"]),
+    "nsynth_pitch-v2.2.3-5h": ("trainvaltest", ["train", "valid", "test"], ["pitch_acc", "chroma_acc"]),
+    "nsynth_pitch-v2.2.3-50h": ("trainvaltest", ["train", "valid", "test"], ["pitch_acc", "chroma_acc"]),
+    "esc50-v2.0.0-full": ("presplit_kfold", [f"fold{i:02d}" for i in range(5)], ["top1_acc", "mAP"]),
+    "beijing_opera-v1.0-hear2021-full": ("new_split_kfold", [f"fold{i:02d}" for i in range(5)], ["top1_acc", "mAP"]),
+    "tfds_crema_d-1.0.0-full": ("new_split_kfold", [f"fold{i:02d}" for i in range(5)], ["top1_acc", "mAP"]),
+    "vocal_imitation-v1.1.3-full": ("new_split_kfold", [f"fold{i:02d}" for i in range(3)], ["mAP", "top1_acc"]),
+    "beehive_states_fold0-v2-full": ("trainvaltest", ["train", "valid", "test"], ["aucroc", "mAP"]),
+}
+
+
+def hear_task(root: Path, folder: str, split_mode: str | None = None, splits: list[str] | None = None,
+              evaluation: list[str] | None = None, **meta) -> Path:
+    """A task folder in hearpreprocess's layout (task_metadata.json, <split>.json per split; no audio), its
+    metadata as hearpreprocess's runner writes it."""
+    mode_, splits_, evaluation_ = HEAR2021.get(folder, (None, None, None))
+    task, *version, mode = folder.split("-")
+    metadata = {"task_name": task, "version": "-".join(version), "mode": mode, "embedding_type": "scene",
+                "prediction_type": "multiclass", "split_mode": split_mode or mode_, "splits": splits or splits_,
+                "evaluation": evaluation or evaluation_, **meta}
+    path = root / folder
+    path.mkdir(parents=True)
+    (path / "task_metadata.json").write_text(json.dumps(metadata))
+    for i, split in enumerate(metadata["splits"]):
+        (path / f"{split}.json").write_text(json.dumps({f"{split}-{j}.wav": ["a"] for j in range(3 + i)}))
+    return path
+
+
+def heareval_scores(task_dir: Path, base: float) -> dict:
+    """test.predicted-scores.json as heareval's task_predictions writes it: per tested split (heareval's
+    "|".join(split["test"])) trainer.test's test_* values plus validation_score, epoch and time_in_min;
+    for more than one split, "aggregated_scores" (pandas mean and std, ddof 1, over the splits); then
+    hparams, postprocessing, score_mode and embedding_path."""
+    meta = json.loads((task_dir / "task_metadata.json").read_text())
+    tested = ["test"] if meta["split_mode"] == "trainvaltest" else sorted(meta["splits"])
+    out = {}
+    for i, split in enumerate(tested):
+        value = base + 0.01 * i
+        out[split] = {"test_loss": 1.0 - value, "test_score": value, **{f"test_{m}": value - 0.1 * j for j, m in
+                      enumerate(meta["evaluation"])}, "validation_score": value + 0.05, "epoch": 3 + i,
+                      "time_in_min": 0.1}
+    if len(tested) > 1:
+        keys = out[tested[0]].keys()
+        out["aggregated_scores"] = {f"{k}_{stat}": f([out[s][k] for s in tested]) for k in keys
+                                    for stat, f in (("mean", statistics.fmean), ("std", statistics.stdev))}
+    out.update(hparams={"lr": 0.001}, postprocessing=[], score_mode="max", embedding_path=str(task_dir))
+    return out
+
+
+@pytest.mark.parametrize("folder", ["speech_commands-v0.0.2-5h", "esc50-v2.0.0-full",
+                                    "beijing_opera-v1.0-hear2021-full", "vocal_imitation-v1.1.3-full"])
+def test_scores_follow_heareval_for_every_split_mode(tmp_path, folder):
+    """trainvaltest is scored on test.json's clips; presplit_kfold and new_split_kfold (heareval treats them
+    alike) on every fold's, with heareval's own mean over folds as the score."""
+    from training.eval.hear import scores_entry
+
+    task_dir = hear_task(tmp_path, folder)
+    meta = json.loads((task_dir / "task_metadata.json").read_text())
+    scores = heareval_scores(task_dir, 0.6)
+    entry = scores_entry(task_dir, scores, seed=3)
+    metric = meta["evaluation"][0]
+    n_clips = {s: len(json.loads((task_dir / f"{s}.json").read_text())) for s in meta["splits"]}
+    assert entry["metric"] == metric and entry["seed"] == 3
+    if meta["split_mode"] == "trainvaltest":
+        assert entry["score"] == scores["test"][f"test_{metric}"] and entry["n_test"] == n_clips["test"]
+        assert entry["extra"]["epoch"] == scores["test"]["epoch"]
+    else:
+        folds = sorted(meta["splits"])
+        assert entry["score"] == pytest.approx(statistics.fmean(scores[f][f"test_{metric}"] for f in folds))
+        assert entry["score"] == scores["aggregated_scores"][f"test_{metric}_mean"]
+        assert entry["n_test"] == sum(n_clips.values())  # every fold is the test set of one model
+        assert sorted(entry["extra"]["folds"]) == folds and len(entry["extra"]["epoch"]) == len(folds)
+        assert entry["extra"]["std_over_folds"][metric] == scores["aggregated_scores"][f"test_{metric}_std"]
+    assert "loss" not in entry["scores"] and "score" not in entry["scores"]
+    # heareval writes a score per tested split: a file without one of them is refused, naming it
+    del scores["test" if meta["split_mode"] == "trainvaltest" else "fold01"]
+    with pytest.raises(ValueError, match="no scores for"):
+        scores_entry(task_dir, scores)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m.update(split_mode="random_kfold"), "'split_mode' must be one of heareval's"),
+    (lambda m: m.pop("splits"), "'splits' must be a list"),
+    (lambda m: m.update(splits=["train", "test"]), "needs the splits train, valid and test"),
+    (lambda m: m.update(split_mode="new_split_kfold", splits=["fold00", "fold01"]), "at least 3 folds"),
+    (lambda m: m.update(evaluation=[]), "'evaluation' must be a non-empty list"),
+])
+def test_eval_refuses_metadata_heareval_would_fail_on(tmp_path, tiny_export, change, message):
+    from training.eval.hear import evaluate
+
+    task = hear_task(tmp_path / "tasks", "speech_commands-v0.0.2-5h")
+    meta = json.loads((task / "task_metadata.json").read_text())
+    change(meta)
+    (task / "task_metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=message):
+        evaluate("hear_mamclap", tiny_export, tmp_path / "tasks", tmp_path / "work", "x")
+    assert not (tmp_path / "work").exists(), "refused before any work"
+
+
+@pytest.mark.slow
+def test_scored_splits_are_heareval_s_test_splits():
+    """Our reading of heareval's split rules against heareval's own function, for each split mode."""
+    heareval_splits = pytest.importorskip("heareval.predictions.task_predictions").get_splits_from_metadata
+    from training.eval.hear import scored_splits
+
+    for folder in ("speech_commands-v0.0.2-full", "esc50-v2.0.0-full", "beijing_opera-v1.0-hear2021-full"):
+        mode, splits, _ = HEAR2021[folder]
+        meta = {"split_mode": mode, "splits": list(reversed(splits))}
+        assert scored_splits(meta) == ["|".join(s["test"]) for s in heareval_splits(meta)], folder
 
 
 def test_heareval_embeddings_runner_runs_a_torch_module_without_tensorflow(tiny_tasks, tmp_path):

@@ -152,27 +152,72 @@ def predict(embedding_task_dirs: list[Path], grid: str = "faster", grid_points: 
 # ------------------------------------------------------------------------------------------- test scores
 
 
+# heareval's split modes (heareval.predictions.task_predictions.get_splits_from_metadata): trainvaltest trains on
+# "train", selects on "valid" and tests on "test"; the two k-fold modes (folds given by the dataset, or made by
+# hearpreprocess) test on every fold in turn, each with its own model.
+SPLIT_MODES = ("trainvaltest", "presplit_kfold", "new_split_kfold")
+
+
+def scored_splits(metadata: dict) -> list[str]:
+    """The splits heareval scores a task on, in its order: ["test"], or every fold of metadata["splits"]
+    sorted. These are the keys of its test.predicted-scores.json."""
+    mode = metadata.get("split_mode")
+    if mode == "trainvaltest":
+        return ["test"]
+    if mode in ("presplit_kfold", "new_split_kfold"):
+        return sorted(metadata["splits"])
+    raise ValueError(f"split_mode {mode!r} is not one of heareval's {SPLIT_MODES}")
+
+
+def check_metadata(folder: Path, metadata: dict) -> None:
+    """Refuse, before any work, a task_metadata.json that heareval would fail on only after embedding."""
+    def bad(what: str) -> ValueError:
+        return ValueError(f"{folder / 'task_metadata.json'}: {what}")
+
+    if not isinstance(metadata.get("task_name"), str) or not metadata["task_name"]:
+        raise bad("'task_name' must be a non-empty string")
+    evaluation = metadata.get("evaluation")
+    if not isinstance(evaluation, list) or not evaluation or not all(isinstance(e, str) for e in evaluation):
+        raise bad("'evaluation' must be a non-empty list of heareval score names (the first selects models)")
+    if metadata.get("split_mode") not in SPLIT_MODES:
+        raise bad(f"'split_mode' must be one of heareval's {SPLIT_MODES}, got {metadata.get('split_mode')!r}")
+    splits = metadata.get("splits")
+    if not isinstance(splits, list) or not all(isinstance(s, str) for s in splits):
+        raise bad("'splits' must be a list of split names (heareval embeds each <split>.json)")
+    if metadata["split_mode"] == "trainvaltest" and not {"train", "valid", "test"} <= set(splits):
+        raise bad(f"a trainvaltest task needs the splits train, valid and test, got {splits}")
+    if metadata["split_mode"] != "trainvaltest" and len(set(splits)) < 3:
+        raise bad(f"a k-fold task needs at least 3 folds (heareval tests on one, selects on the next and trains on "
+                  f"the others), got {splits}")
+
+
 def n_test_clips(task_dir: Path, metadata: dict) -> int:
     """Clips scored at test time: those of the test split, or of every fold for k-fold tasks (each fold is
     the test set of one model). Read from the <split>.json files heareval copies beside the embeddings."""
-    splits = ["test"] if metadata["split_mode"] != "presplit_kfold" else metadata["splits"]
-    return sum(len(json.loads((Path(task_dir) / f"{split}.json").read_text())) for split in splits)
+    return sum(len(json.loads((Path(task_dir) / f"{split}.json").read_text())) for split in scored_splits(metadata))
 
 
 def scores_entry(task_dir: Path, scores: dict, seed: int | None = None, extra: dict | None = None) -> dict:
     """A results task entry from heareval's test.predicted-scores.json of an embedded task.
 
     Primary metric: the first of task_metadata's "evaluation" (heareval selects models by it). Scores are
-    heareval's test_* values without the prefix: the test split's, or for k-fold tasks the mean over folds
-    (each fold's scores and the standard deviations go to extra)."""
+    heareval's test_* values without the prefix: the test split's, or for k-fold tasks heareval's own mean
+    over folds, "aggregated_scores" (each fold's scores and the standard deviations go to extra)."""
     task_dir = Path(task_dir)
     metadata = json.loads((task_dir / "task_metadata.json").read_text())
     metric = metadata["evaluation"][0]
-    if "aggregated_scores" in scores:  # k-fold: {"fold00": {...}, ..., "aggregated_scores": {name_mean, name_std}}
+    splits = scored_splits(metadata)
+    missing = [s for s in splits if s not in scores]
+    if missing:
+        raise ValueError(f"{task_dir}: test.predicted-scores.json has no scores for {missing} (split_mode "
+                         f"{metadata['split_mode']!r} tests on {splits}; keys {sorted(scores)})")
+    if len(splits) > 1:  # k-fold: {"fold00": {...}, ..., "aggregated_scores": {name_mean, name_std}}
+        if "aggregated_scores" not in scores:
+            raise ValueError(f"{task_dir}: test.predicted-scores.json of a k-fold task has no 'aggregated_scores'")
         agg = scores["aggregated_scores"]
         values = {k[len("test_"):-len("_mean")]: v for k, v in agg.items()
                   if k.startswith("test_") and k.endswith("_mean")}
-        folds = {k: v for k, v in scores.items() if k.startswith("fold")}
+        folds = {s: scores[s] for s in splits}
         more = {"std_over_folds": {k[len("test_"):-len("_std")]: v for k, v in agg.items()
                                    if k.startswith("test_") and k.endswith("_std")},
                 "folds": {f: {k[len("test_"):]: v for k, v in s.items() if k.startswith("test_")}
@@ -180,10 +225,7 @@ def scores_entry(task_dir: Path, scores: dict, seed: int | None = None, extra: d
                 "validation_score": [s.get("validation_score") for s in folds.values()],
                 "epoch": [s.get("epoch") for s in folds.values()]}
     else:
-        if "test" not in scores:
-            raise ValueError(f"{task_dir}: test.predicted-scores.json has neither 'test' nor 'aggregated_scores' "
-                             f"(keys {sorted(scores)})")
-        test = scores["test"]
+        test = scores[splits[0]]
         values = {k[len("test_"):]: v for k, v in test.items() if k.startswith("test_")}
         more = {"validation_score": test.get("validation_score"), "epoch": test.get("epoch")}
     # "score" repeats the primary metric and "loss" is the predictor's training loss, not a task metric.
@@ -291,6 +333,8 @@ def evaluate(module: str, model: str | Path | None, tasks_dir: Path, work_dir: P
     # Checked before any work: a task without a known group, or two folders of one task, would only fail
     # when the results are written, hours later.
     metadata = {f.name: json.loads((f / "task_metadata.json").read_text()) for f in folders}
+    for f in folders:
+        check_metadata(f, metadata[f.name])
     task_names = [m["task_name"] for m in metadata.values()]
     if len(set(task_names)) != len(task_names):
         raise ValueError(f"{tasks_dir}: several folders hold the same task ({sorted(task_names)})")
