@@ -323,6 +323,82 @@ def test_eval_refuses_metadata_heareval_would_fail_on(tmp_path, tiny_export, cha
     assert not (tmp_path / "work").exists(), "refused before any work"
 
 
+@pytest.fixture
+def heareval_steps(monkeypatch):
+    """heareval's two steps replaced by what they leave on disk (the real ones run in the slow end-to-end
+    tests): embed copies task_metadata.json and the <split>.json files and marks the task done; predict
+    writes test.predicted-scores.json (heareval_scores, a score per folder) and prediction-done.json."""
+    from training.eval import hear
+
+    base = {}
+
+    def embed(module, model, tasks_dir, out_dir, tasks=None, model_options=None):
+        out = Path(out_dir) / hear.embedding_folder_name(module, model_options)
+        for name in tasks:
+            src, dst = Path(tasks_dir) / name, out / name
+            dst.mkdir(parents=True, exist_ok=True)
+            meta = json.loads((src / "task_metadata.json").read_text())
+            for f in ["task_metadata.json", *(f"{s}.json" for s in meta["splits"])]:
+                shutil.copy(src / f, dst / f)
+            (dst / "profile.embeddings.json").write_text(json.dumps({"time_elapsed": 1.5}))
+            (dst / ".done.embeddings").touch()
+        return out
+
+    def predict(dirs, **kwargs):
+        for d in dirs:
+            base.setdefault(Path(d).name, 0.3 + 0.05 * len(base))
+            (d / "test.predicted-scores.json").write_text(json.dumps(heareval_scores(d, base[Path(d).name])))
+            (d / "prediction-done.json").write_text(json.dumps({"time": 2.0}))
+        return {str(d): json.loads((d / "test.predicted-scores.json").read_text()) for d in dirs}
+
+    monkeypatch.setattr(hear, "embed", embed)
+    monkeypatch.setattr(hear, "predict", predict)
+    return base
+
+
+KEYS = {"speech_commands-v0.0.2-5h": "speech_commands-5h", "speech_commands-v0.0.2-full": "speech_commands",
+        "nsynth_pitch-v2.2.3-5h": "nsynth_pitch-5h", "nsynth_pitch-v2.2.3-50h": "nsynth_pitch-50h",
+        "esc50-v2.0.0-full": "esc50", "beijing_opera-v1.0-hear2021-full": "beijing_opera",
+        "tfds_crema_d-1.0.0-full": "tfds_crema_d", "vocal_imitation-v1.1.3-full": "vocal_imitation"}
+
+
+def test_eval_keeps_the_variants_of_a_task_apart(tmp_path, tiny_export, heareval_steps):
+    """The standard tasks folder holds speech_commands 5h and full, nsynth_pitch 5h and 50h: each variant is
+    a task of its own (key <task>-<variant>, the full one plain), scored from its own folder."""
+    from training.eval.hear import evaluate
+
+    tasks = tmp_path / "tasks"
+    for folder in KEYS:
+        hear_task(tasks, folder)
+    lines = []
+    doc = evaluate("hear_mamclap", tiny_export, tasks, tmp_path / "work", "x", log=lines.append)
+    assert sorted(doc["tasks"]) == sorted(KEYS.values())
+    for folder, key in KEYS.items():
+        entry, meta = doc["tasks"][key], json.loads((tasks / folder / "task_metadata.json").read_text())
+        scores = heareval_scores(tasks / folder, heareval_steps[folder])
+        metric = meta["evaluation"][0]
+        expected = scores["aggregated_scores"][f"test_{metric}_mean"] if "aggregated_scores" in scores else \
+            scores["test"][f"test_{metric}"]
+        assert entry["score"] == pytest.approx(expected), folder
+        assert entry["variant"] == meta["mode"] and entry["extra"]["task_folder"] == folder
+        assert entry["extra"]["embedding_seconds"] == 1.5 and entry["extra"]["prediction_seconds"] == 2.0
+    assert doc["tasks"]["speech_commands-5h"]["score"] != doc["tasks"]["speech_commands"]["score"]
+    assert any(line.startswith("[3/8] nsynth_pitch-50h: pitch_acc = ") for line in lines), lines
+
+    # --tasks takes folder names, keys, and a task name that names one folder only
+    doc = evaluate("hear_mamclap", tiny_export, tasks, tmp_path / "work", "x", tasks=[
+        "speech_commands-5h", "nsynth_pitch-v2.2.3-50h", "esc50", "speech_commands"], log=lines.append)
+    assert sorted(doc["tasks"]) == ["esc50", "nsynth_pitch-50h", "speech_commands", "speech_commands-5h"]
+    with pytest.raises(ValueError, match="'nsynth_pitch' names several task folders"):
+        evaluate("hear_mamclap", tiny_export, tasks, tmp_path / "work", "x", tasks=["nsynth_pitch"])
+
+    # two versions of one variant cannot share a key: refused before any work
+    hear_task(tasks, "esc50-v2.0.1-full", "presplit_kfold", [f"fold{i:02d}" for i in range(5)], ["top1_acc"])
+    with pytest.raises(ValueError, match="hold the same task variant 'esc50'"):
+        evaluate("hear_mamclap", tiny_export, tasks, tmp_path / "work2", "x")
+    assert not (tmp_path / "work2").exists()
+
+
 @pytest.mark.slow
 def test_scored_splits_are_heareval_s_test_splits():
     """Our reading of heareval's split rules against heareval's own function, for each split mode."""

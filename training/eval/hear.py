@@ -11,7 +11,9 @@ its subprocess is ``python -c`` that applies them and then calls heareval's clic
 
 On top of the two steps, `evaluate` runs both over a suite (all tasks in one heareval run; when that fails,
 the unfinished tasks one by one, so a failing task is recorded as an error, not the end of the run), reads
-heareval's test scores and writes one results JSON (training/eval/results.py). Command line:
+heareval's test scores and writes one results JSON (training/eval/results.py), an entry per task variant:
+hearpreprocess's folders <task_name>-<version>-<mode> hold speech_commands 5h and full side by side, each a
+task of its own. Command line:
 
     mamclap hear eval --module hear_mamclap --model CKPT --tasks-dir DIR --name NAME --out results/NAME.json
     mamclap hear predict EMB_DIR... [--grid faster|default]
@@ -191,6 +193,20 @@ def check_metadata(folder: Path, metadata: dict) -> None:
                   f"the others), got {splits}")
 
 
+def task_variant(folder: Path, metadata: dict) -> tuple[str, str | None]:
+    """(task, variant) of a task folder: task_metadata's task_name and mode (hearpreprocess names the folder
+    <task_name>-<version>-<mode>); the mode from the folder's name when the metadata has none."""
+    variant = metadata.get("mode")
+    if not isinstance(variant, str) or not variant:
+        variant = results.parse_folder_name(Path(folder).name)[1]
+    return metadata["task_name"], variant
+
+
+def task_key(folder: Path, metadata: dict) -> str:
+    """The results key of a task folder: its task and variant (results.task_key), not its version."""
+    return results.task_key(*task_variant(folder, metadata))
+
+
 def n_test_clips(task_dir: Path, metadata: dict) -> int:
     """Clips scored at test time: those of the test split, or of every fold for k-fold tasks (each fold is
     the test set of one model). Read from the <split>.json files heareval copies beside the embeddings."""
@@ -235,8 +251,9 @@ def scores_entry(task_dir: Path, scores: dict, seed: int | None = None, extra: d
         raise ValueError(f"{task_dir}: no test score for the primary metric {metric!r} (have {sorted(values)})")
     more.update(hparams=scores.get("hparams"), postprocessing=scores.get("postprocessing"))
     more.update(extra or {})
-    return results.task_entry(results.task_group(metadata["task_name"], metadata), metric, values[metric], values,
-                              n_test_clips(task_dir, metadata), seed=seed, extra=more)
+    task, variant = task_variant(task_dir, metadata)
+    return results.task_entry(results.task_group(task, metadata), metric, values[metric], values,
+                              n_test_clips(task_dir, metadata), seed=seed, extra=more, variant=variant)
 
 
 # ---------------------------------------------------------------------------------------------- evaluate
@@ -301,6 +318,28 @@ def _seconds(path: Path, key: str) -> float | None:
         return None
 
 
+def _select(folders: list[Path], names: list[str], tasks_dir: Path) -> list[Path]:
+    """The folders named in names, each by its folder name, its results key (speech_commands-5h) or its task
+    name when that names one folder only."""
+    def aliases(p: Path) -> list[str]:
+        task, variant = results.parse_folder_name(p.name)
+        return [p.name, results.task_key(task, variant), task]
+
+    chosen = []
+    for name in names:
+        for level in range(3):  # folder name first, then key, then task name
+            matches = [p for p in folders if aliases(p)[level] == name]
+            if matches:
+                break
+        if not matches:
+            raise ValueError(f"no task folders {[name]} in {tasks_dir} (have {[p.name for p in folders]})")
+        if len(matches) > 1:
+            raise ValueError(f"{name!r} names several task folders {[p.name for p in matches]}: give one of them")
+        if matches[0] not in chosen:
+            chosen.append(matches[0])
+    return chosen
+
+
 def evaluate(module: str, model: str | Path | None, tasks_dir: Path, work_dir: Path, name: str,
              tasks: list[str] | None = None, model_options: dict | None = None, grid: str = "faster",
              grid_points: int = 8, seed: int | None = None, gpus: list[int] | None = None,
@@ -319,25 +358,24 @@ def evaluate(module: str, model: str | Path | None, tasks_dir: Path, work_dir: P
     tasks_dir, work_dir = Path(tasks_dir).resolve(), Path(work_dir).resolve()
     folders = task_folders(tasks_dir) if tasks_dir.is_dir() else []
     if tasks is not None:
-        known = {p.name: p for p in folders} | {results.task_name(p.name): p for p in folders}
-        missing = [t for t in tasks if t not in known]
-        if missing:
-            raise ValueError(f"no task folders {missing} in {tasks_dir} (have {[p.name for p in folders]})")
-        folders = [known[t] for t in tasks]
+        folders = _select(folders, tasks, tasks_dir)
     if not folders:
         raise ValueError(f"{tasks_dir} holds no HEAR task folder (a folder with task_metadata.json)")
     if grid_points < 1:
         raise ValueError(f"grid_points must be >= 1, got {grid_points}")
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
-    # Checked before any work: a task without a known group, or two folders of one task, would only fail
-    # when the results are written, hours later.
+    # Checked before any work: a task without a known group, or two folders of one task variant, would only
+    # fail when the results are written, hours later.
     metadata = {f.name: json.loads((f / "task_metadata.json").read_text()) for f in folders}
     for f in folders:
         check_metadata(f, metadata[f.name])
-    task_names = [m["task_name"] for m in metadata.values()]
-    if len(set(task_names)) != len(task_names):
-        raise ValueError(f"{tasks_dir}: several folders hold the same task ({sorted(task_names)})")
+    keys = {f.name: task_key(f, metadata[f.name]) for f in folders}
+    for key in sorted(set(keys.values())):
+        same = sorted(name for name, k in keys.items() if k == key)
+        if len(same) > 1:
+            raise ValueError(f"{tasks_dir}: folders {same} hold the same task variant {key!r} (other versions?): "
+                             "keep one, or choose with --tasks")
     for m in metadata.values():
         results.task_group(m["task_name"], m)
     model_path = str(Path(model).resolve()) if model is not None else None
@@ -367,27 +405,28 @@ def evaluate(module: str, model: str | Path | None, tasks_dir: Path, work_dir: P
 
     entries = {}
     for i, folder in enumerate(folders, 1):
-        meta = metadata[folder.name]
-        task, metric = meta["task_name"], meta["evaluation"][0]
+        meta, key = metadata[folder.name], keys[folder.name]
+        (task, variant), metric = task_variant(folder, meta), meta["evaluation"][0]
         task_dir = emb_module / folder.name
-        times = {"embedding_seconds": _seconds(task_dir / "profile.embeddings.json", "time_elapsed"),
+        times = {"task_folder": folder.name,
+                 "embedding_seconds": _seconds(task_dir / "profile.embeddings.json", "time_elapsed"),
                  "prediction_seconds": _seconds(task_dir / "prediction-done.json", "time")}
         group = results.task_group(task, meta)
         if folder.name in errors:
-            entry = results.error_entry(group, metric, errors[folder.name], seed=seed, extra=times)
+            entry = results.error_entry(group, metric, errors[folder.name], seed=seed, extra=times, variant=variant)
         else:
             try:
                 scores = json.loads((task_dir / "test.predicted-scores.json").read_text())
                 entry = scores_entry(task_dir, scores, seed=seed,
                                      extra={**times, "grid": grid, "grid_points": grid_points})
             except Exception as err:  # an unreadable score file fails this task only
-                entry = results.error_entry(group, metric, err, seed=seed, extra=times)
+                entry = results.error_entry(group, metric, err, seed=seed, extra=times, variant=variant)
         if "error" in entry:
-            log(f"[{i}/{len(folders)}] {task}: FAILED: {entry['error'].splitlines()[0]}")
+            log(f"[{i}/{len(folders)}] {key}: FAILED: {entry['error'].splitlines()[0]}")
         else:
-            log(f"[{i}/{len(folders)}] {task}: {metric} = {entry['score']:.4f} (n_test {entry['n_test']}, "
+            log(f"[{i}/{len(folders)}] {key}: {metric} = {entry['score']:.4f} (n_test {entry['n_test']}, "
                 f"embeddings {times['embedding_seconds']} s, predictions {times['prediction_seconds']} s)")
-        entries[task] = entry
+        entries[key] = entry
     settings = {"module": module, "model_options": model_options or {}, "tasks_dir": str(tasks_dir),
                 "work_dir": str(work_dir), "grid": grid, "grid_points": grid_points}
     return results.new_results(name, "hear", entries, checkpoint=model_path, command=command, settings=settings,

@@ -23,16 +23,16 @@ import os
 import sys
 import tempfile
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from training.pretrain.mam import VARIANTS, PretrainConfig
 from training.eval.plots import plot_group_scores, plot_losses, read_log
-from training.eval.results import (FORMAT, GROUPS, HARNESSES, ResultsError, merge_results, summarize, task_name,
-                              validate_results)
+from training.eval.results import (FORMAT, FULL, GROUPS, HARNESSES, MODES, ResultsError, key_parts, merge_results,
+                                   summarize, task_key, validate_results)
 
-Column = tuple[str, str]  # (harness, task)
+Column = tuple[str, str]  # (harness, results key: the task and its variant, results.task_key)
 
 VARIANT_NAMES = {"mam": "MAM", "mam_clap": "MAM-CLAP", "supmam": "SupMAM", "supmam_clap": "SupMAM-CLAP"}
 SUPERB_NAMES = {"speech_commands": "KS", "voxceleb1": "SID"}  # s3prl downstream -> SUPERB's abbreviation
@@ -66,8 +66,11 @@ REPORTED: tuple[tuple[str, tuple[float | None, ...], str], ...] = (
 
 @dataclass(frozen=True)
 class ColumnInfo:
+    """What a column holds; columns of one key must agree on group and metric."""
     group: str
     metric: str
+    task: str = field(default="", compare=False)  # the task name, without its variant
+    variant: str | None = field(default=None, compare=False)  # the variant the label shows, if any
 
 
 @dataclass
@@ -110,15 +113,33 @@ def hear_groups(columns: dict[Column, ColumnInfo]) -> list[str]:
 
 
 def column_label(col: Column, info: ColumnInfo) -> str:
-    harness, task = col
-    name = f"SUPERB {SUPERB_NAMES.get(task, task)}" if harness == "superb" else task
-    return f"{name} ({info.metric})"
+    """`esc50 (top1_acc)`, `speech_commands (5h) (top1_acc)`, `SUPERB KS (top1_acc)`."""
+    harness, key = col
+    name = f"SUPERB {SUPERB_NAMES.get(key, key)}" if harness == "superb" else info.task or key
+    variant = f" ({info.variant})" if info.variant is not None else ""
+    return f"{name}{variant} ({info.metric})"
 
 
 def _ordered(columns: dict[Column, ColumnInfo]) -> dict[Column, ColumnInfo]:
-    """Groups in GROUPS order; HEAR before SUPERB within a group; tasks sorted by name."""
-    return dict(sorted(columns.items(), key=lambda kv: (GROUPS.index(kv[1].group), HARNESSES.index(kv[0][0]),
-                                                        kv[0][1])))
+    """Groups in GROUPS order; HEAR before SUPERB within a group; tasks sorted by name, a task's variants in
+    MODES order; and the label names a variant when it is not full, or when the table holds several of the
+    task's variants (files without variants hold full ones)."""
+    variants = defaultdict(int)
+    for (harness, _), info in columns.items():
+        variants[harness, info.task] += 1
+    shown = {}
+    for (harness, key), info in columns.items():
+        full = info.variant in (None, FULL)
+        label = (FULL if variants[harness, info.task] > 1 else None) if full else info.variant
+        shown[harness, key] = replace(info, variant=label)
+
+    def order(kv: tuple[Column, ColumnInfo]) -> tuple:
+        (harness, key), info = kv
+        variant = info.variant or FULL
+        return (GROUPS.index(info.group), HARNESSES.index(harness), info.task or key,
+                MODES.index(variant) if variant in MODES else len(MODES), variant)
+
+    return dict(sorted(shown.items(), key=order))
 
 
 def _read_json(path: Path) -> tuple[Any, str | None]:
@@ -186,9 +207,10 @@ def collect_runs(docs: list[tuple[dict, str]]) -> tuple[dict[Column, ColumnInfo]
                 merged = merge_results([d for d, _ in chosen])
             except ResultsError as err:
                 raise ResultsError(f"{err} (files {', '.join(p for _, p in chosen)})") from None
-            for task, merged_task in merged["tasks"].items():
-                col = (harness, task_name(task))
-                info = ColumnInfo(merged_task["group"], merged_task["metric"])
+            for key, merged_task in merged["tasks"].items():
+                task, variant = key_parts(key, merged_task["variant"])
+                col = (harness, task_key(task, variant))
+                info = ColumnInfo(merged_task["group"], merged_task["metric"], task, variant)
                 if columns.setdefault(col, info) != info:
                     raise ResultsError(f"{harness} task {col[1]!r} has group/metric {info.group}/{info.metric} "
                                        f"for model {model!r} but {columns[col].group}/{columns[col].metric} for "
