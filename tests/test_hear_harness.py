@@ -212,8 +212,11 @@ def test_eval_refuses_bad_arguments(tmp_path, tiny_export):
                                                          "splits": ["train", "valid", "test"]}))
     with pytest.raises(ValueError, match="no task folders \\['nope'\\]"):
         evaluate("hear_mamclap", tiny_export, tmp_path / "tasks", tmp_path / "work", "x", tasks=["nope"])
-    with pytest.raises(ValueError, match="no group known for task 'mystery'"):
-        evaluate("hear_mamclap", tiny_export, tmp_path / "tasks", tmp_path / "work", "x")
+    # a task of no known group is accepted (test_eval_scores_a_task_of_no_known_group); a bad --group is not
+    with pytest.raises(ValueError, match="the group must be one of"):
+        evaluate("hear_mamclap", tiny_export, tmp_path / "tasks", tmp_path / "work", "x", groups={"mystery": "animals"})
+    with pytest.raises(ValueError, match="--group nope=speech: no task folder of that name"):
+        evaluate("hear_mamclap", tiny_export, tmp_path / "tasks", tmp_path / "work", "x", groups={"nope": "speech"})
     assert not (tmp_path / "work").exists(), "nothing is started before the arguments are checked"
 
 
@@ -397,6 +400,42 @@ def test_eval_keeps_the_variants_of_a_task_apart(tmp_path, tiny_export, heareval
     with pytest.raises(ValueError, match="hold the same task variant 'esc50'"):
         evaluate("hear_mamclap", tiny_export, tasks, tmp_path / "work2", "x")
     assert not (tmp_path / "work2").exists()
+
+
+def test_eval_scores_a_task_of_no_known_group(tmp_path, tiny_export, heareval_steps, capsys):
+    """heareval needs no group: a new or secret task is scored as 'other' (said in one line), or in the group
+    --group gives it; a group in its task_metadata.json is used as is."""
+    from training import cli
+    from training.eval.hear import evaluate
+    from training.eval.results import load_results
+
+    tasks = tmp_path / "tasks"
+    for folder in ("beehive_states_fold0-v2-full", "esc50-v2.0.0-full"):
+        hear_task(tasks, folder)
+    hear_task(tasks, "secret_birds-v1.0-full", "trainvaltest", ["train", "valid", "test"], ["mAP"],
+              group="environmental")
+    lines = []
+    doc = evaluate("hear_mamclap", tiny_export, tasks, tmp_path / "work", "x", log=lines.append)
+    assert {k: e["group"] for k, e in doc["tasks"].items()} == {
+        "beehive_states_fold0": "other", "esc50": "environmental", "secret_birds": "environmental"}
+    said = [line for line in lines if "no group known" in line]
+    assert said == ["beehive_states_fold0: no group known (none in its task_metadata.json or results.TASK_GROUPS): "
+                    "scored as 'other', outside the group means; --group beehive_states_fold0=GROUP places it"]
+    assert doc["tasks"]["beehive_states_fold0"]["score"] is not None and lines.index(said[0]) < 2  # before work
+
+    out = tmp_path / "grouped.json"
+    assert cli.main(["hear", "eval", "--model", str(tiny_export), "--tasks-dir", str(tasks), "--name", "x",
+                     "--out", str(out), "--work-dir", str(tmp_path / "work"), "--grid", "faster",
+                     "--group", "beehive_states_fold0=environmental", "secret_birds=other"]) == 0
+    grouped = load_results(out)
+    assert grouped["tasks"]["beehive_states_fold0"]["group"] == "environmental"
+    assert grouped["tasks"]["secret_birds"]["group"] == "other"  # --group wins over the metadata
+    assert grouped["command"].endswith("--group beehive_states_fold0=environmental secret_birds=other")
+    assert grouped["settings"]["groups"] == {"beehive_states_fold0": "environmental", "secret_birds": "other"}
+    assert "no group known" not in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--group takes TASK=GROUP"):
+        cli.main(["hear", "eval", "--model", str(tiny_export), "--tasks-dir", str(tasks), "--name", "x",
+                  "--group", "beehive_states_fold0"])
 
 
 @pytest.mark.slow

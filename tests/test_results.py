@@ -108,6 +108,12 @@ def test_task_names_and_groups():
     assert task_group("anything", {"group": "speech"}) == "speech"
     with pytest.raises(ResultsError, match="no group known"):
         task_group("mystery_task")
+    assert task_group("mystery_task", default="other") == "other"  # the HEAR harness's choice for such tasks
+    assert task_group("esc50-v2.0.0-full", default="other") == "environmental"
+    with pytest.raises(ResultsError, match="group must be one of"):
+        task_group("anything", {"group": "animals"}, default="other")
+    entry = task_entry("other", "aucroc", 0.7, {"aucroc": 0.7}, 10)  # "other" is a group a results file holds
+    assert new_results("m", "hear", {"beehive_states_fold0": entry})["tasks"]["beehive_states_fold0"] == entry
 
 
 # hearpreprocess's folder names (<task_name>-<version>-<mode>, from its task configs) -> (task, variant)

@@ -328,3 +328,30 @@ def test_the_results_in_the_repository_still_make_tables(tmp_path):
     assert {h for h in board.header if "mini_" in h} == {tables_module.column_label(("hear", k), columns["hear", k])
                                                          for k in hear}
     assert all("(full)" not in h and "(5h)" not in h for h in board.header)
+
+
+def test_a_task_of_no_known_group_is_in_no_group_mean(tmp_path):
+    """A task scored as "other" (a new or secret HEAR task) has its column, and stays out of every group mean
+    and of the overall mean."""
+    data = tmp_path / "in"
+    data.mkdir()
+    values = {0: (0.6, 0.5, 0.4, 0.9), 1: (0.7, 0.6, 0.5, 0.1)}
+    for seed, (esc, pitch, kws, bees) in values.items():
+        doc = hear_doc("m", seed, {"esc50": ("environmental", "top1_acc", esc, "full"),
+                                   "nsynth_pitch-5h": ("music", "pitch_acc", pitch, "5h"),
+                                   "speech_commands-5h": ("speech", "top1_acc", kws, "5h"),
+                                   "beehive_states_fold0": ("other", "aucroc", bees, "full")})
+        (data / f"m.s{seed}.json").write_text(json.dumps(doc))
+    out = tmp_path / "out"
+    assert main(["tables", str(data), "--out", str(out)]) == 0
+    header, rows = read_csv(out / "leaderboard.csv")
+    assert header == ["model", "environmental: esc50 (top1_acc)", "music: nsynth_pitch (5h) (pitch_acc)",
+                      "speech: speech_commands (5h) (top1_acc)", "other: beehive_states_fold0 (aucroc)",
+                      "environmental mean", "music mean", "speech mean", "overall"]
+    row = dict(zip(header, rows[0]))
+    assert row["other: beehive_states_fold0 (aucroc)"] == expected([v[3] for v in values.values()])
+    assert row["environmental mean"] == expected([v[0] for v in values.values()])
+    assert row["overall"] == expected([(v[0] + v[1] + v[2]) / 3 for v in values.values()])
+    md = (out / "leaderboard.md").read_text()
+    assert "nor are the 'other' tasks (of no known group)" in md
+    assert r"\multicolumn{1}{c}{other}" in (out / "leaderboard.tex").read_text()

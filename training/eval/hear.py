@@ -213,8 +213,10 @@ def n_test_clips(task_dir: Path, metadata: dict) -> int:
     return sum(len(json.loads((Path(task_dir) / f"{split}.json").read_text())) for split in scored_splits(metadata))
 
 
-def scores_entry(task_dir: Path, scores: dict, seed: int | None = None, extra: dict | None = None) -> dict:
-    """A results task entry from heareval's test.predicted-scores.json of an embedded task.
+def scores_entry(task_dir: Path, scores: dict, seed: int | None = None, extra: dict | None = None,
+                 group: str | None = None) -> dict:
+    """A results task entry from heareval's test.predicted-scores.json of an embedded task, in group (by
+    default the task's known group, else results.OTHER).
 
     Primary metric: the first of task_metadata's "evaluation" (heareval selects models by it). Scores are
     heareval's test_* values without the prefix: the test split's, or for k-fold tasks heareval's own mean
@@ -252,7 +254,8 @@ def scores_entry(task_dir: Path, scores: dict, seed: int | None = None, extra: d
     more.update(hparams=scores.get("hparams"), postprocessing=scores.get("postprocessing"))
     more.update(extra or {})
     task, variant = task_variant(task_dir, metadata)
-    return results.task_entry(results.task_group(task, metadata), metric, values[metric], values,
+    group = group or results.task_group(task, metadata, default=results.OTHER)
+    return results.task_entry(group, metric, values[metric], values,
                               n_test_clips(task_dir, metadata), seed=seed, extra=more, variant=variant)
 
 
@@ -318,19 +321,26 @@ def _seconds(path: Path, key: str) -> float | None:
         return None
 
 
-def _select(folders: list[Path], names: list[str], tasks_dir: Path) -> list[Path]:
-    """The folders named in names, each by its folder name, its results key (speech_commands-5h) or its task
-    name when that names one folder only."""
-    def aliases(p: Path) -> list[str]:
+def _matching(folders: list[Path], name: str) -> list[Path]:
+    """The folders a name given on the command line means: the folder of that name, else those whose results
+    key (speech_commands-5h) is name, else those of task name (every variant)."""
+    def aliases(p: Path) -> tuple[str, str, str]:
         task, variant = results.parse_folder_name(p.name)
-        return [p.name, results.task_key(task, variant), task]
+        return p.name, results.task_key(task, variant), task
 
+    for level in range(3):
+        matches = [p for p in folders if aliases(p)[level] == name]
+        if matches:
+            return matches
+    return []
+
+
+def _select(folders: list[Path], names: list[str], tasks_dir: Path) -> list[Path]:
+    """The folders named in names, each by its folder name, its results key or its task name when that
+    names one folder only."""
     chosen = []
     for name in names:
-        for level in range(3):  # folder name first, then key, then task name
-            matches = [p for p in folders if aliases(p)[level] == name]
-            if matches:
-                break
+        matches = _matching(folders, name)
         if not matches:
             raise ValueError(f"no task folders {[name]} in {tasks_dir} (have {[p.name for p in folders]})")
         if len(matches) > 1:
@@ -340,10 +350,35 @@ def _select(folders: list[Path], names: list[str], tasks_dir: Path) -> list[Path
     return chosen
 
 
+def _groups(folders: list[Path], metadata: dict[str, dict], overrides: dict[str, str],
+            log: Callable[[str], None]) -> dict[str, str]:
+    """{folder name: group}: from overrides ({folder, key or task name: group}, --group), else the task
+    metadata's "group", else results.TASK_GROUPS, else results.OTHER, said in one line: heareval needs no
+    group, and the tables keep such a task out of every group mean."""
+    groups = {}
+    for name, group in overrides.items():
+        if group not in results.ALL_GROUPS:
+            raise ValueError(f"--group {name}={group}: the group must be one of {results.ALL_GROUPS}")
+        matches = _matching(folders, name)
+        if not matches:
+            raise ValueError(f"--group {name}={group}: no task folder of that name (have {[p.name for p in folders]})")
+        groups.update({p.name: group for p in matches})
+    for f in folders:
+        if f.name in groups:
+            continue
+        meta = metadata[f.name]
+        groups[f.name] = results.task_group(meta["task_name"], meta, default=results.OTHER)
+        if meta.get("group") is None and meta["task_name"] not in results.TASK_GROUPS:
+            log(f"{task_key(f, meta)}: no group known (none in its task_metadata.json or results.TASK_GROUPS): "
+                f"scored as '{results.OTHER}', outside the group means; --group {meta['task_name']}=GROUP places it")
+    return groups
+
+
 def evaluate(module: str, model: str | Path | None, tasks_dir: Path, work_dir: Path, name: str,
              tasks: list[str] | None = None, model_options: dict | None = None, grid: str = "faster",
              grid_points: int = 8, seed: int | None = None, gpus: list[int] | None = None,
-             command: str | None = None, log: Callable[[str], None] = print, jobs: int = 1) -> dict:
+             command: str | None = None, log: Callable[[str], None] = print, jobs: int = 1,
+             groups: dict[str, str] | None = None) -> dict:
     """Embeddings and predictions for the tasks of tasks_dir (or those named in tasks), and a results document
     (training.eval.results, harness "hear") with every task's test scores.
 
@@ -354,7 +389,10 @@ def evaluate(module: str, model: str | Path | None, tasks_dir: Path, work_dir: P
 
     jobs > 1 trains the predictors of up to `jobs` tasks at once (one heareval process per task, the cores
     shared between them); the predictions step is most of the time of an evaluation, and the scores are the
-    same as with jobs=1."""
+    same as with jobs=1.
+
+    groups: {task: group} for tasks whose group is not known or should be another (task: a folder name,
+    results key or task name); a task of no known group is scored in results.OTHER."""
     tasks_dir, work_dir = Path(tasks_dir).resolve(), Path(work_dir).resolve()
     folders = task_folders(tasks_dir) if tasks_dir.is_dir() else []
     if tasks is not None:
@@ -376,8 +414,7 @@ def evaluate(module: str, model: str | Path | None, tasks_dir: Path, work_dir: P
         if len(same) > 1:
             raise ValueError(f"{tasks_dir}: folders {same} hold the same task variant {key!r} (other versions?): "
                              "keep one, or choose with --tasks")
-    for m in metadata.values():
-        results.task_group(m["task_name"], m)
+    group_of = _groups(folders, metadata, groups or {}, log)
     model_path = str(Path(model).resolve()) if model is not None else None
     work_dir.mkdir(parents=True, exist_ok=True)
     _stamp_or_refuse(work_dir, {"module": module, "model": model_path, "model_options": model_options or {},
@@ -411,13 +448,13 @@ def evaluate(module: str, model: str | Path | None, tasks_dir: Path, work_dir: P
         times = {"task_folder": folder.name,
                  "embedding_seconds": _seconds(task_dir / "profile.embeddings.json", "time_elapsed"),
                  "prediction_seconds": _seconds(task_dir / "prediction-done.json", "time")}
-        group = results.task_group(task, meta)
+        group = group_of[folder.name]
         if folder.name in errors:
             entry = results.error_entry(group, metric, errors[folder.name], seed=seed, extra=times, variant=variant)
         else:
             try:
                 scores = json.loads((task_dir / "test.predicted-scores.json").read_text())
-                entry = scores_entry(task_dir, scores, seed=seed,
+                entry = scores_entry(task_dir, scores, seed=seed, group=group,
                                      extra={**times, "grid": grid, "grid_points": grid_points})
             except Exception as err:  # an unreadable score file fails this task only
                 entry = results.error_entry(group, metric, err, seed=seed, extra=times, variant=variant)
@@ -429,6 +466,8 @@ def evaluate(module: str, model: str | Path | None, tasks_dir: Path, work_dir: P
         entries[key] = entry
     settings = {"module": module, "model_options": model_options or {}, "tasks_dir": str(tasks_dir),
                 "work_dir": str(work_dir), "grid": grid, "grid_points": grid_points}
+    if groups:
+        settings["groups"] = dict(groups)
     return results.new_results(name, "hear", entries, checkpoint=model_path, command=command, settings=settings,
                                pretraining=_provenance(model))
 
@@ -502,6 +541,12 @@ def _eval_command(args) -> int:
         raise SystemExit(f"--model-options must be a JSON object, got {args.model_options!r}")
     if args.model is not None and not args.model.exists():
         raise SystemExit(f"--model {args.model} does not exist")
+    groups = {}
+    for item in args.group or []:
+        task, sep, group = item.partition("=")
+        if not sep or not task or group not in results.ALL_GROUPS:
+            raise SystemExit(f"--group takes TASK=GROUP, GROUP one of {', '.join(results.ALL_GROUPS)}; got {item!r}")
+        groups[task] = group
     out = args.out or Path("results") / f"{args.name}.json"
     work_dir = args.work_dir or Path("runs") / "hear" / args.name
     seed = args.seed if args.seed is not None else _seed_of_export(args.model)
@@ -514,10 +559,12 @@ def _eval_command(args) -> int:
     command += ["--tasks", *args.tasks] if args.tasks else []
     command += ["--seed", str(seed)] if seed is not None else []
     command += ["--jobs", str(args.jobs)] if args.jobs != 1 else []
+    command += ["--group", *(f"{t}={g}" for t, g in groups.items())] if groups else []
     try:
         doc = evaluate(args.module, args.model, args.tasks_dir, work_dir, args.name, tasks=args.tasks,
                        model_options=options, grid=args.grid, grid_points=args.grid_points, seed=seed,
-                       command=shlex.join(command), log=lambda line: print(line, flush=True), jobs=args.jobs)
+                       command=shlex.join(command), log=lambda line: print(line, flush=True), jobs=args.jobs,
+                       groups=groups)
     except ValueError as err:  # bad arguments, found before any work: a message, not a traceback
         raise SystemExit(f"mamclap hear eval: {err}") from None
     results.save_results(doc, out)
@@ -558,4 +605,7 @@ def register(subparsers) -> None:
                    help="seed of the model's pretraining run, for means over seeds (default: the export's metadata)")
     s.add_argument("--jobs", type=int, default=1,
                    help="tasks whose predictors train at once, one heareval process each (same scores; default 1)")
+    s.add_argument("--group", nargs="+", default=None, metavar="TASK=GROUP",
+                   help=f"the group of a task ({', '.join(results.ALL_GROUPS)}); a task of no known group is "
+                        f"scored as {results.OTHER!r}, outside the group means")
     s.set_defaults(func=_eval_command)

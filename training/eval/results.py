@@ -39,7 +39,9 @@ FORMAT = "mamclap-results"
 VERSION = 1
 MERGED_FORMAT = "mamclap-results-merged"
 HARNESSES = ("hear", "superb")
-GROUPS = ("environmental", "music", "speech")
+GROUPS = ("environmental", "music", "speech")  # the groups of the tables' means
+OTHER = "other"  # a task of none of GROUPS (a new or secret HEAR task): scored and tabled, in no group mean
+ALL_GROUPS = (*GROUPS, OTHER)
 # hearpreprocess's modes, the last part of its folder names <task_name>-<version>-<mode>: "full" is all of a
 # task's data, "5h"/"50h" capped training sets, "small" its test-sized sample.
 FULL = "full"
@@ -102,18 +104,22 @@ def key_parts(key: str, variant: str | None = None) -> tuple[str, str | None]:
     return (key[:-len(suffix)] if variant != FULL and key.endswith(suffix) else key), variant
 
 
-def task_group(task: str, metadata: dict | None = None) -> str:
-    """The group of a task: metadata["group"] when the task metadata has one, else TASK_GROUPS."""
+def task_group(task: str, metadata: dict | None = None, default: str | None = None) -> str:
+    """The group of a task: metadata["group"] when the task metadata has one, else TASK_GROUPS, else default
+    (None: an error naming the ways to give one)."""
     if metadata is not None and metadata.get("group") is not None:
         group = metadata["group"]
     else:
         name = task_name(task)
-        if name not in TASK_GROUPS:
+        if name in TASK_GROUPS:
+            group = TASK_GROUPS[name]
+        elif default is not None:
+            group = default
+        else:
             raise ResultsError(f"no group known for task {name!r}: add it to training.eval.results.TASK_GROUPS or "
-                               f"give its task_metadata.json a 'group' (one of {GROUPS})")
-        group = TASK_GROUPS[name]
-    if group not in GROUPS:
-        raise ResultsError(f"task {task!r}: group must be one of {GROUPS}, got {group!r}")
+                               f"give its task_metadata.json a 'group' (one of {ALL_GROUPS})")
+    if group not in ALL_GROUPS:
+        raise ResultsError(f"task {task!r}: group must be one of {ALL_GROUPS}, got {group!r}")
     return group
 
 
@@ -216,7 +222,7 @@ def _check_task(entry: Any, where: str) -> None:
     _require(isinstance(entry, dict), where, f"expected a task object, got {type(entry).__name__}")
     missing = sorted({"group", "metric", "score", "scores", "seed", "n_test", "extra"} - set(entry))
     _require(not missing, where, f"missing keys {missing}")
-    _require(entry["group"] in GROUPS, where, f"group must be one of {GROUPS}, got {entry['group']!r}")
+    _require(entry["group"] in ALL_GROUPS, where, f"group must be one of {ALL_GROUPS}, got {entry['group']!r}")
     _require(isinstance(entry["metric"], str) and entry["metric"], where, "metric must be a non-empty string")
     _require(isinstance(entry["scores"], dict), where, "scores must be an object {metric: number or null}")
     for k, v in entry["scores"].items():

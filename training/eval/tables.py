@@ -29,8 +29,8 @@ from typing import Any
 
 from training.pretrain.mam import VARIANTS, PretrainConfig
 from training.eval.plots import plot_group_scores, plot_losses, read_log
-from training.eval.results import (FORMAT, FULL, GROUPS, HARNESSES, MODES, ResultsError, key_parts, merge_results,
-                                   summarize, task_key, validate_results)
+from training.eval.results import (ALL_GROUPS, FORMAT, FULL, GROUPS, HARNESSES, MODES, OTHER, ResultsError, key_parts,
+                                   merge_results, summarize, task_key, validate_results)
 
 Column = tuple[str, str]  # (harness, results key: the task and its variant, results.task_key)
 
@@ -109,6 +109,7 @@ class Run:
 
 
 def hear_groups(columns: dict[Column, ColumnInfo]) -> list[str]:
+    """The groups that have a mean: those of GROUPS with a HEAR column (never OTHER)."""
     return [g for g in GROUPS if any(info.group == g and c[0] == "hear" for c, info in columns.items())]
 
 
@@ -121,9 +122,9 @@ def column_label(col: Column, info: ColumnInfo) -> str:
 
 
 def _ordered(columns: dict[Column, ColumnInfo]) -> dict[Column, ColumnInfo]:
-    """Groups in GROUPS order; HEAR before SUPERB within a group; tasks sorted by name, a task's variants in
-    MODES order; and the label names a variant when it is not full, or when the table holds several of the
-    task's variants (files without variants hold full ones)."""
+    """Groups in ALL_GROUPS order (OTHER last); HEAR before SUPERB within a group; tasks sorted by name, a
+    task's variants in MODES order; and the label names a variant when it is not full, or when the table
+    holds several of the task's variants (files without variants hold full ones)."""
     variants = defaultdict(int)
     for (harness, _), info in columns.items():
         variants[harness, info.task] += 1
@@ -136,7 +137,7 @@ def _ordered(columns: dict[Column, ColumnInfo]) -> dict[Column, ColumnInfo]:
     def order(kv: tuple[Column, ColumnInfo]) -> tuple:
         (harness, key), info = kv
         variant = info.variant or FULL
-        return (GROUPS.index(info.group), HARNESSES.index(harness), info.task or key,
+        return (ALL_GROUPS.index(info.group), HARNESSES.index(harness), info.task or key,
                 MODES.index(variant) if variant in MODES else len(MODES), variant)
 
     return dict(sorted(shown.items(), key=order))
@@ -323,17 +324,19 @@ def leaderboard(columns: dict[Column, ColumnInfo], runs: list[Run]) -> tuple[Tab
                 if col in r.errors and col not in r.scores:
                     notes.append(f"error: {model} / {column_label(col, info)} (seed {r.seed}): "
                                  f"{_first_line(r.errors[col][0])}")
-    spans = [("", 1)] + [(g, sum(1 for i in columns.values() if i.group == g)) for g in GROUPS
+    spans = [("", 1)] + [(g, sum(1 for i in columns.values() if i.group == g)) for g in ALL_GROUPS
                          if any(i.group == g for i in columns.values())]
     if groups:
         spans.append(("HEAR means", len(groups) + 1))
     header = ["model", *(column_label(c, i) for c, i in columns.items()), *(f"{g} mean" for g in groups)]
     header += ["overall"] if groups else []
+    other = any(i.group == OTHER for i in columns.values())
     caption = ("Each task's primary test score, mean over runs (pretraining seeds; a model name's trailing "
                "-s<seed> is dropped, so the seeds of one model share a row) with ± the "
                "half-width of the 95% t interval and n when there are several; " + DASH + " = failed or not "
                "run. Group means are taken per run over the group's HEAR tasks (a run needs all of them) and "
-               "overall is the mean of the group means; SUPERB columns are not in the means. "
+               "overall is the mean of the group means; SUPERB columns are not in the means"
+               + (f", nor are the {OTHER!r} tasks (of no known group)" if other else "") + ". "
                + _provenance_line(runs))
     return Table("leaderboard", "Leaderboard", caption, header, rows, spans, notes), group_summaries
 
@@ -467,7 +470,7 @@ def _flat_header(table: Table) -> list[str]:
     if not table.spans:
         return list(table.header)
     labels = [label for label, width in table.spans for _ in range(width)]
-    return [f"{g}: {h}" if g in GROUPS else h for g, h in zip(labels, table.header)]
+    return [f"{g}: {h}" if g in ALL_GROUPS else h for g, h in zip(labels, table.header)]
 
 
 def to_markdown(tables: list[Table], notes: list[str] = ()) -> str:
