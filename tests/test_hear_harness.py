@@ -200,6 +200,51 @@ def test_hear_eval_writes_results_with_scores_and_the_failed_task(tiny_tasks, ti
     assert "skipping mini_speech_commands-v1.0-full" in printed.err
 
 
+@pytest.mark.slow
+def test_hear_eval_on_folders_named_as_hearpreprocess_names_them(tiny_tasks, tmp_path):
+    """heareval's own runners on task folders of the real suite's names: two variants of one task side by
+    side (trainvaltest) and a new_split_kfold task (3 folds, as vocal_imitation), made from the tiny drum
+    task; every task is scored, each variant under its own key."""
+    pytest.importorskip("heareval")
+    from training import cli
+    from training.eval.results import load_results
+
+    source, tasks = tiny_tasks / "mini_drum_stroke-v1.0-full", tmp_path / "tasks"
+    for mode in ("5h", "full"):
+        folder = tasks / f"speech_commands-v0.0.2-{mode}"
+        shutil.copytree(source, folder)
+        meta = json.loads((folder / "task_metadata.json").read_text())
+        meta.update(task_name="speech_commands", version="v0.0.2", mode=mode, default_mode="5h")
+        (folder / "task_metadata.json").write_text(json.dumps(meta))
+    kfold = tasks / "beijing_opera-v1.0-hear2021-full"
+    shutil.copytree(source, kfold)
+    folds = {"train": "fold00", "valid": "fold01", "test": "fold02"}
+    for split, fold in folds.items():
+        (kfold / f"{split}.json").rename(kfold / f"{fold}.json")
+        for rate in [d for d in kfold.iterdir() if d.is_dir()]:
+            (rate / split).rename(rate / fold)
+    meta = json.loads((kfold / "task_metadata.json").read_text())
+    meta.pop("max_task_duration_by_split", None)
+    meta.update(task_name="beijing_opera", version="v1.0-hear2021", mode="full", split_mode="new_split_kfold",
+                nfolds=3, splits=sorted(folds.values()), max_task_duration_by_fold=None)
+    (kfold / "task_metadata.json").write_text(json.dumps(meta))
+
+    out = tmp_path / "logmel.json"
+    rc = cli.main(["hear", "eval", "--module", "hear_mamclap.baselines.logmel", "--tasks-dir", str(tasks),
+                   "--name", "logmel", "--out", str(out), "--work-dir", str(tmp_path / "work"), "--grid", "faster",
+                   "--grid-points", "1"])
+    doc = load_results(out)
+    assert rc == 0, {k: e.get("error") for k, e in doc["tasks"].items()}
+    assert sorted(doc["tasks"]) == ["beijing_opera", "speech_commands", "speech_commands-5h"]
+    assert doc["tasks"]["speech_commands-5h"]["variant"] == "5h" and doc["tasks"]["speech_commands"]["variant"] == "full"
+    opera = doc["tasks"]["beijing_opera"]
+    assert opera["group"] == "music" and sorted(opera["extra"]["folds"]) == ["fold00", "fold01", "fold02"]
+    assert opera["n_test"] == sum(len(json.loads((kfold / f"{f}.json").read_text())) for f in folds.values())
+    scores = json.loads((tmp_path / "work" / "embeddings" / "hear_mamclap.baselines.logmel" / kfold.name /
+                         "test.predicted-scores.json").read_text())
+    assert opera["score"] == pytest.approx(statistics.fmean(scores[f]["test_top1_acc"] for f in folds.values()))
+
+
 def test_eval_refuses_bad_arguments(tmp_path, tiny_export):
     from training.eval.hear import evaluate
 
