@@ -403,8 +403,8 @@ def evaluate(module: str, model: str | Path | None, tasks_dir: Path, work_dir: P
         raise ValueError(f"grid_points must be >= 1, got {grid_points}")
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
-    # Checked before any work: a task without a known group, or two folders of one task variant, would only
-    # fail when the results are written, hours later.
+    # Checked before any work: metadata heareval cannot use, two folders of one task variant or a bad --group
+    # would only fail after the embeddings, or when the results are written, hours later.
     metadata = {f.name: json.loads((f / "task_metadata.json").read_text()) for f in folders}
     for f in folders:
         check_metadata(f, metadata[f.name])
@@ -443,7 +443,7 @@ def evaluate(module: str, model: str | Path | None, tasks_dir: Path, work_dir: P
     entries = {}
     for i, folder in enumerate(folders, 1):
         meta, key = metadata[folder.name], keys[folder.name]
-        (task, variant), metric = task_variant(folder, meta), meta["evaluation"][0]
+        variant, metric = task_variant(folder, meta)[1], meta["evaluation"][0]
         task_dir = emb_module / folder.name
         times = {"task_folder": folder.name,
                  "embedding_seconds": _seconds(task_dir / "profile.embeddings.json", "time_elapsed"),

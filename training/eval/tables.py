@@ -8,8 +8,10 @@ A *run* is one evaluated checkpoint: the documents (HEAR and SUPERB) of one mode
 and provenance. A cell is the mean over runs of a task's primary test score, with the half-width of a 95% t
 interval (training.eval.results.summarize) when there are several runs. A group mean is computed per run (the
 mean over the group's HEAR tasks, all of which the run must have) and then summarised over runs in the
-same way; the overall mean is the mean of a run's group means. The ablation picks its rows from each run's
-"pretraining" provenance (loss weights), never from model names, and pools runs of one configuration.
+same way; the overall mean is the mean of a run's group means. Each variant of a HEAR task (speech_commands
+5h and full) is a column, and a task of its own in the means; a task of group "other" is in none. The
+ablation picks its rows from each run's "pretraining" provenance (loss weights), never from model names, and
+pools runs of one configuration.
 Every number written comes from the input files, except the separate "reported" table, which copies the
 paper's numbers (REPORTED) and labels them so.
 """
@@ -70,7 +72,7 @@ class ColumnInfo:
     group: str
     metric: str
     task: str = field(default="", compare=False)  # the task name, without its variant
-    variant: str | None = field(default=None, compare=False)  # the variant the label shows, if any
+    variant: str | None = field(default=None, compare=False)  # the task's; once _ordered, the one the label shows
 
 
 @dataclass
