@@ -6,6 +6,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -199,6 +200,51 @@ def test_hear_eval_writes_results_with_scores_and_the_failed_task(tiny_tasks, ti
     assert "skipping mini_speech_commands-v1.0-full" in printed.err
 
 
+@pytest.mark.slow
+def test_hear_eval_on_folders_named_as_hearpreprocess_names_them(tiny_tasks, tmp_path):
+    """heareval's own runners on task folders of the real suite's names: two variants of one task side by
+    side (trainvaltest) and a new_split_kfold task (3 folds, as vocal_imitation), made from the tiny drum
+    task; every task is scored, each variant under its own key."""
+    pytest.importorskip("heareval")
+    from training import cli
+    from training.eval.results import load_results
+
+    source, tasks = tiny_tasks / "mini_drum_stroke-v1.0-full", tmp_path / "tasks"
+    for mode in ("5h", "full"):
+        folder = tasks / f"speech_commands-v0.0.2-{mode}"
+        shutil.copytree(source, folder)
+        meta = json.loads((folder / "task_metadata.json").read_text())
+        meta.update(task_name="speech_commands", version="v0.0.2", mode=mode, default_mode="5h")
+        (folder / "task_metadata.json").write_text(json.dumps(meta))
+    kfold = tasks / "beijing_opera-v1.0-hear2021-full"
+    shutil.copytree(source, kfold)
+    folds = {"train": "fold00", "valid": "fold01", "test": "fold02"}
+    for split, fold in folds.items():
+        (kfold / f"{split}.json").rename(kfold / f"{fold}.json")
+        for rate in [d for d in kfold.iterdir() if d.is_dir()]:
+            (rate / split).rename(rate / fold)
+    meta = json.loads((kfold / "task_metadata.json").read_text())
+    meta.pop("max_task_duration_by_split", None)
+    meta.update(task_name="beijing_opera", version="v1.0-hear2021", mode="full", split_mode="new_split_kfold",
+                nfolds=3, splits=sorted(folds.values()), max_task_duration_by_fold=None)
+    (kfold / "task_metadata.json").write_text(json.dumps(meta))
+
+    out = tmp_path / "logmel.json"
+    rc = cli.main(["hear", "eval", "--module", "hear_mamclap.baselines.logmel", "--tasks-dir", str(tasks),
+                   "--name", "logmel", "--out", str(out), "--work-dir", str(tmp_path / "work"), "--grid", "faster",
+                   "--grid-points", "1"])
+    doc = load_results(out)
+    assert rc == 0, {k: e.get("error") for k, e in doc["tasks"].items()}
+    assert sorted(doc["tasks"]) == ["beijing_opera", "speech_commands", "speech_commands-5h"]
+    assert doc["tasks"]["speech_commands-5h"]["variant"] == "5h" and doc["tasks"]["speech_commands"]["variant"] == "full"
+    opera = doc["tasks"]["beijing_opera"]
+    assert opera["group"] == "music" and sorted(opera["extra"]["folds"]) == ["fold00", "fold01", "fold02"]
+    assert opera["n_test"] == sum(len(json.loads((kfold / f"{f}.json").read_text())) for f in folds.values())
+    scores = json.loads((tmp_path / "work" / "embeddings" / "hear_mamclap.baselines.logmel" / kfold.name /
+                         "test.predicted-scores.json").read_text())
+    assert opera["score"] == pytest.approx(statistics.fmean(scores[f]["test_top1_acc"] for f in folds.values()))
+
+
 def test_eval_refuses_bad_arguments(tmp_path, tiny_export):
     from training.eval.hear import evaluate
 
@@ -206,13 +252,247 @@ def test_eval_refuses_bad_arguments(tmp_path, tiny_export):
         evaluate("hear_mamclap", tiny_export, tmp_path, tmp_path / "work", "x")
     task = tmp_path / "tasks" / "mystery-v1.0-full"
     task.mkdir(parents=True)
-    (task / "task_metadata.json").write_text(json.dumps({"task_name": "mystery", "evaluation": ["top1_acc"]}))
+    (task / "task_metadata.json").write_text(json.dumps({"task_name": "mystery", "evaluation": ["top1_acc"],
+                                                         "split_mode": "trainvaltest",
+                                                         "splits": ["train", "valid", "test"]}))
     with pytest.raises(ValueError, match="no task folders \\['nope'\\]"):
         evaluate("hear_mamclap", tiny_export, tmp_path / "tasks", tmp_path / "work", "x", tasks=["nope"])
-    with pytest.raises(ValueError, match="no group known for task 'mystery'"):
-        evaluate("hear_mamclap", tiny_export, tmp_path / "tasks", tmp_path / "work", "x")
+    # a task of no known group is accepted (test_eval_scores_a_task_of_no_known_group); a bad --group is not
+    with pytest.raises(ValueError, match="the group must be one of"):
+        evaluate("hear_mamclap", tiny_export, tmp_path / "tasks", tmp_path / "work", "x", groups={"mystery": "animals"})
+    with pytest.raises(ValueError, match="--group nope=speech: no task folder of that name"):
+        evaluate("hear_mamclap", tiny_export, tmp_path / "tasks", tmp_path / "work", "x", groups={"nope": "speech"})
     assert not (tmp_path / "work").exists(), "nothing is started before the arguments are checked"
 
+
+
+# ----------------------------------------------------------------- task folders as hearpreprocess names them
+
+# (folder, split_mode, splits, evaluation) of real HEAR 2021 tasks, from hearpreprocess's task configs: the
+# folder is <task_name>-<version>-<mode>.
+HEAR2021 = {
+    "speech_commands-v0.0.2-5h": ("trainvaltest", ["train", "valid", "test"], ["top1_acc"]),
+    "speech_commands-v0.0.2-full": ("trainvaltest", ["train", "valid", "test"], ["top1_acc"]),
+    "nsynth_pitch-v2.2.3-5h": ("trainvaltest", ["train", "valid", "test"], ["pitch_acc", "chroma_acc"]),
+    "nsynth_pitch-v2.2.3-50h": ("trainvaltest", ["train", "valid", "test"], ["pitch_acc", "chroma_acc"]),
+    "esc50-v2.0.0-full": ("presplit_kfold", [f"fold{i:02d}" for i in range(5)], ["top1_acc", "mAP"]),
+    "beijing_opera-v1.0-hear2021-full": ("new_split_kfold", [f"fold{i:02d}" for i in range(5)], ["top1_acc", "mAP"]),
+    "tfds_crema_d-1.0.0-full": ("new_split_kfold", [f"fold{i:02d}" for i in range(5)], ["top1_acc", "mAP"]),
+    "vocal_imitation-v1.1.3-full": ("new_split_kfold", [f"fold{i:02d}" for i in range(3)], ["mAP", "top1_acc"]),
+    "beehive_states_fold0-v2-full": ("trainvaltest", ["train", "valid", "test"], ["aucroc", "mAP"]),
+}
+
+
+def hear_task(root: Path, folder: str, split_mode: str | None = None, splits: list[str] | None = None,
+              evaluation: list[str] | None = None, **meta) -> Path:
+    """A task folder in hearpreprocess's layout (task_metadata.json, <split>.json per split; no audio), its
+    metadata as hearpreprocess's runner writes it."""
+    mode_, splits_, evaluation_ = HEAR2021.get(folder, (None, None, None))
+    task, *version, mode = folder.split("-")
+    metadata = {"task_name": task, "version": "-".join(version), "mode": mode, "embedding_type": "scene",
+                "prediction_type": "multiclass", "split_mode": split_mode or mode_, "splits": splits or splits_,
+                "evaluation": evaluation or evaluation_, **meta}
+    path = root / folder
+    path.mkdir(parents=True)
+    (path / "task_metadata.json").write_text(json.dumps(metadata))
+    for i, split in enumerate(metadata["splits"]):
+        (path / f"{split}.json").write_text(json.dumps({f"{split}-{j}.wav": ["a"] for j in range(3 + i)}))
+    return path
+
+
+def heareval_scores(task_dir: Path, base: float) -> dict:
+    """test.predicted-scores.json as heareval's task_predictions writes it: per tested split (heareval's
+    "|".join(split["test"])) trainer.test's test_* values plus validation_score, epoch and time_in_min;
+    for more than one split, "aggregated_scores" (pandas mean and std, ddof 1, over the splits); then
+    hparams, postprocessing, score_mode and embedding_path."""
+    meta = json.loads((task_dir / "task_metadata.json").read_text())
+    tested = ["test"] if meta["split_mode"] == "trainvaltest" else sorted(meta["splits"])
+    out = {}
+    for i, split in enumerate(tested):
+        value = base + 0.01 * i
+        out[split] = {"test_loss": 1.0 - value, "test_score": value, **{f"test_{m}": value - 0.1 * j for j, m in
+                      enumerate(meta["evaluation"])}, "validation_score": value + 0.05, "epoch": 3 + i,
+                      "time_in_min": 0.1}
+    if len(tested) > 1:
+        keys = out[tested[0]].keys()
+        out["aggregated_scores"] = {f"{k}_{stat}": f([out[s][k] for s in tested]) for k in keys
+                                    for stat, f in (("mean", statistics.fmean), ("std", statistics.stdev))}
+    out.update(hparams={"lr": 0.001}, postprocessing=[], score_mode="max", embedding_path=str(task_dir))
+    return out
+
+
+@pytest.mark.parametrize("folder", ["speech_commands-v0.0.2-5h", "esc50-v2.0.0-full",
+                                    "beijing_opera-v1.0-hear2021-full", "vocal_imitation-v1.1.3-full"])
+def test_scores_follow_heareval_for_every_split_mode(tmp_path, folder):
+    """trainvaltest is scored on test.json's clips; presplit_kfold and new_split_kfold (heareval treats them
+    alike) on every fold's, with heareval's own mean over folds as the score."""
+    from training.eval.hear import scores_entry
+
+    task_dir = hear_task(tmp_path, folder)
+    meta = json.loads((task_dir / "task_metadata.json").read_text())
+    scores = heareval_scores(task_dir, 0.6)
+    entry = scores_entry(task_dir, scores, seed=3)
+    metric = meta["evaluation"][0]
+    n_clips = {s: len(json.loads((task_dir / f"{s}.json").read_text())) for s in meta["splits"]}
+    assert entry["metric"] == metric and entry["seed"] == 3
+    if meta["split_mode"] == "trainvaltest":
+        assert entry["score"] == scores["test"][f"test_{metric}"] and entry["n_test"] == n_clips["test"]
+        assert entry["extra"]["epoch"] == scores["test"]["epoch"]
+    else:
+        folds = sorted(meta["splits"])
+        assert entry["score"] == pytest.approx(statistics.fmean(scores[f][f"test_{metric}"] for f in folds))
+        assert entry["score"] == scores["aggregated_scores"][f"test_{metric}_mean"]
+        assert entry["n_test"] == sum(n_clips.values())  # every fold is the test set of one model
+        assert sorted(entry["extra"]["folds"]) == folds and len(entry["extra"]["epoch"]) == len(folds)
+        assert entry["extra"]["std_over_folds"][metric] == scores["aggregated_scores"][f"test_{metric}_std"]
+    assert "loss" not in entry["scores"] and "score" not in entry["scores"]
+    # heareval writes a score per tested split: a file without one of them is refused, naming it
+    del scores["test" if meta["split_mode"] == "trainvaltest" else "fold01"]
+    with pytest.raises(ValueError, match="no scores for"):
+        scores_entry(task_dir, scores)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m.update(split_mode="random_kfold"), "'split_mode' must be one of heareval's"),
+    (lambda m: m.pop("splits"), "'splits' must be a list"),
+    (lambda m: m.update(splits=["train", "test"]), "needs the splits train, valid and test"),
+    (lambda m: m.update(split_mode="new_split_kfold", splits=["fold00", "fold01"]), "at least 3 folds"),
+    (lambda m: m.update(evaluation=[]), "'evaluation' must be a non-empty list"),
+])
+def test_eval_refuses_metadata_heareval_would_fail_on(tmp_path, tiny_export, change, message):
+    from training.eval.hear import evaluate
+
+    task = hear_task(tmp_path / "tasks", "speech_commands-v0.0.2-5h")
+    meta = json.loads((task / "task_metadata.json").read_text())
+    change(meta)
+    (task / "task_metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=message):
+        evaluate("hear_mamclap", tiny_export, tmp_path / "tasks", tmp_path / "work", "x")
+    assert not (tmp_path / "work").exists(), "refused before any work"
+
+
+@pytest.fixture
+def heareval_steps(monkeypatch):
+    """heareval's two steps replaced by what they leave on disk (the real ones run in the slow end-to-end
+    tests): embed copies task_metadata.json and the <split>.json files and marks the task done; predict
+    writes test.predicted-scores.json (heareval_scores, a score per folder) and prediction-done.json."""
+    from training.eval import hear
+
+    base = {}
+
+    def embed(module, model, tasks_dir, out_dir, tasks=None, model_options=None):
+        out = Path(out_dir) / hear.embedding_folder_name(module, model_options)
+        for name in tasks:
+            src, dst = Path(tasks_dir) / name, out / name
+            dst.mkdir(parents=True, exist_ok=True)
+            meta = json.loads((src / "task_metadata.json").read_text())
+            for f in ["task_metadata.json", *(f"{s}.json" for s in meta["splits"])]:
+                shutil.copy(src / f, dst / f)
+            (dst / "profile.embeddings.json").write_text(json.dumps({"time_elapsed": 1.5}))
+            (dst / ".done.embeddings").touch()
+        return out
+
+    def predict(dirs, **kwargs):
+        for d in dirs:
+            base.setdefault(Path(d).name, 0.3 + 0.05 * len(base))
+            (d / "test.predicted-scores.json").write_text(json.dumps(heareval_scores(d, base[Path(d).name])))
+            (d / "prediction-done.json").write_text(json.dumps({"time": 2.0}))
+        return {str(d): json.loads((d / "test.predicted-scores.json").read_text()) for d in dirs}
+
+    monkeypatch.setattr(hear, "embed", embed)
+    monkeypatch.setattr(hear, "predict", predict)
+    return base
+
+
+KEYS = {"speech_commands-v0.0.2-5h": "speech_commands-5h", "speech_commands-v0.0.2-full": "speech_commands",
+        "nsynth_pitch-v2.2.3-5h": "nsynth_pitch-5h", "nsynth_pitch-v2.2.3-50h": "nsynth_pitch-50h",
+        "esc50-v2.0.0-full": "esc50", "beijing_opera-v1.0-hear2021-full": "beijing_opera",
+        "tfds_crema_d-1.0.0-full": "tfds_crema_d", "vocal_imitation-v1.1.3-full": "vocal_imitation"}
+
+
+def test_eval_keeps_the_variants_of_a_task_apart(tmp_path, tiny_export, heareval_steps):
+    """The standard tasks folder holds speech_commands 5h and full, nsynth_pitch 5h and 50h: each variant is
+    a task of its own (key <task>-<variant>, the full one plain), scored from its own folder."""
+    from training.eval.hear import evaluate
+
+    tasks = tmp_path / "tasks"
+    for folder in KEYS:
+        hear_task(tasks, folder)
+    lines = []
+    doc = evaluate("hear_mamclap", tiny_export, tasks, tmp_path / "work", "x", log=lines.append)
+    assert sorted(doc["tasks"]) == sorted(KEYS.values())
+    for folder, key in KEYS.items():
+        entry, meta = doc["tasks"][key], json.loads((tasks / folder / "task_metadata.json").read_text())
+        scores = heareval_scores(tasks / folder, heareval_steps[folder])
+        metric = meta["evaluation"][0]
+        expected = scores["aggregated_scores"][f"test_{metric}_mean"] if "aggregated_scores" in scores else \
+            scores["test"][f"test_{metric}"]
+        assert entry["score"] == pytest.approx(expected), folder
+        assert entry["variant"] == meta["mode"] and entry["extra"]["task_folder"] == folder
+        assert entry["extra"]["embedding_seconds"] == 1.5 and entry["extra"]["prediction_seconds"] == 2.0
+    assert doc["tasks"]["speech_commands-5h"]["score"] != doc["tasks"]["speech_commands"]["score"]
+    assert any(line.startswith("[3/8] nsynth_pitch-50h: pitch_acc = ") for line in lines), lines
+
+    # --tasks takes folder names, keys, and a task name that names one folder only
+    doc = evaluate("hear_mamclap", tiny_export, tasks, tmp_path / "work", "x", tasks=[
+        "speech_commands-5h", "nsynth_pitch-v2.2.3-50h", "esc50", "speech_commands"], log=lines.append)
+    assert sorted(doc["tasks"]) == ["esc50", "nsynth_pitch-50h", "speech_commands", "speech_commands-5h"]
+    with pytest.raises(ValueError, match="'nsynth_pitch' names several task folders"):
+        evaluate("hear_mamclap", tiny_export, tasks, tmp_path / "work", "x", tasks=["nsynth_pitch"])
+
+    # two versions of one variant cannot share a key: refused before any work
+    hear_task(tasks, "esc50-v2.0.1-full", "presplit_kfold", [f"fold{i:02d}" for i in range(5)], ["top1_acc"])
+    with pytest.raises(ValueError, match="hold the same task variant 'esc50'"):
+        evaluate("hear_mamclap", tiny_export, tasks, tmp_path / "work2", "x")
+    assert not (tmp_path / "work2").exists()
+
+
+def test_eval_scores_a_task_of_no_known_group(tmp_path, tiny_export, heareval_steps, capsys):
+    """heareval needs no group: a new or secret task is scored as 'other' (said in one line), or in the group
+    --group gives it; a group in its task_metadata.json is used as is."""
+    from training import cli
+    from training.eval.hear import evaluate
+    from training.eval.results import load_results
+
+    tasks = tmp_path / "tasks"
+    for folder in ("beehive_states_fold0-v2-full", "esc50-v2.0.0-full"):
+        hear_task(tasks, folder)
+    hear_task(tasks, "secret_birds-v1.0-full", "trainvaltest", ["train", "valid", "test"], ["mAP"],
+              group="environmental")
+    lines = []
+    doc = evaluate("hear_mamclap", tiny_export, tasks, tmp_path / "work", "x", log=lines.append)
+    assert {k: e["group"] for k, e in doc["tasks"].items()} == {
+        "beehive_states_fold0": "other", "esc50": "environmental", "secret_birds": "environmental"}
+    said = [line for line in lines if "no group known" in line]
+    assert said == ["beehive_states_fold0: no group known (none in its task_metadata.json or results.TASK_GROUPS): "
+                    "scored as 'other', outside the group means; --group beehive_states_fold0=GROUP places it"]
+    assert doc["tasks"]["beehive_states_fold0"]["score"] is not None and lines.index(said[0]) < 2  # before work
+
+    out = tmp_path / "grouped.json"
+    assert cli.main(["hear", "eval", "--model", str(tiny_export), "--tasks-dir", str(tasks), "--name", "x",
+                     "--out", str(out), "--work-dir", str(tmp_path / "work"), "--grid", "faster",
+                     "--group", "beehive_states_fold0=environmental", "secret_birds=other"]) == 0
+    grouped = load_results(out)
+    assert grouped["tasks"]["beehive_states_fold0"]["group"] == "environmental"
+    assert grouped["tasks"]["secret_birds"]["group"] == "other"  # --group wins over the metadata
+    assert grouped["command"].endswith("--group beehive_states_fold0=environmental secret_birds=other")
+    assert grouped["settings"]["groups"] == {"beehive_states_fold0": "environmental", "secret_birds": "other"}
+    assert "no group known" not in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--group takes TASK=GROUP"):
+        cli.main(["hear", "eval", "--model", str(tiny_export), "--tasks-dir", str(tasks), "--name", "x",
+                  "--group", "beehive_states_fold0"])
+
+
+@pytest.mark.slow
+def test_scored_splits_are_heareval_s_test_splits():
+    """Our reading of heareval's split rules against heareval's own function, for each split mode."""
+    heareval_splits = pytest.importorskip("heareval.predictions.task_predictions").get_splits_from_metadata
+    from training.eval.hear import scored_splits
+
+    for folder in ("speech_commands-v0.0.2-full", "esc50-v2.0.0-full", "beijing_opera-v1.0-hear2021-full"):
+        mode, splits, _ = HEAR2021[folder]
+        meta = {"split_mode": mode, "splits": list(reversed(splits))}
+        assert scored_splits(meta) == ["|".join(s["test"]) for s in heareval_splits(meta)], folder
 
 
 def test_heareval_embeddings_runner_runs_a_torch_module_without_tensorflow(tiny_tasks, tmp_path):

@@ -6,8 +6,9 @@ import math
 
 import pytest
 
-from training.eval.results import (FORMAT, ResultsError, error_entry, load_results, merge_results, new_results,
-                              save_results, summarize, task_entry, task_group, task_name)
+from training.eval.results import (FORMAT, ResultsError, error_entry, key_parts, load_results, merge_results,
+                                   new_results, parse_folder_name, save_results, summarize, task_entry, task_group,
+                                   task_key, task_name)
 
 
 def doc(model: str = "m", seed: int = 0, score: float = 0.5, harness: str = "hear",
@@ -107,3 +108,57 @@ def test_task_names_and_groups():
     assert task_group("anything", {"group": "speech"}) == "speech"
     with pytest.raises(ResultsError, match="no group known"):
         task_group("mystery_task")
+    assert task_group("mystery_task", default="other") == "other"  # the HEAR harness's choice for such tasks
+    assert task_group("esc50-v2.0.0-full", default="other") == "environmental"
+    with pytest.raises(ResultsError, match="group must be one of"):
+        task_group("anything", {"group": "animals"}, default="other")
+    entry = task_entry("other", "aucroc", 0.7, {"aucroc": 0.7}, 10)  # "other" is a group a results file holds
+    assert new_results("m", "hear", {"beehive_states_fold0": entry})["tasks"]["beehive_states_fold0"] == entry
+
+
+# hearpreprocess's folder names (<task_name>-<version>-<mode>, from its task configs) -> (task, variant)
+HEARPREPROCESS_FOLDERS = {
+    "speech_commands-v0.0.2-5h": ("speech_commands", "5h"), "speech_commands-v0.0.2-full": ("speech_commands", "full"),
+    "nsynth_pitch-v2.2.3-5h": ("nsynth_pitch", "5h"), "nsynth_pitch-v2.2.3-50h": ("nsynth_pitch", "50h"),
+    "dcase2016_task2-hear2021-full": ("dcase2016_task2", "full"), "esc50-v2.0.0-full": ("esc50", "full"),
+    "beijing_opera-v1.0-hear2021-full": ("beijing_opera", "full"), "tfds_crema_d-1.0.0-full": ("tfds_crema_d", "full"),
+    "libricount-v1.0.0-hear2021-full": ("libricount", "full"), "maestro-v3.0.0-5h": ("maestro", "5h"),
+    "vox_lingua_top10-hear2021-full": ("vox_lingua_top10", "full"), "mini_esc-v1.0-full": ("mini_esc", "full"),
+    "beehive_states_fold0-v2-small": ("beehive_states_fold0", "small"),
+}
+
+
+def test_task_variants_have_keys_of_their_own():
+    for folder, (task, variant) in HEARPREPROCESS_FOLDERS.items():
+        assert parse_folder_name(folder) == (task, variant) and task_name(f"/tasks/{folder}") == task, folder
+        assert key_parts(task_key(task, variant), variant) == (task, variant)
+    keys = {task_key(*tv) for tv in HEARPREPROCESS_FOLDERS.values()}
+    assert len(keys) == len(HEARPREPROCESS_FOLDERS)  # no two variants share a key
+    assert task_key("speech_commands", "5h") == "speech_commands-5h" and task_key("esc50", "full") == "esc50"
+    assert task_key("ks") == "ks" and parse_folder_name("ks") == ("ks", None)
+    # entries written before variants were recorded: the key is the task, or (oldest files) its folder name
+    assert key_parts("mini_esc") == ("mini_esc", None)
+    assert key_parts("nsynth_pitch-v2.2.3-50h") == ("nsynth_pitch", "50h")
+
+
+def test_variant_round_trip_and_checks(tmp_path):
+    tasks = {"speech_commands-5h": task_entry("speech", "top1_acc", 0.5, {"top1_acc": 0.5}, 10, variant="5h"),
+             "speech_commands": task_entry("speech", "top1_acc", 0.7, {"top1_acc": 0.7}, 10, variant="full")}
+    d = new_results("m", "hear", tasks, created="2026-11-25T23:00:00+00:00")
+    back = load_results(save_results(d, tmp_path / "v.json"))
+    assert back["tasks"]["speech_commands-5h"]["variant"] == "5h" and back == d
+    assert "variant" not in doc()["tasks"]["mini_esc"]  # entries need no variant (SUPERB's, older files)
+    bad = json.loads(json.dumps(d))
+    bad["tasks"]["speech_commands"]["variant"] = "5h"  # the full variant's key under the 5h variant
+    with pytest.raises(ResultsError, match="the key of a '5h' variant is <task>-5h"):
+        save_results(bad, tmp_path / "never.json")
+    bad["tasks"]["speech_commands"]["variant"] = ""
+    with pytest.raises(ResultsError, match="variant, when present, must be a mode name"):
+        save_results(bad, tmp_path / "never.json")
+    # an older file of the same model (no variant) merges with a new one under the same key
+    old = doc(seed=1)
+    merged = merge_results([old, new_results("m", "hear", {"mini_esc": task_entry(
+        "environmental", "top1_acc", 0.4, {"top1_acc": 0.4}, 40, seed=2, variant="full")},
+        created="2026-11-25T23:09:00+00:00")])
+    assert merged["tasks"]["mini_esc"]["variant"] == "full" and len(merged["tasks"]["mini_esc"]["runs"]) == 2
+    assert merged["tasks"]["mini_dcase"]["variant"] is None

@@ -258,3 +258,102 @@ def test_seed_suffixed_names_share_a_row_and_many_files_are_counted_by_folder(tm
     n_files = len(list(data.glob("*.json")))
     assert n_files > tables_module.SOURCES_LISTED
     assert f"from {n_files} results file(s): {n_files} in {data}/." in (out / "leaderboard.md").read_text()
+
+
+def hear_doc(model: str, seed: int, tasks: dict[str, tuple], minute: int = 0) -> dict:
+    """A HEAR results document: tasks maps a key to (group, metric, score, variant or None)."""
+    from training.eval.results import new_results, task_entry
+
+    entries = {key: task_entry(group, metric, score, {metric: score}, 10, seed=seed, variant=variant)
+               for key, (group, metric, score, variant) in tasks.items()}
+    return new_results(model, "hear", entries, checkpoint=f"/ckpt/{model}/{seed}",
+                       created=f"2026-11-25T23:{minute:02d}:0{seed}+00:00")
+
+
+def test_variants_of_a_task_are_columns_of_their_own(tmp_path):
+    """speech_commands 5h and full, nsynth_pitch 5h and 50h: one column each, never averaged together as if
+    they were seeds; a task of one variant keeps its plain name."""
+    data = tmp_path / "in"
+    data.mkdir()
+    values = {0: (0.50, 0.70, 0.30, 0.40, 0.60), 1: (0.54, 0.78, 0.34, 0.46, 0.64)}
+    for seed, (sc5, scfull, ns5, ns50, esc) in values.items():
+        doc = hear_doc("m", seed, {
+            "speech_commands-5h": ("speech", "top1_acc", sc5, "5h"),
+            "speech_commands": ("speech", "top1_acc", scfull, "full"),
+            "nsynth_pitch-5h": ("music", "pitch_acc", ns5, "5h"),
+            "nsynth_pitch-50h": ("music", "pitch_acc", ns50, "50h"),
+            "esc50": ("environmental", "top1_acc", esc, "full")})
+        (data / f"m.s{seed}.json").write_text(json.dumps(doc))
+    out = tmp_path / "out"
+    assert main(["tables", str(data), "--out", str(out)]) == 0
+    header, rows = read_csv(out / "leaderboard.csv")
+    assert header == ["model", "environmental: esc50 (top1_acc)", "music: nsynth_pitch (5h) (pitch_acc)",
+                      "music: nsynth_pitch (50h) (pitch_acc)", "speech: speech_commands (full) (top1_acc)",
+                      "speech: speech_commands (5h) (top1_acc)", "environmental mean", "music mean", "speech mean",
+                      "overall"]
+    row = dict(zip(header, rows[0]))
+    column = {"speech: speech_commands (5h) (top1_acc)": 0, "speech: speech_commands (full) (top1_acc)": 1,
+              "music: nsynth_pitch (5h) (pitch_acc)": 2, "music: nsynth_pitch (50h) (pitch_acc)": 3}
+    for name, i in column.items():
+        assert row[name] == expected([values[s][i] for s in values]), name  # n=2: the two seeds only
+    assert row["speech mean"] == expected([(v[0] + v[1]) / 2 for v in values.values()])
+    assert row["music mean"] == expected([(v[2] + v[3]) / 2 for v in values.values()])
+    assert "speech\\_commands (5h) (top1\\_acc)" in (out / "leaderboard.tex").read_text()
+
+
+def test_files_without_variants_join_the_full_variant(tmp_path):
+    """Results written before variants were recorded (keyed by task, or in the oldest files by task folder)
+    pool with new ones of the same task variant."""
+    old = json.loads((FIXTURES / "mam-small.s0.hear.json").read_text())
+    assert all("variant" not in e for e in old["tasks"].values())
+    old["tasks"]["speech_commands-v0.0.2-5h"] = old["tasks"].pop("mini_speech_commands")  # a folder-named key
+    new = hear_doc("mam-small", 1, {"mini_esc": ("environmental", "top1_acc", 0.9, "full"),
+                                    "speech_commands-5h": ("speech", "top1_acc", 0.8, "5h")})
+    docs = [(old, "old.json"), (new, "new.json")]
+    columns, runs = tables_module.collect_runs(docs)
+    labels = [tables_module.column_label(c, i) for c, i in columns.items()]
+    assert labels == ["mini_dcase (event_onset_200ms_fms)", "mini_esc (top1_acc)", "mini_nsynth_pitch (pitch_acc)",
+                      "speech_commands (5h) (top1_acc)"]
+    esc = ("hear", "mini_esc")
+    assert sorted(r.entry(esc)["score"] for r in runs) == sorted([old["tasks"]["mini_esc"]["score"], 0.9])
+    assert len([r for r in runs if r.entry(("hear", "speech_commands-5h"))]) == 2
+
+
+def test_the_results_in_the_repository_still_make_tables(tmp_path):
+    """Every results file under results/ (none records a variant) loads, and its HEAR columns are the mini
+    suite's tasks under their plain names."""
+    docs, _ = tables_module.find_results([Path(__file__).resolve().parents[1] / "results"])
+    hear = {key for doc, _ in docs if doc["harness"] == "hear" for key in doc["tasks"]}
+    assert hear and all(key.startswith("mini_") for key in hear)
+    columns, runs = tables_module.collect_runs(docs)
+    board, _ = tables_module.leaderboard(columns, runs)
+    assert {h for h in board.header if "mini_" in h} == {tables_module.column_label(("hear", k), columns["hear", k])
+                                                         for k in hear}
+    assert all("(full)" not in h and "(5h)" not in h for h in board.header)
+
+
+def test_a_task_of_no_known_group_is_in_no_group_mean(tmp_path):
+    """A task scored as "other" (a new or secret HEAR task) has its column, and stays out of every group mean
+    and of the overall mean."""
+    data = tmp_path / "in"
+    data.mkdir()
+    values = {0: (0.6, 0.5, 0.4, 0.9), 1: (0.7, 0.6, 0.5, 0.1)}
+    for seed, (esc, pitch, kws, bees) in values.items():
+        doc = hear_doc("m", seed, {"esc50": ("environmental", "top1_acc", esc, "full"),
+                                   "nsynth_pitch-5h": ("music", "pitch_acc", pitch, "5h"),
+                                   "speech_commands-5h": ("speech", "top1_acc", kws, "5h"),
+                                   "beehive_states_fold0": ("other", "aucroc", bees, "full")})
+        (data / f"m.s{seed}.json").write_text(json.dumps(doc))
+    out = tmp_path / "out"
+    assert main(["tables", str(data), "--out", str(out)]) == 0
+    header, rows = read_csv(out / "leaderboard.csv")
+    assert header == ["model", "environmental: esc50 (top1_acc)", "music: nsynth_pitch (5h) (pitch_acc)",
+                      "speech: speech_commands (5h) (top1_acc)", "other: beehive_states_fold0 (aucroc)",
+                      "environmental mean", "music mean", "speech mean", "overall"]
+    row = dict(zip(header, rows[0]))
+    assert row["other: beehive_states_fold0 (aucroc)"] == expected([v[3] for v in values.values()])
+    assert row["environmental mean"] == expected([v[0] for v in values.values()])
+    assert row["overall"] == expected([(v[0] + v[1] + v[2]) / 3 for v in values.values()])
+    md = (out / "leaderboard.md").read_text()
+    assert "nor are the 'other' tasks (of no known group)" in md
+    assert r"\multicolumn{1}{c}{other}" in (out / "leaderboard.tex").read_text()

@@ -11,7 +11,9 @@ its subprocess is ``python -c`` that applies them and then calls heareval's clic
 
 On top of the two steps, `evaluate` runs both over a suite (all tasks in one heareval run; when that fails,
 the unfinished tasks one by one, so a failing task is recorded as an error, not the end of the run), reads
-heareval's test scores and writes one results JSON (training/eval/results.py). Command line:
+heareval's test scores and writes one results JSON (training/eval/results.py), an entry per task variant:
+hearpreprocess's folders <task_name>-<version>-<mode> hold speech_commands 5h and full side by side, each a
+task of its own. Command line:
 
     mamclap hear eval --module hear_mamclap --model CKPT --tasks-dir DIR --name NAME --out results/NAME.json
     mamclap hear predict EMB_DIR... [--grid faster|default]
@@ -151,27 +153,88 @@ def predict(embedding_task_dirs: list[Path], grid: str = "faster", grid_points: 
 # ------------------------------------------------------------------------------------------- test scores
 
 
+# heareval's split modes (heareval.predictions.task_predictions.get_splits_from_metadata): trainvaltest trains on
+# "train", selects on "valid" and tests on "test"; the two k-fold modes (folds given by the dataset, or made by
+# hearpreprocess) test on every fold in turn, each with its own model.
+SPLIT_MODES = ("trainvaltest", "presplit_kfold", "new_split_kfold")
+
+
+def scored_splits(metadata: dict) -> list[str]:
+    """The splits heareval scores a task on, in its order: ["test"], or every fold of metadata["splits"]
+    sorted. These are the keys of its test.predicted-scores.json."""
+    mode = metadata.get("split_mode")
+    if mode == "trainvaltest":
+        return ["test"]
+    if mode in ("presplit_kfold", "new_split_kfold"):
+        return sorted(metadata["splits"])
+    raise ValueError(f"split_mode {mode!r} is not one of heareval's {SPLIT_MODES}")
+
+
+def check_metadata(folder: Path, metadata: dict) -> None:
+    """Refuse, before any work, a task_metadata.json that heareval would fail on only after embedding."""
+    def bad(what: str) -> ValueError:
+        return ValueError(f"{folder / 'task_metadata.json'}: {what}")
+
+    if not isinstance(metadata.get("task_name"), str) or not metadata["task_name"]:
+        raise bad("'task_name' must be a non-empty string")
+    evaluation = metadata.get("evaluation")
+    if not isinstance(evaluation, list) or not evaluation or not all(isinstance(e, str) for e in evaluation):
+        raise bad("'evaluation' must be a non-empty list of heareval score names (the first selects models)")
+    if metadata.get("split_mode") not in SPLIT_MODES:
+        raise bad(f"'split_mode' must be one of heareval's {SPLIT_MODES}, got {metadata.get('split_mode')!r}")
+    splits = metadata.get("splits")
+    if not isinstance(splits, list) or not all(isinstance(s, str) for s in splits):
+        raise bad("'splits' must be a list of split names (heareval embeds each <split>.json)")
+    if metadata["split_mode"] == "trainvaltest" and not {"train", "valid", "test"} <= set(splits):
+        raise bad(f"a trainvaltest task needs the splits train, valid and test, got {splits}")
+    if metadata["split_mode"] != "trainvaltest" and len(set(splits)) < 3:
+        raise bad(f"a k-fold task needs at least 3 folds (heareval tests on one, selects on the next and trains on "
+                  f"the others), got {splits}")
+
+
+def task_variant(folder: Path, metadata: dict) -> tuple[str, str | None]:
+    """(task, variant) of a task folder: task_metadata's task_name and mode (hearpreprocess names the folder
+    <task_name>-<version>-<mode>); the mode from the folder's name when the metadata has none."""
+    variant = metadata.get("mode")
+    if not isinstance(variant, str) or not variant:
+        variant = results.parse_folder_name(Path(folder).name)[1]
+    return metadata["task_name"], variant
+
+
+def task_key(folder: Path, metadata: dict) -> str:
+    """The results key of a task folder: its task and variant (results.task_key), not its version."""
+    return results.task_key(*task_variant(folder, metadata))
+
+
 def n_test_clips(task_dir: Path, metadata: dict) -> int:
     """Clips scored at test time: those of the test split, or of every fold for k-fold tasks (each fold is
     the test set of one model). Read from the <split>.json files heareval copies beside the embeddings."""
-    splits = ["test"] if metadata["split_mode"] != "presplit_kfold" else metadata["splits"]
-    return sum(len(json.loads((Path(task_dir) / f"{split}.json").read_text())) for split in splits)
+    return sum(len(json.loads((Path(task_dir) / f"{split}.json").read_text())) for split in scored_splits(metadata))
 
 
-def scores_entry(task_dir: Path, scores: dict, seed: int | None = None, extra: dict | None = None) -> dict:
-    """A results task entry from heareval's test.predicted-scores.json of an embedded task.
+def scores_entry(task_dir: Path, scores: dict, seed: int | None = None, extra: dict | None = None,
+                 group: str | None = None) -> dict:
+    """A results task entry from heareval's test.predicted-scores.json of an embedded task, in group (by
+    default the task's known group, else results.OTHER).
 
     Primary metric: the first of task_metadata's "evaluation" (heareval selects models by it). Scores are
-    heareval's test_* values without the prefix: the test split's, or for k-fold tasks the mean over folds
-    (each fold's scores and the standard deviations go to extra)."""
+    heareval's test_* values without the prefix: the test split's, or for k-fold tasks heareval's own mean
+    over folds, "aggregated_scores" (each fold's scores and the standard deviations go to extra)."""
     task_dir = Path(task_dir)
     metadata = json.loads((task_dir / "task_metadata.json").read_text())
     metric = metadata["evaluation"][0]
-    if "aggregated_scores" in scores:  # k-fold: {"fold00": {...}, ..., "aggregated_scores": {name_mean, name_std}}
+    splits = scored_splits(metadata)
+    missing = [s for s in splits if s not in scores]
+    if missing:
+        raise ValueError(f"{task_dir}: test.predicted-scores.json has no scores for {missing} (split_mode "
+                         f"{metadata['split_mode']!r} tests on {splits}; keys {sorted(scores)})")
+    if len(splits) > 1:  # k-fold: {"fold00": {...}, ..., "aggregated_scores": {name_mean, name_std}}
+        if "aggregated_scores" not in scores:
+            raise ValueError(f"{task_dir}: test.predicted-scores.json of a k-fold task has no 'aggregated_scores'")
         agg = scores["aggregated_scores"]
         values = {k[len("test_"):-len("_mean")]: v for k, v in agg.items()
                   if k.startswith("test_") and k.endswith("_mean")}
-        folds = {k: v for k, v in scores.items() if k.startswith("fold")}
+        folds = {s: scores[s] for s in splits}
         more = {"std_over_folds": {k[len("test_"):-len("_std")]: v for k, v in agg.items()
                                    if k.startswith("test_") and k.endswith("_std")},
                 "folds": {f: {k[len("test_"):]: v for k, v in s.items() if k.startswith("test_")}
@@ -179,10 +242,7 @@ def scores_entry(task_dir: Path, scores: dict, seed: int | None = None, extra: d
                 "validation_score": [s.get("validation_score") for s in folds.values()],
                 "epoch": [s.get("epoch") for s in folds.values()]}
     else:
-        if "test" not in scores:
-            raise ValueError(f"{task_dir}: test.predicted-scores.json has neither 'test' nor 'aggregated_scores' "
-                             f"(keys {sorted(scores)})")
-        test = scores["test"]
+        test = scores[splits[0]]
         values = {k[len("test_"):]: v for k, v in test.items() if k.startswith("test_")}
         more = {"validation_score": test.get("validation_score"), "epoch": test.get("epoch")}
     # "score" repeats the primary metric and "loss" is the predictor's training loss, not a task metric.
@@ -192,8 +252,10 @@ def scores_entry(task_dir: Path, scores: dict, seed: int | None = None, extra: d
         raise ValueError(f"{task_dir}: no test score for the primary metric {metric!r} (have {sorted(values)})")
     more.update(hparams=scores.get("hparams"), postprocessing=scores.get("postprocessing"))
     more.update(extra or {})
-    return results.task_entry(results.task_group(metadata["task_name"], metadata), metric, values[metric], values,
-                              n_test_clips(task_dir, metadata), seed=seed, extra=more)
+    task, variant = task_variant(task_dir, metadata)
+    group = group or results.task_group(task, metadata, default=results.OTHER)
+    return results.task_entry(group, metric, values[metric], values,
+                              n_test_clips(task_dir, metadata), seed=seed, extra=more, variant=variant)
 
 
 # ---------------------------------------------------------------------------------------------- evaluate
@@ -258,10 +320,64 @@ def _seconds(path: Path, key: str) -> float | None:
         return None
 
 
+def _matching(folders: list[Path], name: str) -> list[Path]:
+    """The folders a name given on the command line means: the folder of that name, else those whose results
+    key (speech_commands-5h) is name, else those of task name (every variant)."""
+    def aliases(p: Path) -> tuple[str, str, str]:
+        task, variant = results.parse_folder_name(p.name)
+        return p.name, results.task_key(task, variant), task
+
+    for level in range(3):
+        matches = [p for p in folders if aliases(p)[level] == name]
+        if matches:
+            return matches
+    return []
+
+
+def _select(folders: list[Path], names: list[str], tasks_dir: Path) -> list[Path]:
+    """The folders named in names, each by its folder name, its results key or its task name when that
+    names one folder only."""
+    chosen = []
+    for name in names:
+        matches = _matching(folders, name)
+        if not matches:
+            raise ValueError(f"no task folders {[name]} in {tasks_dir} (have {[p.name for p in folders]})")
+        if len(matches) > 1:
+            raise ValueError(f"{name!r} names several task folders {[p.name for p in matches]}: give one of them")
+        if matches[0] not in chosen:
+            chosen.append(matches[0])
+    return chosen
+
+
+def _groups(folders: list[Path], metadata: dict[str, dict], overrides: dict[str, str],
+            log: Callable[[str], None]) -> dict[str, str]:
+    """{folder name: group}: from overrides ({folder, key or task name: group}, --group), else the task
+    metadata's "group", else results.TASK_GROUPS, else results.OTHER, said in one line: heareval needs no
+    group, and the tables keep such a task out of every group mean."""
+    groups = {}
+    for name, group in overrides.items():
+        if group not in results.ALL_GROUPS:
+            raise ValueError(f"--group {name}={group}: the group must be one of {results.ALL_GROUPS}")
+        matches = _matching(folders, name)
+        if not matches:
+            raise ValueError(f"--group {name}={group}: no task folder of that name (have {[p.name for p in folders]})")
+        groups.update({p.name: group for p in matches})
+    for f in folders:
+        if f.name in groups:
+            continue
+        meta = metadata[f.name]
+        groups[f.name] = results.task_group(meta["task_name"], meta, default=results.OTHER)
+        if meta.get("group") is None and meta["task_name"] not in results.TASK_GROUPS:
+            log(f"{task_key(f, meta)}: no group known (none in its task_metadata.json or results.TASK_GROUPS): "
+                f"scored as '{results.OTHER}', outside the group means; --group {meta['task_name']}=GROUP places it")
+    return groups
+
+
 def evaluate(module: str, model: str | Path | None, tasks_dir: Path, work_dir: Path, name: str,
              tasks: list[str] | None = None, model_options: dict | None = None, grid: str = "faster",
              grid_points: int = 8, seed: int | None = None, gpus: list[int] | None = None,
-             command: str | None = None, log: Callable[[str], None] = print, jobs: int = 1) -> dict:
+             command: str | None = None, log: Callable[[str], None] = print, jobs: int = 1,
+             groups: dict[str, str] | None = None) -> dict:
     """Embeddings and predictions for the tasks of tasks_dir (or those named in tasks), and a results document
     (training.eval.results, harness "hear") with every task's test scores.
 
@@ -272,29 +388,32 @@ def evaluate(module: str, model: str | Path | None, tasks_dir: Path, work_dir: P
 
     jobs > 1 trains the predictors of up to `jobs` tasks at once (one heareval process per task, the cores
     shared between them); the predictions step is most of the time of an evaluation, and the scores are the
-    same as with jobs=1."""
+    same as with jobs=1.
+
+    groups: {task: group} for tasks whose group is not known or should be another (task: a folder name,
+    results key or task name); a task of no known group is scored in results.OTHER."""
     tasks_dir, work_dir = Path(tasks_dir).resolve(), Path(work_dir).resolve()
     folders = task_folders(tasks_dir) if tasks_dir.is_dir() else []
     if tasks is not None:
-        known = {p.name: p for p in folders} | {results.task_name(p.name): p for p in folders}
-        missing = [t for t in tasks if t not in known]
-        if missing:
-            raise ValueError(f"no task folders {missing} in {tasks_dir} (have {[p.name for p in folders]})")
-        folders = [known[t] for t in tasks]
+        folders = _select(folders, tasks, tasks_dir)
     if not folders:
         raise ValueError(f"{tasks_dir} holds no HEAR task folder (a folder with task_metadata.json)")
     if grid_points < 1:
         raise ValueError(f"grid_points must be >= 1, got {grid_points}")
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
-    # Checked before any work: a task without a known group, or two folders of one task, would only fail
-    # when the results are written, hours later.
+    # Checked before any work: metadata heareval cannot use, two folders of one task variant or a bad --group
+    # would only fail after the embeddings, or when the results are written, hours later.
     metadata = {f.name: json.loads((f / "task_metadata.json").read_text()) for f in folders}
-    task_names = [m["task_name"] for m in metadata.values()]
-    if len(set(task_names)) != len(task_names):
-        raise ValueError(f"{tasks_dir}: several folders hold the same task ({sorted(task_names)})")
-    for m in metadata.values():
-        results.task_group(m["task_name"], m)
+    for f in folders:
+        check_metadata(f, metadata[f.name])
+    keys = {f.name: task_key(f, metadata[f.name]) for f in folders}
+    for key in sorted(set(keys.values())):
+        same = sorted(name for name, k in keys.items() if k == key)
+        if len(same) > 1:
+            raise ValueError(f"{tasks_dir}: folders {same} hold the same task variant {key!r} (other versions?): "
+                             "keep one, or choose with --tasks")
+    group_of = _groups(folders, metadata, groups or {}, log)
     model_path = str(Path(model).resolve()) if model is not None else None
     work_dir.mkdir(parents=True, exist_ok=True)
     _stamp_or_refuse(work_dir, {"module": module, "model": model_path, "model_options": model_options or {},
@@ -322,29 +441,32 @@ def evaluate(module: str, model: str | Path | None, tasks_dir: Path, work_dir: P
 
     entries = {}
     for i, folder in enumerate(folders, 1):
-        meta = metadata[folder.name]
-        task, metric = meta["task_name"], meta["evaluation"][0]
+        meta, key = metadata[folder.name], keys[folder.name]
+        variant, metric = task_variant(folder, meta)[1], meta["evaluation"][0]
         task_dir = emb_module / folder.name
-        times = {"embedding_seconds": _seconds(task_dir / "profile.embeddings.json", "time_elapsed"),
+        times = {"task_folder": folder.name,
+                 "embedding_seconds": _seconds(task_dir / "profile.embeddings.json", "time_elapsed"),
                  "prediction_seconds": _seconds(task_dir / "prediction-done.json", "time")}
-        group = results.task_group(task, meta)
+        group = group_of[folder.name]
         if folder.name in errors:
-            entry = results.error_entry(group, metric, errors[folder.name], seed=seed, extra=times)
+            entry = results.error_entry(group, metric, errors[folder.name], seed=seed, extra=times, variant=variant)
         else:
             try:
                 scores = json.loads((task_dir / "test.predicted-scores.json").read_text())
-                entry = scores_entry(task_dir, scores, seed=seed,
+                entry = scores_entry(task_dir, scores, seed=seed, group=group,
                                      extra={**times, "grid": grid, "grid_points": grid_points})
             except Exception as err:  # an unreadable score file fails this task only
-                entry = results.error_entry(group, metric, err, seed=seed, extra=times)
+                entry = results.error_entry(group, metric, err, seed=seed, extra=times, variant=variant)
         if "error" in entry:
-            log(f"[{i}/{len(folders)}] {task}: FAILED: {entry['error'].splitlines()[0]}")
+            log(f"[{i}/{len(folders)}] {key}: FAILED: {entry['error'].splitlines()[0]}")
         else:
-            log(f"[{i}/{len(folders)}] {task}: {metric} = {entry['score']:.4f} (n_test {entry['n_test']}, "
+            log(f"[{i}/{len(folders)}] {key}: {metric} = {entry['score']:.4f} (n_test {entry['n_test']}, "
                 f"embeddings {times['embedding_seconds']} s, predictions {times['prediction_seconds']} s)")
-        entries[task] = entry
+        entries[key] = entry
     settings = {"module": module, "model_options": model_options or {}, "tasks_dir": str(tasks_dir),
                 "work_dir": str(work_dir), "grid": grid, "grid_points": grid_points}
+    if groups:
+        settings["groups"] = dict(groups)
     return results.new_results(name, "hear", entries, checkpoint=model_path, command=command, settings=settings,
                                pretraining=_provenance(model))
 
@@ -418,6 +540,12 @@ def _eval_command(args) -> int:
         raise SystemExit(f"--model-options must be a JSON object, got {args.model_options!r}")
     if args.model is not None and not args.model.exists():
         raise SystemExit(f"--model {args.model} does not exist")
+    groups = {}
+    for item in args.group or []:
+        task, sep, group = item.partition("=")
+        if not sep or not task or group not in results.ALL_GROUPS:
+            raise SystemExit(f"--group takes TASK=GROUP, GROUP one of {', '.join(results.ALL_GROUPS)}; got {item!r}")
+        groups[task] = group
     out = args.out or Path("results") / f"{args.name}.json"
     work_dir = args.work_dir or Path("runs") / "hear" / args.name
     seed = args.seed if args.seed is not None else _seed_of_export(args.model)
@@ -430,10 +558,12 @@ def _eval_command(args) -> int:
     command += ["--tasks", *args.tasks] if args.tasks else []
     command += ["--seed", str(seed)] if seed is not None else []
     command += ["--jobs", str(args.jobs)] if args.jobs != 1 else []
+    command += ["--group", *(f"{t}={g}" for t, g in groups.items())] if groups else []
     try:
         doc = evaluate(args.module, args.model, args.tasks_dir, work_dir, args.name, tasks=args.tasks,
                        model_options=options, grid=args.grid, grid_points=args.grid_points, seed=seed,
-                       command=shlex.join(command), log=lambda line: print(line, flush=True), jobs=args.jobs)
+                       command=shlex.join(command), log=lambda line: print(line, flush=True), jobs=args.jobs,
+                       groups=groups)
     except ValueError as err:  # bad arguments, found before any work: a message, not a traceback
         raise SystemExit(f"mamclap hear eval: {err}") from None
     results.save_results(doc, out)
@@ -475,4 +605,7 @@ def register(subparsers) -> None:
                    help="seed of the model's pretraining run, for means over seeds (default: the export's metadata)")
     s.add_argument("--jobs", type=positive_int, default=1,
                    help="tasks whose predictors train at once, one heareval process each (same scores; default 1)")
+    s.add_argument("--group", nargs="+", default=None, metavar="TASK=GROUP",
+                   help=f"the group of a task ({', '.join(results.ALL_GROUPS)}); a task of no known group is "
+                        f"scored as {results.OTHER!r}, outside the group means")
     s.set_defaults(func=_eval_command)

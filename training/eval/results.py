@@ -8,11 +8,15 @@
                     checkpoint's provenance, hear_mamclap.checkpoint.read_metadata),
      "tasks": {"mini_esc": {"group": "environmental", "metric": "top1_acc", "score": 0.61,
                             "scores": {"top1_acc": 0.61, "mAP": 0.66}, "seed": 0, "n_test": 80,
-                            "extra": {...}},
+                            "variant": "full", "extra": {...}},
+               "speech_commands-5h": {..., "variant": "5h"},
                "mini_dcase": {..., "score": null, "error": "RuntimeError: ..."}}}
 
 A task that failed keeps its entry with "score": null and an "error" message, so a long run reports what it
-could. `merge_results` gathers several such files of the same model (other seeds, other harnesses) into one
+could. HEAR tasks come in variants (hearpreprocess's modes: speech_commands 5h and full, nsynth_pitch 5h and
+50h), each a task of its own: the key is the task name for the full variant and `<task>-<variant>` for the
+others (`task_key`), and "variant" (optional: files written before it, and SUPERB's, have none) says which.
+`merge_results` gathers several such files of the same model (other seeds, other harnesses) into one
 list of runs per task, which is what the tables need for a mean and a 95% confidence interval over seeds
 (`summarize`).
 """
@@ -39,7 +43,13 @@ FORMAT = "mamclap-results"
 VERSION = 1
 MERGED_FORMAT = "mamclap-results-merged"
 HARNESSES = ("hear", "superb")
-GROUPS = ("environmental", "music", "speech")
+GROUPS = ("environmental", "music", "speech")  # the groups of the tables' means
+OTHER = "other"  # a task of none of GROUPS (a new or secret HEAR task): scored and tabled, in no group mean
+ALL_GROUPS = (*GROUPS, OTHER)
+# hearpreprocess's modes, the last part of its folder names <task_name>-<version>-<mode>: "full" is all of a
+# task's data, "5h"/"50h" capped training sets, "small" its test-sized sample.
+FULL = "full"
+MODES = (FULL, "5h", "50h", "small")
 
 # Task -> group, for tasks whose metadata does not name one. Task names are given without the hearpreprocess
 # folder suffix ("-v1.0-full"); the mini suite first, then the HEAR 2021 tasks, then SUPERB's.
@@ -66,27 +76,54 @@ class ResultsError(ValueError):
     """A results file or dict that does not follow the format above; the message says where and why."""
 
 
+def parse_folder_name(name: str) -> tuple[str, str | None]:
+    """(task, mode) of a hearpreprocess folder name <task_name>-<version>-<mode>, the version holding any
+    number of hyphens (`beijing_opera-v1.0-hear2021-full` -> ("beijing_opera", "full")); (name, None) for
+    other names. hearpreprocess's task names have no hyphen."""
+    name = Path(name).name
+    parts = name.split("-")
+    if len(parts) >= 3 and parts[-1] in MODES and parts[0]:
+        return parts[0], parts[-1]
+    return name, None
+
+
 def task_name(folder_or_task: str) -> str:
     """`mini_esc-v1.0-full` (a hearpreprocess folder name) -> `mini_esc`; other names unchanged."""
-    name = Path(folder_or_task).name
-    parts = name.rsplit("-", 2)
-    if len(parts) == 3 and parts[1].startswith("v") and parts[2] in ("full", "5h", "50h", "small"):
-        return parts[0]
-    return name
+    return parse_folder_name(folder_or_task)[0]
 
 
-def task_group(task: str, metadata: dict | None = None) -> str:
-    """The group of a task: metadata["group"] when the task metadata has one, else TASK_GROUPS."""
+def task_key(task: str, variant: str | None = None) -> str:
+    """The results key of one variant of a task: the task name for the full variant (and for tasks without
+    variants, as SUPERB's), `<task>-<variant>` for the others (`speech_commands-5h`, `nsynth_pitch-50h`)."""
+    return task if variant in (None, FULL) else f"{task}-{variant}"
+
+
+def key_parts(key: str, variant: str | None = None) -> tuple[str, str | None]:
+    """(task, variant) of a results key and its entry's "variant". Entries without one were written before
+    variants were recorded: their key is the task (the mini suite's, all full) or, in the oldest files, the
+    task folder's name, whose mode is the variant."""
+    if variant is None:
+        return parse_folder_name(key)
+    suffix = f"-{variant}"
+    return (key[:-len(suffix)] if variant != FULL and key.endswith(suffix) else key), variant
+
+
+def task_group(task: str, metadata: dict | None = None, default: str | None = None) -> str:
+    """The group of a task: metadata["group"] when the task metadata has one, else TASK_GROUPS, else default
+    (None: an error naming the ways to give one)."""
     if metadata is not None and metadata.get("group") is not None:
         group = metadata["group"]
     else:
         name = task_name(task)
-        if name not in TASK_GROUPS:
+        if name in TASK_GROUPS:
+            group = TASK_GROUPS[name]
+        elif default is not None:
+            group = default
+        else:
             raise ResultsError(f"no group known for task {name!r}: add it to training.eval.results.TASK_GROUPS or "
-                               f"give its task_metadata.json a 'group' (one of {GROUPS})")
-        group = TASK_GROUPS[name]
-    if group not in GROUPS:
-        raise ResultsError(f"task {task!r}: group must be one of {GROUPS}, got {group!r}")
+                               f"give its task_metadata.json a 'group' (one of {ALL_GROUPS})")
+    if group not in ALL_GROUPS:
+        raise ResultsError(f"task {task!r}: group must be one of {ALL_GROUPS}, got {group!r}")
     return group
 
 
@@ -168,11 +205,15 @@ def json_safe(obj: Any) -> Any:
 
 
 def task_entry(group: str, metric: str, score: float | None, scores: dict[str, Any], n_test: int,
-               seed: int | None = None, extra: dict | None = None, error: str | None = None) -> dict:
-    """One task's entry. score is the primary metric's test score; with error given, score may be None."""
+               seed: int | None = None, extra: dict | None = None, error: str | None = None,
+               variant: str | None = None) -> dict:
+    """One task's entry. score is the primary metric's test score; with error given, score may be None.
+    variant: the HEAR task's variant (hearpreprocess's mode), None for tasks without variants."""
     entry = {"group": group, "metric": metric, "score": _finite_or_none(score),
              "scores": {k: _finite_or_none(v) for k, v in scores.items()}, "seed": seed, "n_test": int(n_test),
              "extra": json_safe(dict(extra or {}))}
+    if variant is not None:
+        entry["variant"] = variant
     if error is not None:
         entry["error"] = str(error)
     _check_task(entry, "<task entry>")
@@ -180,10 +221,10 @@ def task_entry(group: str, metric: str, score: float | None, scores: dict[str, A
 
 
 def error_entry(group: str, metric: str, error: BaseException | str, n_test: int = 0, seed: int | None = None,
-                extra: dict | None = None) -> dict:
+                extra: dict | None = None, variant: str | None = None) -> dict:
     """The entry of a task that failed: no score, and the error's type and message."""
     message = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
-    return task_entry(group, metric, None, {}, n_test, seed=seed, extra=extra, error=message)
+    return task_entry(group, metric, None, {}, n_test, seed=seed, extra=extra, error=message, variant=variant)
 
 
 def new_results(model: str, harness: str, tasks: dict[str, dict], checkpoint: str | Path | None = None,
@@ -223,7 +264,7 @@ def _check_task(entry: Any, where: str) -> None:
     _require(isinstance(entry, dict), where, f"expected a task object, got {type(entry).__name__}")
     missing = sorted({"group", "metric", "score", "scores", "seed", "n_test", "extra"} - set(entry))
     _require(not missing, where, f"missing keys {missing}")
-    _require(entry["group"] in GROUPS, where, f"group must be one of {GROUPS}, got {entry['group']!r}")
+    _require(entry["group"] in ALL_GROUPS, where, f"group must be one of {ALL_GROUPS}, got {entry['group']!r}")
     _require(isinstance(entry["metric"], str) and entry["metric"], where, "metric must be a non-empty string")
     _require(isinstance(entry["scores"], dict), where, "scores must be an object {metric: number or null}")
     for k, v in entry["scores"].items():
@@ -241,6 +282,9 @@ def _check_task(entry: Any, where: str) -> None:
     _require(isinstance(entry["n_test"], int) and not isinstance(entry["n_test"], bool) and entry["n_test"] >= 0,
              where, f"n_test must be a non-negative integer, got {entry['n_test']!r}")
     _require(isinstance(entry["extra"], dict), where, "extra must be an object")
+    variant = entry.get("variant")
+    _require(variant is None or (isinstance(variant, str) and variant and "-" not in variant), where,
+             f"variant, when present, must be a mode name such as {MODES}, got {variant!r}")
 
 
 def validate_results(doc: Any, source: str = "<results>") -> dict:
@@ -267,6 +311,9 @@ def validate_results(doc: Any, source: str = "<results>") -> dict:
     _require(isinstance(doc.get("tasks"), dict), source, "'tasks' must be an object {task: entry}")
     for name, entry in doc["tasks"].items():
         _check_task(entry, f"{source}: tasks[{name!r}]")
+        variant = entry.get("variant")
+        _require(variant in (None, FULL) or name.endswith(f"-{variant}"), f"{source}: tasks[{name!r}]",
+                 f"the key of a {variant!r} variant is <task>-{variant} (task_key)")
     return doc
 
 
@@ -306,10 +353,11 @@ def merge_results(docs: Iterable[dict | str | Path]) -> dict:
 
         {"format": "mamclap-results-merged", "version": 1, "model": name,
          "sources": [{"harness", "checkpoint", "created", "command", "path"}, ...],
-         "tasks": {task: {"group", "metric", "runs": [{"score", "scores", "seed", "n_test", "extra",
-                                                      "harness", "checkpoint", "source", ("error")}]}}}
+         "tasks": {task: {"group", "metric", "variant", "runs": [{"score", "scores", "seed", "n_test", "extra",
+                                                                 "harness", "checkpoint", "source", ("error")}]}}}
 
-    Refuses documents of different models, a task whose group or primary metric differ between documents,
+    A task's variant is the one its entries record (None when none does). Refuses documents of different
+    models, a task whose group, primary metric or variant differ between documents,
     and the same document twice (same harness, checkpoint, creation time and tasks: evaluations of one model
     run task by task in parallel can finish in the same second)."""
     loaded = []
@@ -332,7 +380,13 @@ def merge_results(docs: Iterable[dict | str | Path]) -> dict:
         sources.append({"harness": doc["harness"], "checkpoint": doc["checkpoint"], "created": doc["created"],
                         "command": doc["command"], "path": path})
         for name, entry in doc["tasks"].items():
-            merged = tasks.setdefault(name, {"group": entry["group"], "metric": entry["metric"], "runs": []})
+            merged = tasks.setdefault(name, {"group": entry["group"], "metric": entry["metric"], "variant": None,
+                                             "runs": []})
+            if merged["variant"] is None:
+                merged["variant"] = entry.get("variant")
+            elif entry.get("variant") not in (None, merged["variant"]):
+                raise ResultsError(f"merge_results: task {name!r} is variant {merged['variant']!r} in one document "
+                                   f"and {entry['variant']!r} in {path or f'document {i}'}")
             for field in ("group", "metric"):
                 if merged[field] != entry[field]:
                     raise ResultsError(f"merge_results: task {name!r} has {field} {merged[field]!r} in one "

@@ -8,8 +8,10 @@ A *run* is one evaluated checkpoint: the documents (HEAR and SUPERB) of one mode
 and provenance. A cell is the mean over runs of a task's primary test score, with the half-width of a 95% t
 interval (training.eval.results.summarize) when there are several runs. A group mean is computed per run (the
 mean over the group's HEAR tasks, all of which the run must have) and then summarised over runs in the
-same way; the overall mean is the mean of a run's group means. The ablation picks its rows from each run's
-"pretraining" provenance (loss weights), never from model names, and pools runs of one configuration.
+same way; the overall mean is the mean of a run's group means. Each variant of a HEAR task (speech_commands
+5h and full) is a column, and a task of its own in the means; a task of group "other" is in none. The
+ablation picks its rows from each run's "pretraining" provenance (loss weights), never from model names, and
+pools runs of one configuration.
 Every number written comes from the input files, except the separate "reported" table, which copies the
 paper's numbers (REPORTED) and labels them so.
 """
@@ -22,17 +24,17 @@ import json
 import os
 import sys
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from hear_mamclap import atomic
 from training.pretrain.mam import VARIANTS, PretrainConfig
 from training.eval.plots import plot_group_scores, plot_losses, read_log
-from training.eval.results import (FORMAT, GROUPS, HARNESSES, ResultsError, merge_results, summarize, task_name,
-                              validate_results)
+from training.eval.results import (ALL_GROUPS, FORMAT, FULL, GROUPS, HARNESSES, MODES, OTHER, ResultsError, key_parts,
+                                   merge_results, summarize, task_key, validate_results)
 
-Column = tuple[str, str]  # (harness, task)
+Column = tuple[str, str]  # (harness, results key: the task and its variant, results.task_key)
 
 VARIANT_NAMES = {"mam": "MAM", "mam_clap": "MAM-CLAP", "supmam": "SupMAM", "supmam_clap": "SupMAM-CLAP"}
 SUPERB_NAMES = {"speech_commands": "KS", "voxceleb1": "SID"}  # s3prl downstream -> SUPERB's abbreviation
@@ -74,8 +76,11 @@ REPORTED: tuple[tuple[str, tuple[float | None, ...], str], ...] = (
 
 @dataclass(frozen=True)
 class ColumnInfo:
+    """What a column holds; columns of one key must agree on group and metric."""
     group: str
     metric: str
+    task: str = field(default="", compare=False)  # the task name, without its variant
+    variant: str | None = field(default=None, compare=False)  # the task's; once _ordered, the one the label shows
 
 
 @dataclass
@@ -114,19 +119,38 @@ class Run:
 
 
 def hear_groups(columns: dict[Column, ColumnInfo]) -> list[str]:
+    """The groups that have a mean: those of GROUPS with a HEAR column (never OTHER)."""
     return [g for g in GROUPS if any(info.group == g and c[0] == "hear" for c, info in columns.items())]
 
 
 def column_label(col: Column, info: ColumnInfo) -> str:
-    harness, task = col
-    name = f"SUPERB {SUPERB_NAMES.get(task, task)}" if harness == "superb" else task
-    return f"{name} ({info.metric})"
+    """`esc50 (top1_acc)`, `speech_commands (5h) (top1_acc)`, `SUPERB KS (top1_acc)`."""
+    harness, key = col
+    name = f"SUPERB {SUPERB_NAMES.get(key, key)}" if harness == "superb" else info.task or key
+    variant = f" ({info.variant})" if info.variant is not None else ""
+    return f"{name}{variant} ({info.metric})"
 
 
 def _ordered(columns: dict[Column, ColumnInfo]) -> dict[Column, ColumnInfo]:
-    """Groups in GROUPS order; HEAR before SUPERB within a group; tasks sorted by name."""
-    return dict(sorted(columns.items(), key=lambda kv: (GROUPS.index(kv[1].group), HARNESSES.index(kv[0][0]),
-                                                        kv[0][1])))
+    """Groups in ALL_GROUPS order (OTHER last); HEAR before SUPERB within a group; tasks sorted by name, a
+    task's variants in MODES order; and the label names a variant when it is not full, or when the table
+    holds several of the task's variants (files without variants hold full ones)."""
+    variants = defaultdict(int)
+    for (harness, _), info in columns.items():
+        variants[harness, info.task] += 1
+    shown = {}
+    for (harness, key), info in columns.items():
+        full = info.variant in (None, FULL)
+        label = (FULL if variants[harness, info.task] > 1 else None) if full else info.variant
+        shown[harness, key] = replace(info, variant=label)
+
+    def order(kv: tuple[Column, ColumnInfo]) -> tuple:
+        (harness, key), info = kv
+        variant = info.variant or FULL
+        return (ALL_GROUPS.index(info.group), HARNESSES.index(harness), info.task or key,
+                MODES.index(variant) if variant in MODES else len(MODES), variant)
+
+    return dict(sorted(shown.items(), key=order))
 
 
 def _read_json(path: Path) -> tuple[Any, str | None]:
@@ -194,9 +218,10 @@ def collect_runs(docs: list[tuple[dict, str]]) -> tuple[dict[Column, ColumnInfo]
                 merged = merge_results([d for d, _ in chosen])
             except ResultsError as err:
                 raise ResultsError(f"{err} (files {', '.join(p for _, p in chosen)})") from None
-            for task, merged_task in merged["tasks"].items():
-                col = (harness, task_name(task))
-                info = ColumnInfo(merged_task["group"], merged_task["metric"])
+            for key, merged_task in merged["tasks"].items():
+                task, variant = key_parts(key, merged_task["variant"])
+                col = (harness, task_key(task, variant))
+                info = ColumnInfo(merged_task["group"], merged_task["metric"], task, variant)
                 if columns.setdefault(col, info) != info:
                     raise ResultsError(f"{harness} task {col[1]!r} has group/metric {info.group}/{info.metric} "
                                        f"for model {model!r} but {columns[col].group}/{columns[col].metric} for "
@@ -309,17 +334,19 @@ def leaderboard(columns: dict[Column, ColumnInfo], runs: list[Run]) -> tuple[Tab
                 if col in r.errors and col not in r.scores:
                     notes.append(f"error: {model} / {column_label(col, info)} (seed {r.seed}): "
                                  f"{_first_line(r.errors[col][0])}")
-    spans = [("", 1)] + [(g, sum(1 for i in columns.values() if i.group == g)) for g in GROUPS
+    spans = [("", 1)] + [(g, sum(1 for i in columns.values() if i.group == g)) for g in ALL_GROUPS
                          if any(i.group == g for i in columns.values())]
     if groups:
         spans.append(("HEAR means", len(groups) + 1))
     header = ["model", *(column_label(c, i) for c, i in columns.items()), *(f"{g} mean" for g in groups)]
     header += ["overall"] if groups else []
+    other = any(i.group == OTHER for i in columns.values())
     caption = ("Each task's primary test score, mean over runs (pretraining seeds; a model name's trailing "
                "-s<seed> is dropped, so the seeds of one model share a row) with ± the "
                "half-width of the 95% t interval and n when there are several; " + DASH + " = failed or not "
                "run. Group means are taken per run over the group's HEAR tasks (a run needs all of them) and "
-               "overall is the mean of the group means; SUPERB columns are not in the means. "
+               "overall is the mean of the group means; SUPERB columns are not in the means"
+               + (f", nor are the {OTHER!r} tasks (of no known group)" if other else "") + ". "
                + _provenance_line(runs))
     return Table("leaderboard", "Leaderboard", caption, header, rows, spans, notes), group_summaries
 
@@ -451,7 +478,7 @@ def _flat_header(table: Table) -> list[str]:
     if not table.spans:
         return list(table.header)
     labels = [label for label, width in table.spans for _ in range(width)]
-    return [f"{g}: {h}" if g in GROUPS else h for g, h in zip(labels, table.header)]
+    return [f"{g}: {h}" if g in ALL_GROUPS else h for g, h in zip(labels, table.header)]
 
 
 def to_markdown(tables: list[Table], notes: list[str] = ()) -> str:
