@@ -230,8 +230,11 @@ def test_bad_results_and_runs_are_errors(tmp_path, capsys):
         shutil.copy(FIXTURES / "mam-small.s0.hear.json", dup / name)
     assert main(["tables", str(dup), "--out", str(out)]) == 2
     assert "repeats harness/checkpoint/created" in capsys.readouterr().err
+    (tmp_path / "no-run").mkdir()  # a run folder without its log
     assert main(["tables", str(FIXTURES), "--out", str(out), "--runs", str(tmp_path / "no-run")]) == 2
     assert "no log.jsonl" in capsys.readouterr().err
+    assert main(["tables", str(FIXTURES), "--out", str(out), "--runs", str(tmp_path / "missing")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
     assert not out.exists()
 
 

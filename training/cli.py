@@ -68,7 +68,12 @@ def sigterm_raises():
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
+    """`mamclap ARGV`; its exit status (argparse's own for --help and for arguments it refuses)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # the parser has printed its one line (or the help)
+        return stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 2
+    return run(args)
 
 
 def run(args: argparse.Namespace) -> int:
