@@ -408,3 +408,44 @@ def test_kill_9_then_resume_gives_the_same_weights(layouts, tmp_path):
     a = json.loads((tmp_path / "full" / "results.json").read_text())["tasks"]["spcv2"]
     b = json.loads((out / "results.json").read_text())["tasks"]["spcv2"]
     assert a["score"] == b["score"] and a["extra"]["folds"] == b["extra"]["folds"]
+
+
+# ---------------------------------------------------------------------------------------------- the kit's layouts
+
+
+def test_balanced_subset_fills_rare_classes_first():
+    from training.kit.finetune_layouts import _take, balanced_subset
+    rows = [(f"c{i}", (0,)) for i in range(50)] + [(f"r{i}", (0, 1)) for i in range(3)] + [("x", (2,))]
+    keys = balanced_subset(rows, 2, seed=0)
+    assert "x" in keys and sum(k.startswith("r") for k in keys) == 2 and len(keys) == 3  # class 0 rides along
+    assert balanced_subset(rows, 2, seed=0) == keys
+    assert [_take(i) for i in (0, 1, 25, 26, 27)] == ["A", "B", "Z", "AA", "AB"]
+
+
+@pytest.mark.slow
+def test_kit_builds_each_task_in_its_real_layout(tmp_path):
+    """`mamclap data build --finetune` writes AudioSet, ESC-50 and Speech Commands V2 layouts whose test
+    splits share no bank clip with the corpus; each reads with load_task, and a short run goes through."""
+    from training.kit.build import build_kit, check_kit, data_root, kit_dir
+    build_kit("tiny", seed=0, data_dir=tmp_path, bank_dir=data_root() / "bank", progress=False,
+              finetune_layouts=True)
+    kit = kit_dir("tiny", 0, tmp_path)
+    check_kit(kit)  # checksums cover finetune/, and its test splits are held out of the corpus
+    stage = json.loads((kit / "finetune" / "stage.json").read_text())
+    hear = json.loads((kit / "hear" / "stage.json").read_text())
+    assert stage["esc50"]["test"] == sorted({i for f, ids in hear["mini_esc"].items() if f.startswith("fold")
+                                             for i in ids})  # the mini_esc clips
+    corpus = set(json.loads((kit / "corpus" / "corpus.json").read_text())["bank_ids"])
+    assert stage["test_ids"] and not corpus & set(stage["test_ids"])
+    for task, folder in (("as20k", "finetune/audioset"), ("as2m", "finetune/audioset"), ("esc50", "finetune/esc50"),
+                         ("spcv2", "finetune/speech_commands_v2"), ("spcv2_12", "finetune/speech_commands_v2"),
+                         ("spcv1_12", "superb/speech_commands")):
+        data = load_task(task, kit / folder)
+        assert all(f.train and f.test for f in data.folds), task
+    as2m, as20k = load_task("as2m", kit / "finetune/audioset"), load_task("as20k", kit / "finetune/audioset")
+    assert len(as20k.folds[0].train) < len(as2m.folds[0].train)
+    assert len(load_task("spcv2", kit / "finetune/speech_commands_v2").vocabulary) == 35
+    for task, folder in (("as20k", "finetune/audioset"), ("esc50", "finetune/esc50"),
+                         ("spcv2", "finetune/speech_commands_v2")):
+        doc = run(tmp_path, task, kit / folder, epochs=1, fold=1 if task == "esc50" else 0)
+        assert doc["tasks"][task]["score"] is not None
