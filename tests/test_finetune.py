@@ -449,3 +449,25 @@ def test_kit_builds_each_task_in_its_real_layout(tmp_path):
                          ("spcv2", "finetune/speech_commands_v2")):
         doc = run(tmp_path, task, kit / folder, epochs=1, fold=1 if task == "esc50" else 0)
         assert doc["tasks"][task]["score"] is not None
+
+
+@pytest.mark.slow
+def test_two_process_ddp_run_scores_like_one_process(layouts, tmp_path):
+    """Under torchrun (gloo, 2 processes) each rank predicts half the clips; the gathered test score is the
+    one a single process gets from the same best-epoch weights."""
+    out = tmp_path / "ddp"
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    "-m", "training.cli", "finetune", "--task", "spcv2", "--data", str(layouts["spcv2"]),
+                    "--size", "tiny", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--epochs", "2",
+                    "--mixup", "0", "--out-dir", str(out)], cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                   check=True, capture_output=True, timeout=600)
+    doc = json.loads((out / "results.json").read_text())
+    state = checkpointing.load(out / "checkpoint.pt")
+    assert state["world_size"] == 2 and len(state["rng"]) == 2
+    model = tiny_model()
+    model.load_state_dict(state["best_model"])
+    task = load_task("spcv2", layouts["spcv2"])
+    clips = Clips(task.folds[0].test, 3, ft.n_samples_for(model.encoder.cfg))
+    logits, targets = ft.predict(model, clips, ft.Env(0, 1, 0, torch.device("cpu"), False), 4, 0)
+    assert doc["tasks"]["spcv2"]["n_test"] == len(clips) == 9
+    assert doc["tasks"]["spcv2"]["score"] == pytest.approx(score("accuracy", logits, targets)[0])
