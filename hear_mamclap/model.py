@@ -67,8 +67,18 @@ class Attention(nn.Module):
         return self.proj(x.transpose(1, 2).reshape(B, L, D))  # (B, L, D)
 
 
+def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: in training, zero a residual branch for a random share `rate` of the clips of the
+    batch and scale the others by 1 / (1 - rate), so the expected output is unchanged."""
+    if rate == 0.0 or not training:
+        return x
+    keep = x.new_empty(x.shape[0], *(1,) * (x.ndim - 1)).bernoulli_(1.0 - rate)  # (B, 1, 1)
+    return x * keep / (1.0 - rate)
+
+
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)); each branch under drop_path
+    (0 unless fine-tuning sets it, see MAMCLAPEncoder.set_drop_path)."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, eps: float = 1e-6) -> None:
         super().__init__()
@@ -77,10 +87,11 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.drop_path = 0.0
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), attn_mask)
-        return x + self.mlp(self.norm2(x))
+        x = x + drop_path(self.attn(self.norm1(x), attn_mask), self.drop_path, self.training)
+        return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
 
 
 def init_weights(module: nn.Module) -> None:
@@ -301,6 +312,14 @@ class MAMCLAPEncoder(nn.Module):
         self.apply(init_weights)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=0.02)
+
+    def set_drop_path(self, rate: float) -> None:
+        """Stochastic depth rising linearly from 0 at the first block to `rate` at the last (timm's rule);
+        a training-time regulariser for fine-tuning, not part of the config or of exports."""
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"drop path rate must be in [0, 1), got {rate}")
+        for i, block in enumerate(self.blocks):
+            block.drop_path = rate * i / max(1, len(self.blocks) - 1)
 
     # ---- pretraining interface: normalised log-mel in, tokens out ----
 

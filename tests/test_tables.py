@@ -360,3 +360,82 @@ def test_a_task_of_no_known_group_is_in_no_group_mean(tmp_path):
     md = (out / "leaderboard.md").read_text()
     assert "nor are the 'other' tasks (of no known group)" in md
     assert r"\multicolumn{1}{c}{other}" in (out / "leaderboard.tex").read_text()
+
+
+# ------------------------------------------------------------------------------------------- fine-tuning
+
+FINETUNE_SCORES = {  # (model, variant, kind) -> task -> one score per fine-tuning seed
+    ("supmam_clap-small", "supmam_clap", "finetune"): {"esc50": [0.91, 0.93, 0.92], "as20k": [0.30, 0.31, 0.29]},
+    ("mam-small", "mam", "finetune"): {"esc50": [0.85, 0.86, 0.855], "as20k": [0.25, 0.27, 0.26]},
+    ("mam-small", "mam", "frozen"): {"esc50": [0.60]},
+    ("scratch-small", None, "scratch"): {"esc50": [0.50, 0.55], "as20k": [0.10, 0.12]},
+}
+
+
+def write_finetune_results(folder: Path) -> None:
+    from training.eval import results as R
+    from training.eval.finetune_tasks import TASKS
+    folder.mkdir(parents=True, exist_ok=True)
+    for (model, variant, kind), tasks in FINETUNE_SCORES.items():
+        for task, values in tasks.items():
+            for seed, value in enumerate(values):
+                info = TASKS[task]
+                entry = R.task_entry(info.group, info.metric, value, {info.metric: value}, 20, seed=seed,
+                                     extra={"kind": kind, "data": f"/data/{task}", "folds": []})
+                doc = R.new_results(model, "finetune", {task: entry}, command="mamclap finetune ...",
+                                    created=f"2026-12-01T00:00:{seed:02d}+00:00", settings={"kind": kind},
+                                    pretraining={"variant": variant, "seed": 0} if variant else None)
+                R.save_results(doc, folder / f"{model}.{kind}.{task}.s{seed}.json")
+
+
+def percent(values: list[float]) -> tuple[str, float, float | None]:
+    """(cell text, mean, ci95) computed here, independently of summarize."""
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{100 * mean:.1f}", mean, None
+    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return f"{100 * mean:.1f} ± {100 * half:.1f} (n={len(values)})", mean, half
+
+
+def test_finetune_table_and_tidy_csv(tmp_path, capsys):
+    write_finetune_results(tmp_path / "ft")
+    out = tmp_path / "out"
+    assert main(["tables", str(tmp_path / "ft"), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"{s}.{e}" for s in ("finetune", "reported") for e in ("md", "csv", "tex")] + ["finetune_tidy.csv"])
+    header, rows = read_csv(out / "finetune.csv")
+    assert header == ["model", "pretraining", "kind", "AS-20K mAP", "ESC-50 accuracy"]
+    assert [r[:3] for r in rows] == [["mam-small", "MAM", "fine-tuned"], ["mam-small", "MAM", "frozen features"],
+                                     ["supmam_clap-small", "SupMAM-CLAP", "fine-tuned"],
+                                     ["scratch-small", "none (random init)", "from scratch"]]
+    by_row = {(r[0], r[2]): r for r in rows}
+    kinds = {"finetune": "fine-tuned", "frozen": "frozen features", "scratch": "from scratch"}
+    tidy_header, tidy = read_csv(out / "finetune_tidy.csv")
+    assert tidy_header == ["model", "pretraining", "kind", "task", "metric", "mean", "ci95", "n"]
+    tidy_by = {(r[0], r[2], r[3]): r for r in tidy}
+    for (model, _, kind), tasks in FINETUNE_SCORES.items():
+        row = by_row[(model, kinds[kind])]
+        for col, task in ((3, "as20k"), (4, "esc50")):
+            if task not in tasks:
+                assert row[col] == "—"
+                continue
+            text, mean, half = percent(tasks[task])
+            assert row[col] == text
+            t = tidy_by[(model, kind, task)]
+            assert float(t[5]) == pytest.approx(mean) and int(t[7]) == len(tasks[task])
+            assert (t[6] == "") if half is None else float(t[6]) == pytest.approx(half, rel=1e-3)
+    md = (out / "finetune.md").read_text()
+    assert "ESC-50: SupMAM-CLAP (supmam_clap-small) 92.0 > MAM (mam-small) 85.5" in md  # intervals apart
+    assert "AS-20K: SupMAM-CLAP (supmam_clap-small) 30.0 ≈ MAM (mam-small) 26.0" in md  # they overlap
+    assert "SupMAM-CLAP (the paper's best) leads" in md
+    assert "97.6" not in md and "97.6" in (out / "reported.md").read_text()  # reported numbers stay apart
+    assert r"$\pm$" in (out / "finetune.tex").read_text()
+
+
+def test_finetune_results_leave_the_leaderboard_as_it_was(tmp_path, tables):
+    write_finetune_results(tmp_path / "ft")
+    out = tmp_path / "out"
+    assert main(["tables", str(FIXTURES), str(tmp_path / "ft"), "--out", str(out)]) == 0
+    for stem in ("leaderboard", "ablation"):
+        assert (out / f"{stem}.csv").read_text() == (tables / f"{stem}.csv").read_text()
+    assert (out / "finetune_tidy.csv").is_file()

@@ -31,6 +31,7 @@ COMMANDS = [
     ("training.pretrain.clap_train", "teacher"),
     ("training.eval.superb", "superb"),
     ("training.eval.hear", "hear"),
+    ("training.eval.finetune", "finetune"),
     ("training.demo", "demo"),
     ("training.eval.tables", "tables"),
     ("training.convert", "convert"),

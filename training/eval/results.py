@@ -1,7 +1,8 @@
 """One results JSON per model and harness run, shared by the HEAR and SUPERB harnesses and the tables.
 
     {"format": "mamclap-results", "version": 1,
-     "model": "mam-clap-base", "checkpoint": "/path/to/export" | null, "harness": "hear" | "superb",
+     "model": "mam-clap-base", "checkpoint": "/path/to/export" | null,
+     "harness": "hear" | "superb" | "finetune",
      "created": "2026-11-25T23:40:00+00:00", "command": "mamclap hear eval ...",
      "environment": {"python": ..., "torch": ..., ...}, "settings": {...} (optional: how the harness ran),
      "pretraining": {"variant": "mam_clap", "seed": 0, "pretrain_config": {...}, ...} (optional: the
@@ -42,7 +43,7 @@ from hear_mamclap import atomic
 FORMAT = "mamclap-results"
 VERSION = 1
 MERGED_FORMAT = "mamclap-results-merged"
-HARNESSES = ("hear", "superb")
+HARNESSES = ("hear", "superb", "finetune")
 GROUPS = ("environmental", "music", "speech")  # the groups of the tables' means
 OTHER = "other"  # a task of none of GROUPS (a new or secret HEAR task): scored and tabled, in no group mean
 ALL_GROUPS = (*GROUPS, OTHER)

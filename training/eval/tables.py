@@ -1,5 +1,6 @@
-"""`mamclap tables`: the leaderboard, the paper's ablation and its reported numbers, in Markdown, CSV and
-LaTeX, with plots, from the results JSONs of the HEAR and SUPERB harnesses (training.eval.results).
+"""`mamclap tables`: the leaderboard, the paper's ablation, its fine-tuning table and its reported numbers, in
+Markdown, CSV and LaTeX, with plots, from the results JSONs of the HEAR, SUPERB and fine-tuning harnesses
+(training.eval.results).
 
     mamclap tables                                    # every results file under results/
     mamclap tables results/hear x.superb.json --out results/tables --runs runs/mam runs/mam_clap
@@ -12,6 +13,8 @@ same way; the overall mean is the mean of a run's group means. Each variant of a
 5h and full) is a column, and a task of its own in the means; a task of group "other" is in none. The
 ablation picks its rows from each run's "pretraining" provenance (loss weights), never from model names, and
 pools runs of one configuration.
+Fine-tuning results (harness "finetune") make their own table instead (finetune.md, and finetune_tidy.csv with
+one numeric row per model, kind and task): a row per model and kind, a cell per task over fine-tuning seeds.
 Every number written comes from the input files, except the separate "reported" table, which copies the
 paper's numbers (REPORTED) and labels them so.
 """
@@ -470,6 +473,156 @@ def reported_table() -> Table:
                  ["model", *REPORTED_COLUMNS, "kind", "source"], rows)
 
 
+# ------------------------------------------------------------------------------------------- fine-tuning
+
+# Columns in the paper's order, then any other fine-tuning task; rows by pretraining, then by kind.
+FINETUNE_ORDER = ("as2m", "as20k", "esc50", "spcv2", "spcv2_12", "spcv1_12")
+FINETUNE_KINDS = {"finetune": "fine-tuned", "frozen": "frozen features", "scratch": "from scratch",
+                  "scratch-frozen": "random frozen features"}
+TIDY_HEADER = ["model", "pretraining", "kind", "task", "metric", "mean", "ci95", "n"]
+
+
+def split_finetune(docs: list[tuple[dict, str]]) -> tuple[list[tuple[dict, str]], list[tuple[dict, str]]]:
+    """(fine-tuning documents, the others): the leaderboard and ablation tables are about frozen features."""
+    return ([d for d in docs if d[0]["harness"] == "finetune"], [d for d in docs if d[0]["harness"] != "finetune"])
+
+
+@dataclass
+class FinetuneRow:
+    """The fine-tuning runs (seeds) of one model and kind, per task."""
+    model: str
+    variant: str | None
+    kind: str
+    runs: dict[str, list[dict]] = field(default_factory=dict)
+    sources: set[str] = field(default_factory=set)
+    pretrain_seeds: set = field(default_factory=set)
+
+    @property
+    def pretraining(self) -> str:
+        return VARIANT_NAMES.get(self.variant, self.variant) if self.variant else "none (random init)"
+
+
+def _fmt_percent(summary: dict) -> str:
+    """'38.6' for one run, '38.6 ± 0.4 (n=3)' for several, DASH for none: scores in %, as papers write them."""
+    if summary["n"] == 0:
+        return DASH
+    if summary["n"] == 1:
+        return f"{100 * summary['mean']:.1f}"
+    return f"{100 * summary['mean']:.1f} ± {100 * summary['ci95']:.1f} (n={summary['n']})"
+
+
+def finetune_rows(docs: list[tuple[dict, str]]) -> tuple[list[str], dict[str, str], list[FinetuneRow], dict]:
+    """(task columns, their metrics, rows, the data folders behind each column) of fine-tuning documents."""
+    rows: dict[tuple[str, str], FinetuneRow] = {}
+    metrics: dict[str, str] = {}
+    data: dict[str, set[str]] = defaultdict(set)
+    for doc, path in docs:
+        variant = doc.get("pretraining", {}).get("variant")
+        for task, entry in doc["tasks"].items():
+            kind = entry["extra"].get("kind") or doc.get("settings", {}).get("kind") or "finetune"
+            row = rows.setdefault((doc["model"], kind), FinetuneRow(doc["model"], variant, kind))
+            if metrics.setdefault(task, entry["metric"]) != entry["metric"]:
+                raise ResultsError(f"{path}: fine-tuning task {task!r} has metric {entry['metric']!r} here and "
+                                   f"{metrics[task]!r} in another file")
+            run = {"score": entry["score"], "seed": entry["seed"]}
+            if entry.get("error"):
+                run["error"] = entry["error"]
+            row.runs.setdefault(task, []).append(run)
+            row.sources.add(path)
+            row.pretrain_seeds.add(doc.get("pretraining", {}).get("seed"))
+            data[task].add(str(entry["extra"].get("data", "")))
+    rank = {t: i for i, t in enumerate(FINETUNE_ORDER)}
+    tasks = sorted(metrics, key=lambda t: (rank.get(t, len(rank)), t))
+    kinds = list(FINETUNE_KINDS)
+
+    def order(row: FinetuneRow) -> tuple:
+        v = VARIANTS.index(row.variant) if row.variant in VARIANTS else len(VARIANTS) + (row.variant is None)
+        return (v, kinds.index(row.kind) if row.kind in kinds else len(kinds), row.model)
+    return tasks, metrics, sorted(rows.values(), key=order), data
+
+
+def _orderings(tasks: list[str], labels: dict[str, str], rows: list[FinetuneRow]) -> list[str]:
+    """Per task, the fine-tuned pretrained rows from best to worst mean; '>' where the 95% intervals are
+    apart, '≈' where they overlap (or a row has one run), and whether SupMAM-CLAP, the paper's best, leads."""
+    notes = []
+    for task in tasks:
+        ranked = []
+        for row in rows:
+            s = summarize(row.runs.get(task, []))
+            if row.kind == "finetune" and row.variant and s["n"]:
+                ranked.append((s["mean"], s["ci95"], row))
+        if len(ranked) < 2:
+            continue
+        ranked.sort(key=lambda r: -r[0])
+        text = f"{ranked[0][2].pretraining} ({ranked[0][2].model}) {100 * ranked[0][0]:.1f}"
+        for (m1, c1, _), (m2, c2, row) in zip(ranked, ranked[1:]):
+            apart = c1 is not None and c2 is not None and m1 - c1 > m2 + c2
+            text += f" {'>' if apart else '≈'} {row.pretraining} ({row.model}) {100 * m2:.1f}"
+        lead = ranked[0][2].variant == "supmam_clap"
+        notes.append(f"ordering on {labels[task]}: {text}; SupMAM-CLAP (the paper's best) "
+                     f"{'leads' if lead else 'does not lead'}")
+    return notes
+
+
+def finetune_table(docs: list[tuple[dict, str]]) -> tuple[Table, list[list], list[str]]:
+    """The paper's fine-tuning table from fine-tuning results: a row per model and kind (fine-tuned, frozen
+    features, from scratch), a column per task, mean ± 95% t half-width over fine-tuning seeds; the tidy rows
+    (TIDY_HEADER, scores as fractions) and notes (orderings, data folders)."""
+    from training.eval.finetune_tasks import TASKS
+    tasks, metrics, rows, data = finetune_rows(docs)
+    labels = {t: TASKS[t].label if t in TASKS else t for t in tasks}
+    body, tidy, notes = [], [], []
+    for row in rows:
+        cells = []
+        for task in tasks:
+            s = summarize(row.runs.get(task, []))
+            cells.append(_fmt_percent(s))
+            if s["n"]:
+                tidy.append([row.model, row.pretraining, row.kind, task, metrics[task], s["mean"], s["ci95"], s["n"]])
+            for run in row.runs.get(task, []):
+                if run.get("error"):
+                    notes.append(f"error: {row.model} / {labels[task]} (seed {run['seed']}): "
+                                 f"{_first_line(run['error'])}")
+        body.append([row.model, row.pretraining, FINETUNE_KINDS.get(row.kind, row.kind), *cells])
+        seeds = sorted(str(s) for s in row.pretrain_seeds if s is not None)
+        if seeds:
+            notes.append(f"{row.model} ({row.kind}): pretraining seed(s) {', '.join(seeds)}")
+    notes += _orderings(tasks, labels, rows)
+    for task in tasks:
+        if len(data[task]) > 1:
+            notes.append(f"{labels[task]} pools runs on {len(data[task])} data folders: "
+                         f"{', '.join(sorted(data[task]))}")
+    sources = sorted({s for r in rows for s in r.sources})
+    caption = ("Fine-tuning (the encoder and a head on its mean-pooled tokens, `mamclap finetune`) and its "
+               "baselines: frozen features (head only) and random init. Cells: the test score of the best "
+               "validation epoch in % (mAP for AudioSet, accuracy otherwise; ESC-50 averaged over its folds), mean "
+               "over fine-tuning runs (seeds) with ± the half-width of the 95% t interval and n when there are "
+               f"several; {DASH} = failed or not run. The paper's own numbers are in reported.md, never in this "
+               f"table. Behind it: {sum(len(v) for r in rows for v in r.runs.values())} run(s) from "
+               f"{len(sources)} results file(s).")
+    header = ["model", "pretraining", "kind", *(f"{labels[t]} {metrics[t]}" for t in tasks)]
+    return Table("finetune", "Fine-tuning", caption, header, body, notes=notes), tidy, notes
+
+
+def to_tidy_csv(rows: list[list]) -> str:
+    """One numeric row per (model, kind, task): mean and ci95 as fractions (ci95 empty for one run)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(TIDY_HEADER)
+    for row in rows:
+        writer.writerow(["" if v is None else repr(v) if isinstance(v, float) else v for v in row])
+    return buf.getvalue()
+
+
+def write_finetune_tables(docs: list[tuple[dict, str]], out: Path) -> list[Path]:
+    """finetune.md / .csv / .tex and finetune_tidy.csv in out."""
+    table, tidy, _ = finetune_table(docs)
+    return [atomic.write_text(out / "finetune.md", to_markdown([table])),
+            atomic.write_text(out / "finetune.csv", to_csv([table])),
+            atomic.write_text(out / "finetune.tex", to_latex([table])),
+            atomic.write_text(out / "finetune_tidy.csv", to_tidy_csv(tidy))]
+
+
 # ------------------------------------------------------------------------------------------- rendering
 
 
@@ -562,17 +715,20 @@ def make_tables(inputs: list[Path], out: Path, run_dirs: list[Path] = ()) -> lis
     """Read the results, write every table and plot into out; the paths written, in order."""
     logs = _loss_logs(list(run_dirs))  # checked before anything is written
     docs, notes = find_results(inputs)
+    finetune_docs, docs = split_finetune(docs)
     columns, runs = collect_runs(docs)
     board, group_summaries = leaderboard(columns, runs)
     ablation_tables, ablation_notes = ablation(columns, runs)
     for note in notes + ablation_notes:
         print(f"note: {note}", file=sys.stderr)
     written = []
-    for stem, tables, extra in (("leaderboard", [board], notes), ("ablation", ablation_tables, ablation_notes),
-                                ("reported", [reported_table()], [])):
+    frozen = [("leaderboard", [board], notes), ("ablation", ablation_tables, ablation_notes)] if docs else []
+    for stem, tables, extra in (*frozen, ("reported", [reported_table()], [])):
         written.append(atomic.write_text(out / f"{stem}.md", to_markdown(tables, extra)))
         written.append(atomic.write_text(out / f"{stem}.csv", to_csv(tables)))
         written.append(atomic.write_text(out / f"{stem}.tex", to_latex(tables)))
+    if finetune_docs:
+        written += write_finetune_tables(finetune_docs, out)
     groups = hear_groups(columns)
     if groups:
         written.append(plot_group_scores(group_summaries, groups, out / "group_scores.png",

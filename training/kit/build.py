@@ -7,6 +7,7 @@
     superb/voxceleb1/
     corpus/shard-*.tar          pretraining corpus (training.kit.corpus), corpus.json, class_labels_indices.csv
     audioset/                   optional: the corpus in AudioSet's layout
+    finetune/                   optional: the fine-tuning sets in their real layouts (training.kit.finetune_layouts)
     files.sha256                sha256 of every data file (what `mamclap data check` re-verifies)
     manifest.json               sources (Debian packages, versions, licences), counts, hours, timings,
                                 skipped files with reasons, and the no-overlap check
@@ -152,7 +153,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-DATA_DIRS = ("hear", "superb", "corpus", "audioset")
+DATA_DIRS = ("hear", "superb", "corpus", "audioset", "finetune")
 
 
 def data_files(kit: Path) -> list[Path]:
@@ -230,10 +231,12 @@ def _ids_of(entry: dict) -> set[str]:
 
 
 def build_kit(size: str, seed: int, data_dir: Path | None = None, cache_dir: Path | None = None, workers: int = 2,
-              audioset_layout: bool = False, bank_dir: Path | None = None, progress: bool = True) -> dict:
+              audioset_layout: bool = False, bank_dir: Path | None = None, progress: bool = True,
+              finetune_layouts: bool = False) -> dict:
     """Build (or finish, or reuse) data_dir/kit-<size>-s<seed>/; returns the manifest.
 
     bank_dir: the source bank (default data_dir/bank; built there from cache_dir when missing).
+    finetune_layouts: also write finetune/ (AudioSet, ESC-50 and Speech Commands V2 in their own layouts).
     """
     if size not in SIZES:
         raise ValueError(f"size must be one of {list(SIZES)}, got {size!r}")
@@ -289,6 +292,13 @@ def build_kit(size: str, seed: int, data_dir: Path | None = None, cache_dir: Pat
             corpus_mod.write_audioset_layout(corpus_dir, kit / "audioset", progress)
             timings["audioset"] = round(time.time() - t, 2)
 
+    finetune = None
+    if finetune_layouts or (kit / "finetune" / "stage.json").is_file():
+        from training.kit.finetune_layouts import build_finetune_layouts
+        finetune = timed("finetune", lambda out: build_finetune_layouts(
+            records, out, size, seed, bank_dir, corpus_dir, cfg, exclude, superb))
+        check_no_overlap(corpus["bank_ids"], finetune["test_ids"])
+
     t = time.time()
     digest = write_checksums(kit)
     timings["checksums"] = round(time.time() - t, 2)
@@ -312,6 +322,12 @@ def build_kit(size: str, seed: int, data_dir: Path | None = None, cache_dir: Pat
     if (kit / "audioset").is_dir():
         datasets["audioset"] = ({"path": str(kit / "audioset"), "clips": corpus["clips"],
                                  "note": "the corpus in AudioSet's layout"}, set(corpus["bank_ids"]))
+    if finetune is not None:
+        for name, entry in finetune.items():
+            if isinstance(entry, dict):
+                stats = {k: v for k, v in entry.items() if isinstance(v, (int, float, str))}
+                datasets[f"finetune/{name}"] = ({"path": str(kit / "finetune" / name), **stats},
+                                                set(entry.get("test", [])) | set(entry.get("train", [])))
 
     bank_meta = json.loads((bank_dir / "bank.json").read_text()) if (bank_dir / "bank.json").is_file() else {}
     manifest = {
@@ -389,6 +405,8 @@ def check_kit(kit: Path) -> dict:
     for stats in sorted((kit / "corpus").glob("shard-*.tar.stats.json")):
         corpus_ids.update(json.loads(stats.read_text())["bank_ids"])
     overlap = check_no_overlap(corpus_ids, holdout["test_ids"] | holdout["heldout_ids"])
+    if (kit / "finetune" / "stage.json").is_file():
+        check_no_overlap(corpus_ids, json.loads((kit / "finetune" / "stage.json").read_text())["test_ids"])
     expected = {}
     for line in (kit / "files.sha256").read_text().splitlines():
         digest, rel = line.split("  ", 1)

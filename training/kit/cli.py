@@ -3,6 +3,7 @@
     mamclap data setup                          download and unpack the Debian packages (debian.setup)
     mamclap data bank                           build the source bank ($MAMCLAP_DATA/bank)
     mamclap data build --size tiny --seed 0     bank if missing, HEAR suite, SUPERB layouts, corpus, manifest
+                       [--finetune]             ... and the fine-tuning sets in their real layouts
     mamclap data show --size tiny --seed 0      what a kit holds: counts, hours, sizes, paths
     mamclap data check --size tiny --seed 0     re-verify the no-overlap check and every file's sha256
 """
@@ -45,6 +46,9 @@ def register(subparsers) -> None:
             s.add_argument("--workers", type=positive_int, default=2, help="processes for the bank and corpus")
             s.add_argument("--audioset-layout", action="store_true",
                            help="also write the corpus in AudioSet's CSV + audio folder layout")
+            s.add_argument("--finetune", action="store_true",
+                           help="also write the fine-tuning sets (AudioSet, ESC-50, Speech Commands V2) in their "
+                                "real layouts under finetune/")
             s.add_argument("--bank-dir", type=out_dir, default=None, help="source bank (default <data-dir>/bank)")
         s.set_defaults(func=func)
 
@@ -77,7 +81,8 @@ def _build(args) -> int:
     _logging()
     data, cache = _dirs(args)
     manifest = build.build_kit(args.size, args.seed, data, cache, workers=args.workers,
-                               audioset_layout=args.audioset_layout, bank_dir=args.bank_dir)
+                               audioset_layout=args.audioset_layout, bank_dir=args.bank_dir,
+                               finetune_layouts=args.finetune)
     print(f"built {build.kit_dir(args.size, args.seed, data)} in stages {manifest['timings_s']}")
     return 0
 

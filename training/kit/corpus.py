@@ -378,6 +378,19 @@ def iter_shard(path: Path):
                 yield key, item["flac"], json.loads(item["json"])
 
 
+def write_segments_csv(path: Path, rows: list[tuple[str, float, list[str]]], source: str) -> None:
+    """An AudioSet segments CSV: three '#' header lines, then `YTID, start, end, "mid1,mid2"` per
+    (key, duration, label mids) row."""
+    with open(path, "w", newline="") as f:
+        f.write(f"# Segments csv created by mamclap from {source}\n")
+        f.write(f"# num_ytids={len(rows)}, num_segs={len(rows)}, "
+                f"num_unique_labels={len({m for r in rows for m in r[2]})}, "
+                f"num_positive_labels={sum(len(r[2]) for r in rows)}\n")
+        f.write("# YTID, start_seconds, end_seconds, positive_labels\n")
+        for key, duration, labels in rows:
+            f.write(f'{key}, 0.000, {duration:.3f}, "{",".join(labels)}"\n')
+
+
 def write_audioset_layout(corpus_dir: Path, out_dir: Path, progress: bool = True) -> dict:
     """Convert complete corpus shards into AudioSet's layout in out_dir (written to a temp dir, renamed)."""
     corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
@@ -396,13 +409,7 @@ def write_audioset_layout(corpus_dir: Path, out_dir: Path, progress: bool = True
                 mids.update(labels)
                 rows.append((key, meta["duration"], labels))
                 captions.append((key, meta["caption"]))
-        with open(tmp / "unbalanced_train_segments.csv", "w", newline="") as f:
-            f.write(f"# Segments csv created by mamclap from {corpus_dir.name}\n")
-            f.write(f"# num_ytids={len(rows)}, num_segs={len(rows)}, num_unique_labels={len(mids)}, "
-                    f"num_positive_labels={sum(len(r[2]) for r in rows)}\n")
-            f.write("# YTID, start_seconds, end_seconds, positive_labels\n")
-            for key, duration, labels in rows:
-                f.write(f'{key}, 0.000, {duration:.3f}, "{",".join(labels)}"\n')
+        write_segments_csv(tmp / "unbalanced_train_segments.csv", rows, corpus_dir.name)
         with open(tmp / "captions.csv", "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["YTID", "caption"])
