@@ -370,39 +370,97 @@ def _weights_only(state: dict) -> dict:
     return {k: v.detach().cpu().clone() for k, v in state.items()}
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """The steps of one fold: an epoch is one pass (per_pass clips) in whole global batches."""
+    global_batch: int
+    per_pass: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    peak_lr: float
+    min_lr: float
+
+    @classmethod
+    def of(cls, cfg: FinetuneConfig, n_train: int, world: int) -> Schedule:
+        global_batch = cfg.batch_size * cfg.accum * world
+        per_pass = max(1, round(cfg.epoch_fraction * n_train)) if cfg.weighted_sampler else n_train
+        steps_per_epoch = max(1, per_pass // global_batch)
+        return cls(global_batch, per_pass, steps_per_epoch, cfg.epochs * steps_per_epoch,
+                   round(cfg.warmup_epochs * steps_per_epoch), cfg.base_lr * global_batch / 256, cfg.min_lr)
+
+    def lr(self, step: int) -> float:
+        return lr_for_step(step, self.total_steps, self.warmup_steps, self.peak_lr, self.min_lr)
+
+
+def build_model(cfg: FinetuneConfig, n_classes: int) -> Classifier:
+    """The encoder (seeded when random) and head; drop path on, or the encoder frozen."""
+    torch.manual_seed(cfg.seed)
+    model = Classifier(build_encoder(cfg), n_classes, cfg.head_init_std)
+    if cfg.freeze:
+        model.encoder.requires_grad_(False)
+    else:
+        model.encoder.set_drop_path(cfg.drop_path)
+    return model
+
+
+def training_inputs(model: Classifier, wav: torch.Tensor, target: torch.Tensor, cfg: FinetuneConfig,
+                    grid: tuple[int, int], rng: np.random.Generator):
+    """One training micro-batch after augmentation: (log-mel (B, T, n_mels), targets (B, K), kept patch
+    indices (B, L) or None). Mixup acts on the waveforms, SpecAugment on the log-mel."""
+    wav, target = mixup(wav, target, rng, cfg.mixup, cfg.mixup_alpha)
+    with torch.no_grad():
+        mel = spec_mask(model.encoder.frontend(wav), rng, cfg.freq_mask, cfg.time_mask)  # (B, T, n_mels)
+    return mel, target, patch_keep(wav.shape[0], grid, rng, cfg.mask_t_prob, cfg.mask_f_prob, wav.device)
+
+
+class RunLog:
+    """Rank 0's log.jsonl and progress bar; other ranks write nothing."""
+
+    def __init__(self, out_dir: Path, env: Env, total: int, start: int, desc: str) -> None:
+        self.file = self.bar = None
+        if env.rank == 0:
+            from tqdm import tqdm
+            out_dir.mkdir(parents=True, exist_ok=True)
+            self.file = open(out_dir / "log.jsonl", "a")
+            self.bar = tqdm(total=total, initial=start, desc=desc, unit="step")
+
+    def write(self, record: dict) -> None:
+        if self.file is not None:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+            if "loss" in record:
+                self.bar.set_postfix(loss=f"{record['loss']:.4f}")
+
+    def step(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.bar.close()
+            self.file.close()
+
+
 def train_fold(cfg: FinetuneConfig, task: TaskData, fold: Fold, out_dir: Path, env: Env, resume: bool) -> dict:
     """Fine-tune on one fold and test its best validation epoch; returns the fold's result (also written to
     out_dir/fold.json, which a resumed run reuses instead of training the fold again)."""
-    done = out_dir / "fold.json"
+    done, ckpt_path = out_dir / "fold.json", out_dir / "checkpoint.pt"
     if resume and done.is_file():
         return json.loads(done.read_text())
-    ckpt_path = out_dir / "checkpoint.pt"
-    info = task.info
-    torch.manual_seed(cfg.seed)
-    encoder = build_encoder(cfg)
-    model = Classifier(encoder, len(task.vocabulary), cfg.head_init_std)
-    if cfg.freeze:
-        encoder.requires_grad_(False)
-    else:
-        encoder.set_drop_path(cfg.drop_path)
-    model.to(env.device)
-    frames = input_frames(cfg, encoder.cfg)
-    n_samples = n_samples_for(dataclasses.replace(encoder.cfg, target_frames=frames))
-    grid = (frames // encoder.cfg.patch_size[0], encoder.cfg.grid[1])
-    n_classes = len(task.vocabulary)
+    info, n_classes = task.info, len(task.vocabulary)
+    model = build_model(cfg, n_classes).to(env.device)
+    enc = model.encoder.cfg
+    frames = input_frames(cfg, enc)
+    n_samples = n_samples_for(dataclasses.replace(enc, target_frames=frames))
+    grid = (frames // enc.patch_size[0], enc.grid[1])
     train_set, valid_set, test_set = (Clips(s, n_classes, n_samples) for s in (fold.train, fold.valid, fold.test))
-
-    global_batch = cfg.batch_size * cfg.accum * env.world
-    per_pass = max(1, round(cfg.epoch_fraction * len(train_set))) if cfg.weighted_sampler else len(train_set)
-    steps_per_epoch = max(1, per_pass // global_batch)
-    total_steps = cfg.epochs * steps_per_epoch
-    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
-    peak_lr = cfg.base_lr * global_batch / 256
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.layer_decay), lr=peak_lr,
+    sched = Schedule.of(cfg, len(train_set), env.world)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.layer_decay), lr=sched.peak_lr,
                                   fused=env.use_cuda)
 
-    start_step, history, best = 0, [], {"epoch": None, "score": None}
-    best_state = None
+    # Resume: weights, optimizer, RNG states, step, the validation history and the best epoch's weights.
+    start_step, history, best, best_state = 0, [], {"epoch": None, "score": None}, None
     if resume and ckpt_path.is_file():
         state = checkpointing.load(ckpt_path)
         if state.get("world_size", 1) != env.world:
@@ -412,14 +470,6 @@ def train_fold(cfg: FinetuneConfig, task: TaskData, fold: Fold, out_dir: Path, e
         optimizer.load_state_dict(state["optimizer"])
         checkpointing.set_rng_state(state["rng"][env.rank])
         start_step, history, best, best_state = state["step"], state["history"], state["best"], state["best_model"]
-
-    ddp_model = DistributedDataParallel(model, device_ids=[env.local_rank] if env.use_cuda else None) \
-        if env.world > 1 else model
-    sampler_args = (cfg.batch_size, cfg.accum, env.world, env.rank, cfg.seed, start_step, total_steps)
-    sampler = (WeightedStepBatches(class_weights(fold.train, n_classes), per_pass, *sampler_args)
-               if cfg.weighted_sampler else StepBatches(len(train_set), *sampler_args))
-    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.workers, pin_memory=env.use_cuda,
-                        generator=torch.Generator())
 
     def save(step: int) -> None:
         rngs = [None] * env.world
@@ -431,28 +481,26 @@ def train_fold(cfg: FinetuneConfig, task: TaskData, fold: Fold, out_dir: Path, e
             checkpointing.save_atomic({
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "rng": rngs,
                 "history": history, "best": best, "best_model": best_state, "world_size": env.world,
-                "finetune_config": dataclasses.asdict(cfg), "encoder_config": encoder.cfg.to_dict(),
+                "finetune_config": dataclasses.asdict(cfg), "encoder_config": enc.to_dict(),
                 "vocabulary": task.vocabulary}, ckpt_path)
 
-    log_file = None
-    progress = None
-    if env.rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        log_file = open(out_dir / "log.jsonl", "a")
-        from tqdm import tqdm
-        progress = tqdm(total=total_steps, initial=start_step, desc=f"finetune {cfg.task} {fold.name}", unit="step")
+    ddp_model = DistributedDataParallel(model, device_ids=[env.local_rank] if env.use_cuda else None) \
+        if env.world > 1 else model
+    sampler_args = (cfg.batch_size, cfg.accum, env.world, env.rank, cfg.seed, start_step, sched.total_steps)
+    sampler = (WeightedStepBatches(class_weights(fold.train, n_classes), sched.per_pass, *sampler_args)
+               if cfg.weighted_sampler else StepBatches(len(train_set), *sampler_args))
+    # The loader's own generator: drawing its seed must not move the global RNG that drop path uses.
+    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.workers, pin_memory=env.use_cuda,
+                        generator=torch.Generator())
+    run_log = RunLog(out_dir, env, sched.total_steps, start_step, f"finetune {cfg.task} {fold.name}")
     model.train()
     step, micro, loss_sum, n_summed = start_step, 0, torch.zeros((), device=env.device), 0
     for wav, target in loader:
         wav, target = wav.to(env.device, non_blocking=True), target.to(env.device, non_blocking=True)
         rng = step_rng(cfg.seed, step, micro, env.rank)
-        wav, target = mixup(wav, target, rng, cfg.mixup, cfg.mixup_alpha)
-        with torch.no_grad():
-            mel = spec_mask(model.encoder.frontend(wav), rng, cfg.freq_mask, cfg.time_mask)  # (B, T, n_mels)
-        ids_keep = patch_keep(wav.shape[0], grid, rng, cfg.mask_t_prob, cfg.mask_f_prob, env.device)
+        mel, target, ids_keep = training_inputs(model, wav, target, cfg, grid, rng)
         sync = micro == cfg.accum - 1
-        ctx = ddp_model.no_sync() if (env.world > 1 and not sync) else contextlib.nullcontext()
-        with ctx:
+        with ddp_model.no_sync() if (env.world > 1 and not sync) else contextlib.nullcontext():
             with env.amp:
                 logits = ddp_model(mel, ids_keep)
             loss = loss_fn(logits, target, info.multilabel, cfg.label_smoothing)
@@ -462,7 +510,7 @@ def train_fold(cfg: FinetuneConfig, task: TaskData, fold: Fold, out_dir: Path, e
         if not sync:
             continue
         micro = 0
-        lr = lr_for_step(step, total_steps, warmup_steps, peak_lr, cfg.min_lr)
+        lr = sched.lr(step)
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
         if cfg.clip_grad > 0:
@@ -470,7 +518,7 @@ def train_fold(cfg: FinetuneConfig, task: TaskData, fold: Fold, out_dir: Path, e
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step, n_summed = step + 1, n_summed + 1
-        end_of_epoch = step % steps_per_epoch == 0
+        end_of_epoch = step % sched.steps_per_epoch == 0
         if step % cfg.log_every == 0 or end_of_epoch:
             loss_value = float(loss_sum) / n_summed  # mean over the steps since the last log line
             loss_sum.zero_()
@@ -478,45 +526,38 @@ def train_fold(cfg: FinetuneConfig, task: TaskData, fold: Fold, out_dir: Path, e
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"loss is {loss_value} at step {step}: lower --base-lr or check the data "
                                          f"(the last good checkpoint is kept at {ckpt_path})")
-            if env.rank == 0:
-                log_file.write(json.dumps({"step": step, "lr": lr, "loss": loss_value}) + "\n")
-                log_file.flush()
-                progress.set_postfix(loss=f"{loss_value:.4f}")
-        if env.rank == 0:
-            progress.update(1)
+            run_log.write({"step": step, "lr": lr, "loss": loss_value})
+        run_log.step()
         if end_of_epoch:
-            epoch = step // steps_per_epoch
-            record = {"epoch": epoch, "step": step}
+            record = {"epoch": step // sched.steps_per_epoch, "step": step}
             if fold.valid:
-                valid_score, _ = score(info.metric, *predict(model, valid_set, env, cfg.batch_size, cfg.workers))
-                record["valid"] = valid_score
-                if best["score"] is None or valid_score > best["score"]:
-                    best, best_state = {"epoch": epoch, "score": valid_score}, _weights_only(model.state_dict())
+                record["valid"], _ = score(info.metric, *predict(model, valid_set, env, cfg.batch_size, cfg.workers))
+                if best["score"] is None or record["valid"] > best["score"]:
+                    best, best_state = {"epoch": record["epoch"], "score": record["valid"]}, \
+                        _weights_only(model.state_dict())
             history.append(record)
-            if env.rank == 0:
-                log_file.write(json.dumps(record) + "\n")
-                log_file.flush()
-                log.info("%s %s epoch %d/%d: %s", cfg.task, fold.name, epoch, cfg.epochs,
-                         f"valid {info.metric} {record['valid']:.4f}" if "valid" in record else "no validation set")
+            run_log.write(record)
+            log.info("%s %s epoch %d/%d: %s", cfg.task, fold.name, record["epoch"], cfg.epochs,
+                     f"valid {info.metric} {record['valid']:.4f}" if "valid" in record else "no validation set")
         if end_of_epoch or step == cfg.stop_at or (cfg.ckpt_every and step % cfg.ckpt_every == 0):
             save(step)
         if step == cfg.stop_at:
             break
-    if env.rank == 0:
-        progress.close()
-        log_file.close()
-    if step < total_steps:  # stopped early at stop_at: resume later
+    run_log.close()
+    if step < sched.total_steps:  # stopped early at stop_at: resume later
         return {"stopped_at": step}
+
+    # Test the best validation epoch (the last one when there is no validation set).
     final_state = _weights_only(model.state_dict())
     if best_state is not None:
         model.load_state_dict(best_state)
     else:
-        best = {"epoch": cfg.epochs, "score": None}  # no validation set: the last epoch is tested
+        best = {"epoch": cfg.epochs, "score": None}
     test_score, details = score(info.metric, *predict(model, test_set, env, cfg.batch_size, cfg.workers))
     model.load_state_dict(final_state)
     result = {"fold": fold.name, "test": test_score, "best_epoch": best["epoch"], "valid": best["score"],
-              "n_train": len(train_set), "n_valid": len(valid_set), "n_test": len(test_set), "steps": total_steps,
-              "frames": frames, **details}
+              "n_train": len(train_set), "n_valid": len(valid_set), "n_test": len(test_set),
+              "steps": sched.total_steps, "frames": frames, **details}
     if env.rank == 0:
         results_mod.write_json_atomic(result, done)
     return result
