@@ -215,12 +215,14 @@ class MAMCLAPEncoder(nn.Module):
         if n_mels != self.cfg.n_mels or T % pt or not 0 < T <= self.cfg.target_frames:
             raise ValueError(f"expected log-mel (batch, frames, {self.cfg.n_mels}) with frames a multiple of {pt} "
                              f"up to {self.cfg.target_frames}, got {tuple(mel.shape)}")
-        x = self.patch_embed(patchify(mel, self.cfg.patch_size))  # (B, N, D)
-        x = x + self.pos_embed[: x.shape[1]]  # time-major: a shorter input takes the first positions
-        if ids_keep is not None:
-            x = torch.gather(x, 1, ids_keep[..., None].expand(-1, -1, x.shape[2]))  # (B, L, D)
+        patches = patchify(mel, self.cfg.patch_size)  # (B, N, pt * pf)
+        pos = self.pos_embed[: patches.shape[1]]  # (N, D) time-major: a shorter input takes the first positions
+        if ids_keep is not None:  # embed only the kept patches: masked ones never reach the encoder
+            patches = torch.gather(patches, 1, ids_keep[..., None].expand(-1, -1, patches.shape[2]))  # (B, L, pt * pf)
+            pos = pos[ids_keep]  # (B, L, D)
             if valid is not None:
                 valid = torch.gather(valid, 1, ids_keep)  # (B, L)
+        x = self.patch_embed(patches) + pos  # (B, L, D)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)  # (B, 1 + L, D); CLS has no position
             if valid is not None:

@@ -14,6 +14,7 @@ import sys
 COMMANDS = [
     ("training.kit.cli", "data"),
     ("training.pretrain.train", "pretrain"),
+    ("training.pretrain.feature_cache", "precompute"),
     ("training.pretrain.clap_train", "teacher"),
     ("training.eval.superb", "superb"),
     ("training.eval.hear", "hear"),

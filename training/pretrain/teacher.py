@@ -171,6 +171,17 @@ def student_band_hz(encoder: EncoderConfig) -> torch.Tensor:
     return band_centres_hz(frontend.mel_banks, fft_hz, encoder.grid[1])
 
 
+def expand_bands(bands: torch.Tensor, freq_weights: torch.Tensor) -> torch.Tensor:
+    """(B, n_time, G, dim) teacher features per time patch and band, (n_freq, G) weights -> (B, n_time *
+    n_freq, dim), time-major: each student frequency patch mixes the G bands (G = 1: features="frames")."""
+    fw = freq_weights.to(bands.device, bands.dtype)  # (n_freq, G)
+    if fw.shape[1] == 1:  # one frame vector shared by every frequency patch: a copy, not a product
+        out = bands.expand(-1, -1, fw.shape[0], -1)  # (B, T, n_freq, D)
+    else:
+        out = torch.einsum("fg,btgd->btfd", fw, bands)  # (B, T, n_freq, D)
+    return out.flatten(1, 2)  # time-major: patch (t, f) at t * n_freq + f
+
+
 # ---- the interface ----
 
 
@@ -272,6 +283,17 @@ class LaionClapTeacher(Teacher):
     @torch.no_grad()
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         """(B, N) audio at 16 kHz -> (B, n_time * n_freq, dim), n_time = the student's time patches for N."""
+        return self.expand_bands(self.forward_bands(wav))
+
+    def expand_bands(self, bands: torch.Tensor) -> torch.Tensor:
+        """(B, n_time, G, dim) from forward_bands -> (B, n_time * n_freq, dim); see expand_bands."""
+        return expand_bands(bands, self.freq_weights)
+
+    @torch.no_grad()
+    def forward_bands(self, wav: torch.Tensor) -> torch.Tensor:
+        """(B, N) audio at 16 kHz -> (B, n_time, G, dim): features aligned to the student's time patches,
+        before the frequency patches are filled. The compact form a cache stores (G rows per time patch
+        instead of n_freq)."""
         self._check_audio(wav)
         B, N = wav.shape
         device = self.audio_branch.patch_embed.proj.weight.device
@@ -285,9 +307,7 @@ class LaionClapTeacher(Teacher):
         feats = feats.reshape(B, len(offsets) * self.n_steps, *feats.shape[2:])  # (B, W * S, G, D)
         starts = torch.tensor(offsets, dtype=torch.float64, device=device) / self.teacher_rate
         tw = time_weights(patch_times, starts, self.step_times.to(device), self.window_s)  # (T, W * S)
-        fw = self.freq_weights.to(device, feats.dtype)
-        out = torch.einsum("ts,fg,bsgd->btfd", tw.to(feats.dtype), fw, feats)  # (B, T, n_freq, D)
-        return out.flatten(1, 2)  # time-major: patch (t, f) at t * n_freq + f
+        return torch.einsum("ts,bsgd->btgd", tw.to(feats.dtype), feats)  # (B, T, G, D)
 
 
 # ---- LAION checkpoints ----

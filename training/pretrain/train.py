@@ -28,6 +28,8 @@ from torch.utils.data import DataLoader
 
 from training.pretrain import checkpointing
 from training.pretrain.data import AudioClips, StepBatches
+from training.pretrain.feature_cache import FeatureCache, cache_key
+from training.pretrain.inputs import cached_inputs, fixed_inputs, online_inputs
 
 log = logging.getLogger("mamclap.pretrain")
 
@@ -55,7 +57,12 @@ class TrainConfig:
     seed: int = 0
     workers: int = 2
     compile: bool = False
+    compile_mode: str = "default"    # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune...
+    attention: str = "auto"          # attention kernels on GPU: auto (PyTorch's order) | cudnn (cuDNN's first)
     device: str = "auto"             # auto | cpu | cuda
+    cache: str = ""                  # folder from `mamclap precompute`: teacher targets (and log-mel) from it
+    cache_mel: bool = True           # with cache: the log-mel too (held on the GPU), so no audio is decoded
+    fixed_batch: bool = False        # the first batch over and over: the step without the data path (benchmarks)
     overrides: tuple[tuple[str, str], ...] = ()  # PretrainConfig field overrides (name, value)
 
 
@@ -90,8 +97,9 @@ def _parse_value(text: str):
         return text
 
 
-def _build(cfg: TrainConfig, n_classes: int):
-    """The pretraining wrapper and, for presets that distil, the frozen teacher."""
+def _build(cfg: TrainConfig, n_classes: int, cached_teacher_dim: int | None = None):
+    """The pretraining wrapper and, for presets that distil, the frozen teacher (None when its features
+    come from a cache of teacher_dim cached_teacher_dim)."""
     from training.pretrain.mam import MAMPretrainer, PretrainConfig
 
     overrides = {k: _parse_value(v) for k, v in cfg.overrides}
@@ -103,11 +111,32 @@ def _build(cfg: TrainConfig, n_classes: int):
         if not cfg.teacher:
             raise ValueError(f"preset {cfg.preset!r} distils a CLAP teacher: pass --teacher CKPT (a "
                              "LAION-layout checkpoint, e.g. one from `mamclap teacher train`)")
-        from training.pretrain.teacher import TeacherConfig, load_teacher
-        teacher = load_teacher(cfg.teacher, encoder=pcfg.encoder, cfg=TeacherConfig(
-            features=cfg.teacher_features, align=cfg.teacher_align, projection=cfg.teacher_projection))
+        from training.pretrain.teacher import load_teacher
+        if cached_teacher_dim is not None:
+            return MAMPretrainer(dataclasses.replace(pcfg, teacher_dim=cached_teacher_dim)), None
+        # Built without drawing from the global RNG (its weights come from the checkpoint): the student's
+        # initial weights then depend on the seed alone, the same with a cached teacher.
+        with torch.random.fork_rng(devices=[]):
+            teacher = load_teacher(cfg.teacher, encoder=pcfg.encoder, cfg=teacher_config(cfg))
         pcfg = dataclasses.replace(pcfg, teacher_dim=teacher.dim)
     return MAMPretrainer(pcfg), teacher
+
+
+def attention_kernels(choice: str, use_cuda: bool):
+    """The scaled-dot-product attention kernels to prefer: PyTorch's own order, or cuDNN's fused attention
+    first (the others stay as fallbacks for shapes it does not take)."""
+    if choice not in ("auto", "cudnn"):
+        raise ValueError(f"attention must be 'auto' or 'cudnn', got {choice!r}")
+    if choice == "auto" or not use_cuda:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                        SDPBackend.MATH], set_priority=True)
+
+
+def teacher_config(cfg: TrainConfig):
+    from training.pretrain.teacher import TeacherConfig
+    return TeacherConfig(features=cfg.teacher_features, align=cfg.teacher_align, projection=cfg.teacher_projection)
 
 
 def n_samples_for(enc) -> int:
@@ -140,7 +169,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             tuple(kv) for kv in state["train_config"]["overrides"])})
         cfg = dataclasses.replace(saved, steps=cfg.steps, stop_at=cfg.stop_at, out_dir=cfg.out_dir, workers=cfg.workers,
                                   device=cfg.device, compile=cfg.compile, data=cfg.data or saved.data,
-                                  teacher=cfg.teacher or saved.teacher)
+                                  teacher=cfg.teacher or saved.teacher, cache=cfg.cache or saved.cache,
+                                  cache_mel=cfg.cache_mel, fixed_batch=cfg.fixed_batch,
+                                  compile_mode=cfg.compile_mode, attention=cfg.attention)
         # On another number of processes, keep the global batch (so the data order, the masks and the
         # learning rate continue unchanged): the per-process batch absorbs the difference.
         saved_world = state.get("world_size", 1)
@@ -155,8 +186,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     torch.manual_seed(cfg.seed)
 
     dataset = AudioClips(cfg.data, n_samples=1, require_labels=cfg.preset.startswith("sup"))
-    model, teacher = _build(cfg, dataset.n_classes)
+    cache = FeatureCache(cfg.cache, device) if cfg.cache else None
+    model, teacher = _build(cfg, dataset.n_classes, cache.teacher_dim if cache is not None and cache.has_teacher
+                            else None)
     dataset.n_samples = n_samples_for(model.cfg.encoder)
+    if cache is not None:  # refuse a cache built for other data, geometry or teacher
+        cache.check(cache_key(dataset, model.cfg.encoder, cfg.teacher if model.cfg.uses_teacher else None,
+                              teacher_config(cfg)), teacher=model.cfg.uses_teacher)
     model.to(device)
     if teacher is not None:
         teacher.to(device)
@@ -175,12 +211,20 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         checkpointing.set_rng_state(state["rng"][min(rank, len(state["rng"]) - 1)])
     ddp_model = DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None) \
         if world > 1 else model
-    step_fn = torch.compile(ddp_model) if cfg.compile else ddp_model
+    step_fn = torch.compile(ddp_model, mode=cfg.compile_mode) if cfg.compile else ddp_model
 
     sampler = StepBatches(len(dataset), cfg.batch_size, cfg.accum, world, rank, cfg.seed,
                           start_step, cfg.steps)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers,
-                        pin_memory=use_cuda, persistent_workers=False)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if use_cuda else torch.autocast("cpu", enabled=False)
+    if cache is not None and cfg.cache_mel:
+        inputs = cached_inputs(cache, sampler, teacher=model.cfg.uses_teacher)
+    else:
+        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers,
+                            pin_memory=use_cuda, persistent_workers=False)
+        inputs = online_inputs(loader, model.encoder.frontend, teacher, device, amp, sampler=sampler,
+                               cache=cache if model.cfg.uses_teacher else None)
+    if cfg.fixed_batch:
+        inputs = fixed_inputs(inputs, len(sampler))
 
     writer = None
     if rank == 0:
@@ -204,7 +248,6 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 "train_config": dataclasses.asdict(cfg), "world_size": world,
                 "vocabulary": [list(v) for v in dataset.vocabulary]}, ckpt_path)
 
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if use_cuda else torch.autocast("cpu", enabled=False)
     step, skipped, t0, last_losses = start_step, 0, time.perf_counter(), {}
     progress = None
     if rank == 0:
@@ -213,21 +256,17 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     micro = 0
     sums: dict[str, torch.Tensor] = {}
     unchecked: list[tuple[int, torch.Tensor]] = []  # (step, loss on the device) not yet read on the host
-    for wav, labels, n_skipped in loader:
-        skipped += int(n_skipped.sum())
-        wav = wav.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        with torch.no_grad():
-            mel = model.encoder.frontend(wav)                                  # (B, T, n_mels), float32
-            with amp:  # the teacher in bf16 on GPU: a third less time, targets are layer-normed anyway
-                targets = teacher(wav) if teacher is not None else None        # (B, n_patches, D)
+    for mel, targets, labels, n_skipped in inputs:  # (B, T, n_mels), (B, n_patches, D) or None, (B, n_classes)
+        skipped += n_skipped
         sync = micro == cfg.accum - 1
         noise = masking_noise(cfg.seed, step, global_batch, model.cfg.encoder.n_patches)
         row = (micro * world + rank) * cfg.batch_size
-        noise = noise[row:row + wav.shape[0]].to(device)  # this micro-batch's rows of the global batch
+        noise = noise[row:row + mel.shape[0]]  # this micro-batch's rows of the global batch
+        # Pinned and non-blocking: a plain copy would make the host wait for the GPU every step.
+        noise = noise.pin_memory().to(device, non_blocking=True) if use_cuda else noise
         ctx = ddp_model.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
         with ctx:
-            with amp:
+            with amp, attention_kernels(cfg.attention, use_cuda):
                 out = step_fn(mel, teacher=targets, labels=labels if model.cfg.uses_labels else None,
                               noise=noise)
             (out["loss"] / cfg.accum).backward()
