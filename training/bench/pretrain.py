@@ -134,9 +134,10 @@ def ensure_cache(cfg: TrainConfig, path: str) -> float:
         return 0.0
     t0 = time.perf_counter()
     encoder = PretrainConfig.preset(cfg.preset, size=cfg.size).encoder
-    teacher = load_teacher(cfg.teacher, encoder=encoder, cfg=teacher_config(cfg), device="cuda") if cfg.teacher else None
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    teacher = load_teacher(cfg.teacher, encoder=encoder, cfg=teacher_config(cfg), device=device) if cfg.teacher else None
     build(AudioClips(cfg.data, n_samples=n_samples_for(encoder)), encoder, path, teacher=teacher,
-          teacher_path=cfg.teacher or None, teacher_cfg=teacher_config(cfg), device="cuda",
+          teacher_path=cfg.teacher or None, teacher_cfg=teacher_config(cfg), device=device,
           batch_size=64, workers=cfg.workers, progress=False)
     return time.perf_counter() - t0
 
