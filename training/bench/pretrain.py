@@ -157,14 +157,15 @@ def main(argv: list[str] | None = None) -> None:
                    "it wrote earlier in the same job")
     p.add_argument("--run", action="append", default=[], metavar="NAME:FIELD=VALUE,...",
                    help="a configuration to time (repeatable); default: one run from the cache")
-    p.add_argument("--headline", default="", help="the run the JSON's top-level ratio is about (default: the first)")
+    p.add_argument("--headline", default="", help="the run the JSON's top-level figures are about, or several "
+                   "NAME,NAME: the fastest of them (default: the first run)")
     p.add_argument("--out-dir", default="runs/bench")
     p.add_argument("--json", default="")
     args = p.parse_args(argv)
     runs = [parse_run(r) for r in args.run] or [("cached", {})]
-    headline = args.headline or runs[0][0]
-    if headline not in {name for name, _ in runs}:
-        raise SystemExit(f"--headline {headline!r} is not one of the runs")
+    candidates = args.headline.split(",") if args.headline else [runs[0][0]]
+    if set(candidates) - {name for name, _ in runs}:
+        raise SystemExit(f"--headline {args.headline!r} names runs that are not given with --run")
     base = TrainConfig(preset=args.preset, size=args.size, data=args.data, teacher=args.teacher, steps=args.steps,
                        batch_size=args.batch_size, workers=args.workers, compile=args.compile,
                        log_every=max(1, min(10, args.steps // 10)), ckpt_every=args.steps,
@@ -203,7 +204,8 @@ def main(argv: list[str] | None = None) -> None:
         pcfg = PretrainConfig.from_dict(ckpt["config"])
         run = summarise(Path(cfg.out_dir), cfg.batch_size * cfg.accum, train_flops_per_sample(pcfg), peak)
         run.update(wall_s=wall, source=fields.get("source", "cache"), preset=cfg.preset, size=cfg.size,
-                   batch_size=cfg.batch_size, steps=cfg.steps, compile=cfg.compile, workers=cfg.workers)
+                   batch_size=cfg.batch_size, steps=cfg.steps, compile=cfg.compile, workers=cfg.workers,
+                   compile_mode=cfg.compile_mode, attention=cfg.attention)
         ref = result.get("reference", {})
         for kind in ("eager", "compiled"):
             if f"train_samples_per_s_{kind}" in ref:
@@ -219,11 +221,20 @@ def main(argv: list[str] | None = None) -> None:
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()
+    # The data path against no data path: each run from the cache over the fixed-batch run of its setting.
+    same = lambda r: tuple(r.get(k) for k in ("preset", "size", "batch_size", "compile", "compile_mode", "attention"))
+    fixed = {same(r): r["samples_per_s"] for r in result["runs"].values() if r.get("source") == "fixed"}
+    for r in result["runs"].values():
+        if r.get("source") in ("cache", "teacher_cache", "online") and same(r) in fixed:
+            r["vs_fixed_batch"] = r["samples_per_s"] / fixed[same(r)]
+    timed = [n for n in candidates if "samples_per_s" in result["runs"][n]]
+    headline = max(timed, key=lambda n: result["runs"][n]["samples_per_s"]) if timed else candidates[0]
     top = result["runs"][headline]
     if "error" not in top:
         result.update(headline=headline, samples_per_s=top["samples_per_s"], mfu=top.get("mfu"),
                       peak_mem_gib=top.get("peak_mem_gib"), ratio_to_compiled_yardstick=top.get("vs_yardstick_compiled"),
-                      ratio_to_eager_yardstick=top.get("vs_yardstick_eager"))
+                      ratio_to_eager_yardstick=top.get("vs_yardstick_eager"),
+                      data_path_vs_fixed_batch=top.get("vs_fixed_batch"))
     print(json.dumps(result, indent=1))
     write(result, args.json)
 

@@ -265,6 +265,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         # Pinned and non-blocking: a plain copy would make the host wait for the GPU every step.
         noise = noise.pin_memory().to(device, non_blocking=True) if use_cuda else noise
         ctx = ddp_model.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
+        if cfg.compile:  # a new iteration for CUDA graphs (compile_mode reduce-overhead); a no-op otherwise
+            torch.compiler.cudagraph_mark_step_begin()
         with ctx:
             with amp, attention_kernels(cfg.attention, use_cuda):
                 out = step_fn(mel, teacher=targets, labels=labels if model.cfg.uses_labels else None,
