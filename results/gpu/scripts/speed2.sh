@@ -23,7 +23,7 @@ C=/tmp/data/kit-small-s0/corpus
 (cd $ROOT && PYTHONPATH=/tmp/site:$ROOT timeout 130 python3 -m training.bench.pretrain --data $C --preset supmam_clap \
   --size base --teacher /tmp/clap.pt --steps 60 --batch-size 256 --workers 12 --compile --out-dir /tmp/rb \
   --json $OUT/baseline_main.json > $OUT/baseline_main.log 2>&1); el "baseline rc=$?"
-timeout $(left 588) python3 -m training.bench.pretrain --data $C --teacher /tmp/clap.pt --reference $OUT/reference.json \
+timeout $(left 560) python3 -m training.bench.pretrain --data $C --teacher /tmp/clap.pt --reference $OUT/reference.json \
   --cache /tmp/cache_small --steps 60 --batch-size 256 --workers 12 \
   --run cache:source=cache --run cache_cudagraphs:source=cache,compile_mode=reduce-overhead \
   --run fixed:source=fixed --run fixed_cudagraphs:source=fixed,compile_mode=reduce-overhead \
