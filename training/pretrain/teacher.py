@@ -43,19 +43,15 @@ Output order is time-major, as hear_mamclap.model's patches: patch (t, f) at ind
 projection=True applies LAION's audio projection (trained on the pooled clip embedding) to every step,
 giving 512-d targets; projection=False keeps the raw 768-d (tiny) / 1024-d (base) HTS-AT features.
 
-Online forward vs cache. Measured per 10.255 s clip (ViT-B MAM-CLAP student step = forward + backward):
-H200, batch 32: HTS-AT-tiny forward 0.9 ms in fp32 (0.6 ms under bf16 autocast), student step 1.1 ms in
-bf16; 2 CPU threads (batch 2): teacher 124 ms, student step 665 ms. So on a GPU the teacher costs almost as
-much as the student step, and a cache could save up to ~45% of a training step. Today's loader
-(training/pretrain/data.py) crops each clip at an offset fixed by its index, without augmentation, so targets per
-item would repeat across epochs and a cache could hit. Against it: any waveform change (the kit's gain,
-speed, pitch, reverb, noise and mixing augmentations, other crops) changes the targets non-linearly (a
-mix's targets are not the mix of the targets), so the cache must key on the exact audio (item, crop,
-augmentation draw, teacher checkpoint) and would stop hitting once augmentation runs online; and it costs
-storage: 32 steps x 768 x 2 bytes (bf16) = 48 KiB per 10 s window, ~100 GB for AudioSet-2M. Chosen:
-online, on the device, inside the training step (training/pretrain/train.py), on exactly the batch the student
-sees: always exact, no staleness, no storage. If GPU time becomes the bottleneck on augmentation-free runs,
-cache the raw window features (window_features) under that key and align them at load time (cheap).
+Online forward or cache. On a GPU the teacher forward costs about as much as the student's step
+(results/perf.md), and the loader gives each item the same waveform every epoch (a crop fixed by its index,
+no augmentation), so the targets repeat: training/pretrain/feature_cache.py computes them once per clip
+(forward_bands, aligned to that crop's patch grid, G bands per time patch: 64 x 768 bf16 per clip for
+features="frames"), keyed on the data, the crop code, the geometry and the checkpoint's hash, and
+`pretrain --cache` reads them instead of running the teacher. Any waveform change (the kit's gain, speed,
+pitch, reverb, noise and mixing augmentations, other crops) changes the targets non-linearly (a mix's
+targets are not the mix of the targets), so once augmentation runs online the online teacher, on exactly
+the batch the student sees, is the one that stays right: it remains the default.
 """
 from __future__ import annotations
 

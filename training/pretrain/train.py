@@ -5,8 +5,11 @@ DDP over gloo on CPU or NCCL on GPU, bf16 autocast on GPU, optional torch.compil
 warm-up and cosine decay, gradient accumulation and clipping, rank-0 logging (progress bar, TensorBoard,
 a JSON-lines log), periodic atomic checkpoints, exact `--resume`, and an encoder-only export at the end.
 
-The front end (log-mel) and the teacher run on the device inside the step, on the batch of raw waveforms
-the loader gives, so data loading stays cheap and a teacher never sees different audio than the student.
+By default the front end (log-mel) and the teacher run on the device inside the step, on the batch of raw
+waveforms the loader gives, so a teacher never sees different audio than the student. With `--cache` (a
+folder from `mamclap precompute`) the teacher targets and, unless --no-cache-mel, the log-mel come from
+features computed once per clip and held on the GPU: no decoding, front end or teacher forward per step
+(training/pretrain/inputs.py says where each step's inputs come from).
 """
 from __future__ import annotations
 
