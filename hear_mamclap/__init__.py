@@ -15,7 +15,8 @@ centre of each hop. Scene embeddings pool the patch features over the clip (mean
 Options (keyword arguments of load_model, or `--model-options '{"layers": "mean", "last_k": 4}'` in
 heareval): layers "last" (the final, normalised layer) | "mean" | "concat" (of the last `last_k` blocks'
 outputs); freq_reduce "concat" | "mean"; scene_pooling "mean" | "meanmax"; timestamp_hop_ms;
-windows_per_forward (memory/speed trade-off).
+windows_per_forward (memory/speed trade-off); output_device "same" | "cpu" (timestamp embeddings built in
+host memory chunk by chunk, so an hour of audio on a GPU needs no GPU memory for its output).
 """
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ class HearModel(nn.Module):
     def __init__(self, encoder: MAMCLAPEncoder, layers: Literal["last", "mean", "concat"] = "last",
                  last_k: int = 1, freq_reduce: Literal["concat", "mean"] = "concat",
                  scene_pooling: Literal["mean", "meanmax"] = "mean",
-                 timestamp_hop_ms: float = TIMESTAMP_HOP_MS, windows_per_forward: int = 8) -> None:
+                 timestamp_hop_ms: float = TIMESTAMP_HOP_MS, windows_per_forward: int = 8,
+                 output_device: Literal["same", "cpu"] = "same") -> None:
         super().__init__()
         if encoder.cfg.sample_rate != SAMPLE_RATE:
             raise ValueError(f"HEAR modules take {SAMPLE_RATE} Hz audio; this encoder expects "
@@ -54,6 +56,9 @@ class HearModel(nn.Module):
         encoder.check_embed_options(**self.options)
         if scene_pooling not in ("mean", "meanmax"):
             raise ValueError(f"scene_pooling must be 'mean' or 'meanmax', got {scene_pooling!r}")
+        if output_device not in ("same", "cpu"):
+            raise ValueError(f"output_device must be 'same' (the model's device) or 'cpu', got {output_device!r}")
+        self.output_device = None if output_device == "same" else output_device
         if not 0 < timestamp_hop_ms <= 50:
             raise ValueError(f"timestamp_hop_ms must be in (0, 50] (HEAR), got {timestamp_hop_ms}")
         self.encoder = encoder.eval()
@@ -66,7 +71,8 @@ class HearModel(nn.Module):
         """Checked (n_sounds, n_samples) audio -> encoder.embed with this model's options, on its device."""
         check_audio(audio, self.encoder.cfg.window_samples)
         device = next(self.parameters()).device
-        return self.encoder.embed(audio.to(device, torch.float32), hop_ms=hop_ms, **self.options)
+        return self.encoder.embed(audio.to(device, torch.float32), hop_ms=hop_ms, out_device=self.output_device,
+                                  **self.options)
 
 
 def check_options(options: dict) -> None:

@@ -267,11 +267,13 @@ def _check_waveforms(x, rank: int, min_samples: int, sample_rate: int, where: st
 
 
 def interpolate_in_time(x: torch.Tensor, centres_ms: torch.Tensor, times_ms: torch.Tensor, n_valid: torch.Tensor,
-                        chunk: int = 4096) -> torch.Tensor:
+                        chunk: int = 4096, out_device: str | torch.device | None = None) -> torch.Tensor:
     """(B, P, D) features at patch centres (P,) -> (B, T, D) at times (T,), linear in time. Clip b reads only
     its first n_valid[b] patches and holds the first and last of them beyond their centres, so it does not
     depend on the rest of the batch. The output is allocated once and filled `chunk` steps at a time: the
-    temporaries stay (B, chunk, D) however long the clip (one hour at 40 ms is 90,000 steps)."""
+    temporaries stay (B, chunk, D) however long the clip (one hour at 40 ms is 90,000 steps). out_device
+    (e.g. "cpu") holds the output elsewhere than x, chunk by chunk: one hour at 6,144 dims is 2.1 GiB in
+    float32, which then never sits in GPU memory."""
     last = (n_valid.cpu() - 1).clamp_min(0)[:, None]  # (B, 1) each clip's last valid patch
     pos = torch.searchsorted(centres_ms, times_ms)[None]  # (1, T) first centre at or after each time
     right = torch.minimum(pos, last)  # (B, T)
@@ -283,10 +285,14 @@ def interpolate_in_time(x: torch.Tensor, centres_ms: torch.Tensor, times_ms: tor
     def take(idx: torch.Tensor) -> torch.Tensor:  # (B, c) -> (B, c, D)
         return torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[2]))
 
-    out = x.new_empty(x.shape[0], len(times_ms), x.shape[2])  # (B, T, D)
+    device = x.device if out_device is None else torch.device(out_device)
+    pin = device.type == "cpu" and x.device.type == "cuda"
+    out = torch.empty(x.shape[0], len(times_ms), x.shape[2], dtype=x.dtype, device=device, pin_memory=pin)  # (B, T, D)
     for start in range(0, len(times_ms), chunk):
         s = slice(start, start + chunk)
-        out[:, s] = torch.lerp(take(left[:, s]), take(right[:, s]), w[:, s, None])
+        out[:, s] = torch.lerp(take(left[:, s]), take(right[:, s]), w[:, s, None]).to(device, non_blocking=pin)
+    if pin:
+        torch.cuda.current_stream(x.device).synchronize()  # the last non-blocking copies have landed
     return out
 
 
@@ -337,12 +343,14 @@ class MAMCLAPEncoder(nn.Module):
         if n_mels != self.cfg.n_mels or T % pt or not 0 < T <= self.cfg.target_frames:
             raise ValueError(f"expected log-mel (batch, frames, {self.cfg.n_mels}) with frames a multiple of {pt} "
                              f"up to {self.cfg.target_frames}, got {tuple(mel.shape)}")
-        x = self.patch_embed(patchify(mel, self.cfg.patch_size))  # (B, N, D)
-        x = x + self.pos_embed[: x.shape[1]]  # time-major: a shorter input takes the first positions
-        if ids_keep is not None:
-            x = torch.gather(x, 1, ids_keep[..., None].expand(-1, -1, x.shape[2]))  # (B, L, D)
+        patches = patchify(mel, self.cfg.patch_size)  # (B, N, pt * pf)
+        pos = self.pos_embed[: patches.shape[1]]  # (N, D) time-major: a shorter input takes the first positions
+        if ids_keep is not None:  # embed only the kept patches: masked ones never reach the encoder
+            patches = torch.gather(patches, 1, ids_keep[..., None].expand(-1, -1, patches.shape[2]))  # (B, L, pt * pf)
+            pos = pos[ids_keep]  # (B, L, D)
             if valid is not None:
                 valid = torch.gather(valid, 1, ids_keep)  # (B, L)
+        x = self.patch_embed(patches) + pos  # (B, L, D)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)  # (B, 1 + L, D); CLS has no position
             if valid is not None:
@@ -417,7 +425,8 @@ class MAMCLAPEncoder(nn.Module):
     def embed(self, audio: torch.Tensor, lengths: torch.Tensor | None = None, *,
               layers: Literal["last", "mean", "concat"] = "last", last_k: int = 1,
               freq_reduce: Literal["concat", "mean"] = "concat", hidden_states: bool = False,
-              hop_ms: float | None = None, n_steps: int | None = None, windows_per_forward: int = 8) -> Embeddings:
+              hop_ms: float | None = None, n_steps: int | None = None, windows_per_forward: int = 8,
+              out_device: str | torch.device | None = None) -> Embeddings:
         """Raw audio (B, N) at cfg.sample_rate, optional valid samples per clip (B,) -> Embeddings: the one
         runtime path under the HEAR module and the s3prl upstream.
 
@@ -428,7 +437,8 @@ class MAMCLAPEncoder(nn.Module):
         the longest clip. The audio is read windows_per_forward encoder windows (target_frames frames each)
         at a time, each group with the look-ahead its last frame's window needs, so memory beyond the output
         stays bounded on long audio while the features equal forward()'s on the whole clip: the same for a
-        clip alone, beside others (padding masked) and in any grouping.
+        clip alone, beside others (padding masked) and in any grouping. out_device ("cpu") puts the
+        interpolated outputs in host memory as they are made, so hours of audio fit a small GPU budget.
         """
         self.check_embed_options(layers, last_k, freq_reduce, windows_per_forward)
         cfg = self.cfg
@@ -459,7 +469,7 @@ class MAMCLAPEncoder(nn.Module):
         times = (torch.arange(n_steps, dtype=torch.float64) + 0.5) * hop_ms  # (T,) ms
 
         def at_hop(x: torch.Tensor) -> torch.Tensor:  # (B, P, D) -> (B, T, D)
-            return interpolate_in_time(x, centres, times, n_patches)
+            return interpolate_in_time(x, centres, times, n_patches, out_device=out_device)
 
         return Embeddings(at_hop(features), times, n_patches, [at_hop(h) for h in hidden])
 

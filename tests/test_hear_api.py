@@ -155,3 +155,20 @@ def test_the_hear_api_is_embed_with_its_options(encoder, options):
     if options.get("scene_pooling") == "meanmax":
         pooled = torch.cat([pooled, patches.amax(1)], dim=1)
     assert torch.equal(scene, pooled)
+
+
+def test_timestamp_output_in_host_memory_is_the_same():
+    """output_device="cpu" builds the interpolated output in host memory chunk by chunk: the same numbers."""
+    import hear_mamclap
+
+    torch.manual_seed(0)
+    encoder = MAMCLAPEncoder(EncoderConfig.preset("tiny")).eval()
+    audio = torch.randn(2, 16000 * 3) * 0.1
+    same = hear_mamclap.HearModel(encoder)
+    host = hear_mamclap.HearModel(encoder, output_device="cpu")
+    (a, ta), (b, tb) = (hear_mamclap.get_timestamp_embeddings(audio, m) for m in (same, host))
+    assert b.device.type == "cpu"
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(ta, tb)
+    with pytest.raises(ValueError, match="output_device"):
+        hear_mamclap.HearModel(encoder, output_device="gpu")

@@ -17,7 +17,6 @@ import re
 from pathlib import Path
 from typing import Callable
 
-from hear_mamclap.errors import UserError
 
 DEVICE_HELP = "cpu, cuda, cuda:N or auto (cuda when one is visible, else cpu)"
 

@@ -28,6 +28,7 @@ from training.args import Parser, debug_enabled
 COMMANDS = [
     ("training.kit.cli", "data"),
     ("training.pretrain.train", "pretrain"),
+    ("training.pretrain.feature_cache", "precompute"),
     ("training.pretrain.clap_train", "teacher"),
     ("training.eval.superb", "superb"),
     ("training.eval.hear", "hear"),

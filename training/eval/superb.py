@@ -11,7 +11,6 @@ with its error, and the other tasks still run. s3prl's output and logs stay in -
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 import subprocess
 import sys

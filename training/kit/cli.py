@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from training.args import out_dir, positive_int, seed
 from training.kit import build

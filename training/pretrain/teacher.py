@@ -43,18 +43,15 @@ Output order is time-major, as hear_mamclap.model's patches: patch (t, f) at ind
 projection=True applies LAION's audio projection (trained on the pooled clip embedding) to every step,
 giving 512-d targets; projection=False keeps the raw 768-d (tiny) / 1024-d (base) HTS-AT features.
 
-Online forward vs cache. On a GPU the teacher's forward costs almost as much as a ViT-B student step
-(forward + backward; figures in results/perf.md, "Teacher forward beside the student step"), so a cache of
-targets could save a large part of a training step. Today's loader
-(training/pretrain/data.py) crops each clip at an offset fixed by its index, without augmentation, so targets per
-item would repeat across epochs and a cache could hit. Against it: any waveform change (the kit's gain,
-speed, pitch, reverb, noise and mixing augmentations, other crops) changes the targets non-linearly (a
-mix's targets are not the mix of the targets), so the cache must key on the exact audio (item, crop,
-augmentation draw, teacher checkpoint) and would stop hitting once augmentation runs online; and it costs
-storage: 32 steps x 768 x 2 bytes (bf16) = 48 KiB per 10 s window, ~100 GB for AudioSet-2M. Chosen:
-online, on the device, inside the training step (training/pretrain/train.py), on exactly the batch the student
-sees: always exact, no staleness, no storage. If GPU time becomes the bottleneck on augmentation-free runs,
-cache the raw window features (window_features) under that key and align them at load time (cheap).
+Online forward or cache. On a GPU the teacher forward costs about as much as the student's step
+(results/perf.md), and the loader gives each item the same waveform every epoch (a crop fixed by its index,
+no augmentation), so the targets repeat: training/pretrain/feature_cache.py computes them once per clip
+(forward_bands, aligned to that crop's patch grid, G bands per time patch: 64 x 768 bf16 per clip for
+features="frames"), keyed on the data, the crop code, the geometry and the checkpoint's hash, and
+`pretrain --cache` reads them instead of running the teacher. Any waveform change (the kit's gain, speed,
+pitch, reverb, noise and mixing augmentations, other crops) changes the targets non-linearly (a mix's
+targets are not the mix of the targets), so once augmentation runs online the online teacher, on exactly
+the batch the student sees, is the one that stays right: it remains the default.
 """
 from __future__ import annotations
 
@@ -183,6 +180,17 @@ def student_band_hz(encoder: EncoderConfig) -> torch.Tensor:
     return band_centres_hz(frontend.mel_banks, fft_hz, encoder.grid[1])
 
 
+def expand_bands(bands: torch.Tensor, freq_weights: torch.Tensor) -> torch.Tensor:
+    """(B, n_time, G, dim) teacher features per time patch and band, (n_freq, G) weights -> (B, n_time *
+    n_freq, dim), time-major: each student frequency patch mixes the G bands (G = 1: features="frames")."""
+    fw = freq_weights.to(bands.device, bands.dtype)  # (n_freq, G)
+    if fw.shape[1] == 1:  # one frame vector shared by every frequency patch: a copy, not a product
+        out = bands.expand(-1, -1, fw.shape[0], -1)  # (B, T, n_freq, D)
+    else:
+        out = torch.einsum("fg,btgd->btfd", fw, bands)  # (B, T, n_freq, D)
+    return out.flatten(1, 2)  # time-major: patch (t, f) at t * n_freq + f
+
+
 # ---- the interface ----
 
 
@@ -280,6 +288,17 @@ class LaionClapTeacher(Teacher):
     @torch.no_grad()
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         """(B, N) audio at 16 kHz -> (B, n_time * n_freq, dim), n_time = the student's time patches for N."""
+        return self.expand_bands(self.forward_bands(wav))
+
+    def expand_bands(self, bands: torch.Tensor) -> torch.Tensor:
+        """(B, n_time, G, dim) from forward_bands -> (B, n_time * n_freq, dim); see expand_bands."""
+        return expand_bands(bands, self.freq_weights)
+
+    @torch.no_grad()
+    def forward_bands(self, wav: torch.Tensor) -> torch.Tensor:
+        """(B, N) audio at 16 kHz -> (B, n_time, G, dim): features aligned to the student's time patches,
+        before the frequency patches are filled. The compact form a cache stores (G rows per time patch
+        instead of n_freq)."""
         self._check_audio(wav)
         B, N = wav.shape
         device = self.audio_branch.patch_embed.proj.weight.device
@@ -293,9 +312,7 @@ class LaionClapTeacher(Teacher):
         feats = feats.reshape(B, len(offsets) * self.n_steps, *feats.shape[2:])  # (B, W * S, G, D)
         starts = torch.tensor(offsets, dtype=torch.float64, device=device) / self.teacher_rate
         tw = time_weights(patch_times, starts, self.step_times.to(device), self.window_s)  # (T, W * S)
-        fw = self.freq_weights.to(device, feats.dtype)
-        out = torch.einsum("ts,fg,bsgd->btfd", tw.to(feats.dtype), fw, feats)  # (B, T, n_freq, D)
-        return out.flatten(1, 2)  # time-major: patch (t, f) at t * n_freq + f
+        return torch.einsum("ts,bsgd->btgd", tw.to(feats.dtype), feats)  # (B, T, G, D)
 
 
 # ---- LAION checkpoints ----

@@ -5,8 +5,11 @@ DDP over gloo on CPU or NCCL on GPU, bf16 autocast on GPU, optional torch.compil
 warm-up and cosine decay, gradient accumulation and clipping, rank-0 logging (progress bar, TensorBoard,
 a JSON-lines log), periodic atomic checkpoints, exact `--resume`, and an encoder-only export at the end.
 
-The front end (log-mel) and the teacher run on the device inside the step, on the batch of raw waveforms
-the loader gives, so data loading stays cheap and a teacher never sees different audio than the student.
+By default the front end (log-mel) and the teacher run on the device inside the step, on the batch of raw
+waveforms the loader gives, so a teacher never sees different audio than the student. With `--cache` (a
+folder from `mamclap precompute`) the teacher targets and, unless --no-cache-mel, the log-mel come from
+features computed once per clip and held on the GPU: no decoding, front end or teacher forward per step
+(training/pretrain/inputs.py says where each step's inputs come from).
 
 Ctrl-C or SIGTERM stops the run at the next step boundary with a checkpoint (`--resume` continues it); a
 second signal stops at once. Every value is checked when the config is made (`--steps 0` is refused before
@@ -40,6 +43,8 @@ from hear_mamclap.model import ENCODER_PRESETS
 from training import args as checks
 from training.pretrain import checkpointing
 from training.pretrain.data import AudioClips, StepBatches
+from training.pretrain.feature_cache import FeatureCache, cache_key
+from training.pretrain.inputs import cached_inputs, fixed_inputs, online_inputs
 from training.pretrain.mam import VARIANTS
 from training.pretrain.optim import clip_and_step, param_groups, set_lr, setup_device, warmup_cosine
 
@@ -69,7 +74,12 @@ class TrainConfig:
     seed: int = 0                    # model init, data order and masks
     workers: int = 2                 # data loader processes (0: load in the main process)
     compile: bool = False            # torch.compile the training step
+    compile_mode: str = "default"    # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
+    attention: str = "auto"          # attention kernels on GPU: auto (PyTorch's order) | cudnn (cuDNN's first)
     device: str = "auto"             # auto | cpu | cuda | cuda:N
+    cache: str = ""                  # folder from `mamclap precompute`: teacher targets (and log-mel) from it
+    cache_mel: bool = True           # with cache: the log-mel too (held on the GPU), so no audio is decoded
+    fixed_batch: bool = False        # the first batch over and over: the step without the data path (benchmarks)
     overrides: tuple[tuple[str, str], ...] = ()  # PretrainConfig field overrides (name, value)
 
     def __post_init__(self) -> None:
@@ -105,9 +115,11 @@ VALUE_RULES = {"steps": checks.positive_int, "stop_at": checks.nonneg_int, "batc
                "ckpt_every": checks.positive_int, "log_every": checks.positive_int, "seed": checks.seed,
                "workers": checks.nonneg_int, "device": checks.device}
 CHOICES = {"variant": VARIANTS, "size": tuple(ENCODER_PRESETS), "teacher_features": ("frames", "tokenmap"),
-           "teacher_align": ("time_interp", "grid_resample")}
+           "teacher_align": ("time_interp", "grid_resample"), "attention": ("auto", "cudnn"),
+           "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")}
 # Fields a resumed run takes from the command line; every other one comes from the checkpoint.
-RESUMABLE = ("steps", "stop_at", "out_dir", "workers", "device", "compile", "data", "teacher")
+RESUMABLE = ("steps", "stop_at", "out_dir", "workers", "device", "compile", "data", "teacher", "cache", "cache_mel",
+             "fixed_batch", "compile_mode", "attention")
 
 
 def masking_noise(seed: int, step: int, global_batch: int, n_patches: int) -> torch.Tensor:
@@ -170,8 +182,9 @@ def override(text: str) -> tuple[str, str]:
     return key, value
 
 
-def _build(cfg: TrainConfig, n_classes: int):
-    """The pretraining wrapper and, for configs that distil, the frozen teacher."""
+def _build(cfg: TrainConfig, n_classes: int, cached_teacher_dim: int | None = None):
+    """The pretraining wrapper and, for configs that distil, the frozen teacher (None when its features
+    come from a cache of teacher_dim cached_teacher_dim)."""
     from training.pretrain.mam import MAMPretrainer
 
     pcfg = cfg.pretrain_config()
@@ -182,11 +195,32 @@ def _build(cfg: TrainConfig, n_classes: int):
         if not cfg.teacher:
             raise ValueError(f"variant {cfg.variant!r} distils a CLAP teacher: pass --teacher CKPT (a "
                              "LAION-layout checkpoint, e.g. one from `mamclap teacher train`)")
-        from training.pretrain.teacher import TeacherConfig, load_teacher
-        teacher = load_teacher(cfg.teacher, encoder=pcfg.encoder, cfg=TeacherConfig(
-            features=cfg.teacher_features, align=cfg.teacher_align, projection=cfg.teacher_projection))
+        from training.pretrain.teacher import load_teacher
+        if cached_teacher_dim is not None:
+            return MAMPretrainer(dataclasses.replace(pcfg, teacher_dim=cached_teacher_dim)), None
+        # Built without drawing from the global RNG (its weights come from the checkpoint): the student's
+        # initial weights then depend on the seed alone, the same with a cached teacher.
+        with torch.random.fork_rng(devices=[]):
+            teacher = load_teacher(cfg.teacher, encoder=pcfg.encoder, cfg=teacher_config(cfg))
         pcfg = dataclasses.replace(pcfg, teacher_dim=teacher.dim)
     return MAMPretrainer(pcfg), teacher
+
+
+def attention_kernels(choice: str, use_cuda: bool):
+    """The scaled-dot-product attention kernels to prefer: PyTorch's own order, or cuDNN's fused attention
+    first (the others stay as fallbacks for shapes it does not take)."""
+    if choice not in ("auto", "cudnn"):
+        raise ValueError(f"attention must be 'auto' or 'cudnn', got {choice!r}")
+    if choice == "auto" or not use_cuda:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                        SDPBackend.MATH], set_priority=True)
+
+
+def teacher_config(cfg: TrainConfig):
+    from training.pretrain.teacher import TeacherConfig
+    return TeacherConfig(features=cfg.teacher_features, align=cfg.teacher_align, projection=cfg.teacher_projection)
 
 
 def n_samples_for(enc) -> int:
@@ -282,7 +316,8 @@ def train(cfg: TrainConfig, resume: bool = False, given=None) -> dict:
         state = checkpointing.load(ckpt_path)
         saved_dict = dataclasses.asdict(TrainConfig.from_dict(state["train_config"]))
         from_cli = {k: getattr(cfg, k) for k in RESUMABLE}
-        from_cli.update(data=cfg.data or saved_dict["data"], teacher=cfg.teacher or saved_dict["teacher"])
+        from_cli.update(data=cfg.data or saved_dict["data"], teacher=cfg.teacher or saved_dict["teacher"],
+                        cache=cfg.cache or saved_dict["cache"])
         saved_world = state.get("world_size", 1)
         saved = TrainConfig(**{**saved_dict, **from_cli, "stop_at": 0})
         conflicts = _resume_conflicts(cfg, saved, given, world, saved_world)
@@ -309,8 +344,13 @@ def train(cfg: TrainConfig, resume: bool = False, given=None) -> dict:
     torch.manual_seed(cfg.seed)
 
     dataset = AudioClips(cfg.data, n_samples=1, require_labels=cfg.pretrain_config().uses_labels)
-    model, teacher = _build(cfg, dataset.n_classes)
+    cache = FeatureCache(cfg.cache, device) if cfg.cache else None
+    model, teacher = _build(cfg, dataset.n_classes, cache.teacher_dim if cache is not None and cache.has_teacher
+                            else None)
     dataset.n_samples = n_samples_for(model.cfg.encoder)
+    if cache is not None:  # refuse a cache built for other data, geometry or teacher
+        cache.check(cache_key(dataset, model.cfg.encoder, cfg.teacher if model.cfg.uses_teacher else None,
+                              teacher_config(cfg)), teacher=model.cfg.uses_teacher)
     model.to(device)
     if teacher is not None:
         teacher.to(device)
@@ -325,12 +365,20 @@ def train(cfg: TrainConfig, resume: bool = False, given=None) -> dict:
         checkpointing.set_rng_state(state["rng"][min(rank, len(state["rng"]) - 1)])
     ddp_model = DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None) \
         if world > 1 else model
-    step_fn = torch.compile(ddp_model) if cfg.compile else ddp_model
+    step_fn = torch.compile(ddp_model, mode=cfg.compile_mode) if cfg.compile else ddp_model
 
     sampler = StepBatches(len(dataset), cfg.batch_size, cfg.accum, world, rank, cfg.seed,
                           start_step, cfg.steps)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers, pin_memory=use_cuda,
-                        persistent_workers=False, worker_init_fn=_worker_signals if cfg.workers else None)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if use_cuda else torch.autocast("cpu", enabled=False)
+    if cache is not None and cfg.cache_mel:
+        inputs = cached_inputs(cache, sampler, teacher=model.cfg.uses_teacher)
+    else:
+        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers, pin_memory=use_cuda,
+                            persistent_workers=False, worker_init_fn=_worker_signals if cfg.workers else None)
+        inputs = online_inputs(loader, model.encoder.frontend, teacher, device, amp, sampler=sampler,
+                               cache=cache if model.cfg.uses_teacher else None)
+    if cfg.fixed_batch:
+        inputs = fixed_inputs(inputs, len(sampler))
     # The stop flag is agreed over a CPU group, so checking it each step never waits for the GPU.
     stop_group = dist.new_group(backend="gloo") if world > 1 and use_cuda else None
 
@@ -356,7 +404,6 @@ def train(cfg: TrainConfig, resume: bool = False, given=None) -> dict:
                 "train_config": dataclasses.asdict(cfg), "world_size": world,
                 "vocabulary": [list(v) for v in dataset.vocabulary]}, ckpt_path)
 
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if use_cuda else torch.autocast("cpu", enabled=False)
     step, skipped, t0, last_losses = start_step, 0, time.perf_counter(), {}
     progress = None
     if rank == 0:
@@ -371,21 +418,19 @@ def train(cfg: TrainConfig, resume: bool = False, given=None) -> dict:
         micro = 0
         sums: dict[str, torch.Tensor] = {}
         unchecked: list[tuple[int, torch.Tensor]] = []  # (step, loss on the device) not yet read on the host
-        for wav, labels, n_skipped in loader:
-            skipped += int(n_skipped.sum())
-            wav = wav.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            with torch.no_grad():
-                mel = model.encoder.frontend(wav)                                  # (B, T, n_mels), float32
-                with amp:  # the teacher in bf16 on GPU: a third less time, targets are layer-normed anyway
-                    targets = teacher(wav) if teacher is not None else None        # (B, n_patches, D)
+        for mel, targets, labels, n_skipped in inputs:  # (B, T, n_mels), (B, n_patches, D) or None, (B, classes)
+            skipped += n_skipped
             sync = micro == cfg.accum - 1
             noise = masking_noise(cfg.seed, step, global_batch, model.cfg.encoder.n_patches)
             row = (micro * world + rank) * cfg.batch_size
-            noise = noise[row:row + wav.shape[0]].to(device)  # this micro-batch's rows of the global batch
+            noise = noise[row:row + mel.shape[0]]  # this micro-batch's rows of the global batch
+            # Pinned and non-blocking: a plain copy would make the host wait for the GPU every step.
+            noise = noise.pin_memory().to(device, non_blocking=True) if use_cuda else noise
             ctx = ddp_model.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
+            if cfg.compile:  # a new iteration for CUDA graphs (compile_mode reduce-overhead); a no-op otherwise
+                torch.compiler.cudagraph_mark_step_begin()
             with ctx:
-                with amp:
+                with amp, attention_kernels(cfg.attention, use_cuda):
                     out = step_fn(mel, teacher=targets, labels=labels if model.cfg.uses_labels else None,
                                   noise=noise)
                 (out["loss"] / cfg.accum).backward()
@@ -477,7 +522,8 @@ def register(subparsers) -> None:
 
 
 # Flag types beyond VALUE_RULES: paths checked when parsed (TrainConfig holds them as strings).
-FLAG_TYPES = {"data": checks.existing_path, "out_dir": checks.out_dir, "teacher": checks.existing_file}
+FLAG_TYPES = {"data": checks.existing_path, "out_dir": checks.out_dir, "teacher": checks.existing_file,
+              "cache": checks.existing_path}
 
 
 def _run(args) -> int:
