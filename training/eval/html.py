@@ -53,7 +53,6 @@ table.scores thead tr > :first-child { background: #f6f6f8; z-index: 2; }
 table.scores tr.baseline > :first-child { background: var(--base); }
 td.num { text-align: right; white-space: nowrap; }
 td.num .m { display: block; } td.num .ci, td.num .n { font-size: 11px; color: var(--muted); }
-td.num .n { margin-left: 4px; }
 td.best .m { font-weight: 700; } td.best-pretrained .m { text-decoration: underline; }
 td.missing { color: var(--muted); text-align: center; }
 td.mean, th.mean { border-left: 1px solid var(--rule); }
@@ -165,7 +164,7 @@ def _score_cell(value: dict | None, text: str, measure: Measure, classes: list[s
     tip += f". Runs: {points}" if points else ""
     ci = f'<span class="ci">± {value["ci95"]:.3f}</span>' if value["ci95"] is not None else ""
     return (f'<td class="num {" ".join(classes)}" data-v="{_number(value["mean"])}" title="{_e(tip)}">'
-            f'<span class="m">{value["mean"]:.3f}</span>{ci}<span class="n">n={value["n"]}</span></td>')
+            f'<span class="m">{value["mean"]:.3f}</span>{ci} <span class="n">n={value["n"]}</span></td>')
 
 
 def _header_cell(label: str, measure: Measure | None, col: int, classes: str = "") -> str:

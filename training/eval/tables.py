@@ -353,9 +353,10 @@ def leaderboard(columns: dict[Column, ColumnInfo], runs: list[Run]) -> Table:
         return "pretrained" if all(r.kind == "pretrained" for r in by_model[model]) else "baseline"
 
     def order(model: str) -> tuple:
-        variant = next((r.pretraining.get("variant") for r in by_model[model] if r.pretraining), None)
-        return (kind(model) == "baseline", VARIANTS.index(variant) if variant in VARIANTS else len(VARIANTS),
-                model)
+        if kind(model) == "baseline":
+            return (1, 0, model)
+        variant = next(r.pretraining.get("variant") for r in by_model[model])
+        return (0, VARIANTS.index(variant), model)
 
     rows, notes, values, kinds, row_runs = [], [], [], [], []
     for model in sorted(by_model, key=order):
