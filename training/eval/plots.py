@@ -181,7 +181,7 @@ def plot_scores(table: Table, out: Path, title: str = "") -> list[Path]:
                zip(baseline, _tints([None if b else v for b, v in zip(baseline, variants)], names))]
     colours = [c if c is not None else BASELINE_COLOUR for c in colours]
     seeds = sorted({p["seed"] for values in table.values for i in panels if values[i]
-                    for p in values[i].get("points", []) if p["seed"] is not None})
+                    and len(values[i].get("points", [])) > 1 for p in values[i]["points"] if p["seed"] is not None})
     n = len(names)
     fig, axes = plt.subplots(1, len(panels), sharey=True, squeeze=False,
                              figsize=(1.2 + max(len(x) for x in names) * 0.06 + 2.05 * len(panels), 1.5 + 0.27 * n))
@@ -225,6 +225,7 @@ def plot_scores(table: Table, out: Path, title: str = "") -> list[Path]:
     handles = [Patch(color=VARIANT_COLOURS[v], label=v) for v in VARIANT_COLOURS if v in variants]
     if any(baseline):
         handles.append(Patch(facecolor=BASELINE_COLOUR, edgecolor="#6b6b6b", hatch="////", label="baseline"))
+        handles.append(Line2D([], [], color="#777", linestyle=":", linewidth=1, label="best baseline"))
     handles += [Line2D([], [], marker=SEED_MARKERS[i % len(SEED_MARKERS)], linestyle="none", markerfacecolor="white",
                        markeredgecolor="#222", label=f"seed {s}") for i, s in enumerate(seeds)]
     handles.append(Line2D([], [], color="#222", linewidth=0.9, marker="|", label="95% t interval"))

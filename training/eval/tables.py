@@ -593,7 +593,7 @@ def make_tables(inputs: list[Path], out: Path, run_dirs: list[Path] = ()) -> lis
         [board, *ablation_tables, reported], notes + ablation_notes, out)))
     if score_panels(board):
         written += plot_scores(board, out / "group_scores",
-                               title="HEAR group means, overall and SUPERB (95% t interval over seeds)")
+                               title="Scores by model (bars: mean over seeds; whiskers: 95% t interval)")
     if logs:
         labels = [log.parent.name if log.name == "log.jsonl" else log.stem for log in logs]
         written.append(plot_losses(logs, out / "pretrain_losses.png", title="pretraining losses", labels=labels))
