@@ -331,7 +331,7 @@ def test_the_results_in_the_repository_still_make_tables(tmp_path):
     hear = {key for doc, _ in docs if doc["harness"] == "hear" for key in doc["tasks"]}
     assert hear and all(key.startswith("mini_") for key in hear)
     columns, runs = tables_module.collect_runs(docs)
-    board, _ = tables_module.leaderboard(columns, runs)
+    board = tables_module.leaderboard(columns, runs)
     assert {h for h in board.header if "mini_" in h} == {tables_module.column_label(("hear", k), columns["hear", k])
                                                          for k in hear}
     assert all("(full)" not in h and "(5h)" not in h for h in board.header)
@@ -404,7 +404,7 @@ def test_finetune_table_and_tidy_csv(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["tables", str(tmp_path / "ft"), "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [f"{s}.{e}" for s in ("finetune", "reported") for e in ("md", "csv", "tex")] + ["finetune_tidy.csv"])
+        [f"{s}.{e}" for s in ("finetune", "reported") for e in ("md", "csv", "tex")] + ["finetune_tidy.csv", "reported.tidy.csv"])
     header, rows = read_csv(out / "finetune.csv")
     assert header == ["model", "pretraining", "kind", "AS-20K mAP", "ESC-50 accuracy"]
     assert [r[:3] for r in rows] == [["mam-small", "MAM", "fine-tuned"], ["mam-small", "MAM", "frozen features"],

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from training.eval.results import FULL, key_parts
+
 if TYPE_CHECKING:
     from training.eval.tables import Measure, Table
 
@@ -51,7 +53,9 @@ def short_label(measure: Measure, in_group: bool = False) -> str:
         return "mean" if in_group else SHORT_GROUP_LABELS.get(measure.group, measure.group)
     if measure.harness == "superb":
         return measure.name.removeprefix("SUPERB ")
-    return SHORT_TASK_LABELS.get(measure.task, measure.task.removeprefix("mini_"))
+    task, variant = key_parts(measure.task)  # "speech_commands-5h" -> ("speech_commands", "5h")
+    short = SHORT_TASK_LABELS.get(task, task.removeprefix("mini_"))
+    return f"{short}-{variant}" if variant not in (None, FULL) else short
 
 
 def _legend_entry(label: str, measure: Measure) -> str:
@@ -59,7 +63,7 @@ def _legend_entry(label: str, measure: Measure) -> str:
         what = ("the mean of the group means" if measure.group == "overall" else
                 f"the mean of the {measure.group} HEAR tasks")
         return f"{label} = {what}"
-    where = "SUPERB " + measure.task if measure.harness == "superb" else measure.task
+    where = "SUPERB " + measure.task if measure.harness == "superb" else measure.name
     return f"{label} = {where} ({measure.metric})"
 
 
