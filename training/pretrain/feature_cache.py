@@ -252,20 +252,28 @@ def build(dataset: AudioClips, encoder_cfg: EncoderConfig, out: str | Path, teac
 
 
 def register(subparsers) -> None:
+    from hear_mamclap.model import ENCODER_PRESETS
+    from training import args as checks
+
     p = subparsers.add_parser("precompute", help="compute log-mel and teacher features once, for pretrain --cache",
                               description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True, help="the pretraining data (as mamclap pretrain --data)")
-    p.add_argument("--out", required=True, help="cache folder to write (beside the shards, say)")
+    p.add_argument("--data", required=True, type=checks.existing_path,
+                   help="the pretraining data (as mamclap pretrain --data)")
+    p.add_argument("--out", required=True, type=checks.out_dir, help="cache folder to write (beside the shards, say)")
     p.add_argument("--variant", "--preset", default="supmam_clap", choices=VARIANTS,
-                   help="the pretraining variant (its encoder geometry); --preset is the old name")
-    p.add_argument("--size", default="tiny", help="encoder preset: tiny | small | base")
-    p.add_argument("--teacher", default="", help="LAION-layout CLAP checkpoint; without it, log-mel only")
-    p.add_argument("--teacher-features", default="frames")
-    p.add_argument("--teacher-align", default="time_interp")
-    p.add_argument("--teacher-projection", action=argparse.BooleanOptionalAction, default=False)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+                   help="the pretraining variant (its encoder geometry); --preset is the old name (default: %(default)s)")
+    p.add_argument("--size", default="tiny", choices=list(ENCODER_PRESETS), help="encoder size (default: %(default)s)")
+    p.add_argument("--teacher", default=None, type=checks.existing_file,
+                   help="LAION-layout CLAP checkpoint; without it, log-mel only (default: none)")
+    p.add_argument("--teacher-features", default="frames", choices=["frames", "tokenmap"],
+                   help="teacher features, as pretrain --teacher-features (default: %(default)s)")
+    p.add_argument("--teacher-align", default="time_interp", choices=["time_interp", "grid_resample"],
+                   help="alignment to the patch grid, as pretrain --teacher-align (default: %(default)s)")
+    p.add_argument("--teacher-projection", action=argparse.BooleanOptionalAction, default=False,
+                   help="LAION's 512-d audio projection, as pretrain --teacher-projection (default: off)")
+    p.add_argument("--batch-size", type=checks.positive_int, default=64, help="clips per forward (default: %(default)s)")
+    p.add_argument("--workers", type=checks.nonneg_int, default=4, help="data loader processes (default: %(default)s)")
+    p.add_argument("--device", default="auto", type=checks.device, help="auto | cpu | cuda | cuda:N (default: %(default)s)")
     p.set_defaults(func=_run)
 
 
@@ -277,13 +285,13 @@ def _run(args) -> int:
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
         ("cpu" if args.device == "auto" else args.device)
     encoder = PretrainConfig.preset(args.variant, size=args.size).encoder
-    dataset = AudioClips(args.data, n_samples=n_samples_for(encoder))
+    dataset = AudioClips(str(args.data), n_samples=n_samples_for(encoder))
     teacher = teacher_cfg = None
     if args.teacher:
         teacher_cfg = TeacherConfig(features=args.teacher_features, align=args.teacher_align,
                                     projection=args.teacher_projection)
         teacher = load_teacher(args.teacher, encoder=encoder, cfg=teacher_cfg, device=device)
-    out = build(dataset, encoder, args.out, teacher=teacher, teacher_path=args.teacher or None,
+    out = build(dataset, encoder, args.out, teacher=teacher, teacher_path=str(args.teacher) if args.teacher else None,
                 teacher_cfg=teacher_cfg, device=device, batch_size=args.batch_size, workers=args.workers)
     print(out)
     return 0
