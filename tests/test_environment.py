@@ -75,6 +75,7 @@ def test_prepare_heareval_restores_current_epoch_setter_and_full_checkpoint_load
     out = run_python(f"""
         import argparse, torch
         torch.save({{"hparams": argparse.Namespace(lr=0.1), "epoch": 2}}, {str(ckpt)!r})
+        import shutil; shutil.copy({str(ckpt)!r}, {str(ckpt)!r} + "-foreign")
         try:
             torch.load({str(ckpt)!r})
             print("loaded-before")
@@ -82,7 +83,13 @@ def test_prepare_heareval_restores_current_epoch_setter_and_full_checkpoint_load
             print("refused-before", type(e).__name__)
         from training.compat import prepare_heareval
         prepare_heareval()
-        print("hparams", torch.load({str(ckpt)!r})["hparams"].lr)
+        # heareval saves its checkpoints and reloads them in the same process: those load in full
+        torch.save({{"hparams": argparse.Namespace(lr=0.1), "epoch": 2}}, {str(ckpt)!r} + ".own")
+        print("hparams", torch.load({str(ckpt)!r} + ".own")["hparams"].lr)
+        try:  # a file this process did not write stays weights-only
+            torch.load({str(ckpt)!r} + "-foreign")
+        except Exception as e:
+            print("foreign refused", type(e).__name__)
         import pytorch_lightning as pl
         trainer = pl.Trainer(max_epochs=5, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                              enable_model_summary=False)
@@ -91,6 +98,7 @@ def test_prepare_heareval_restores_current_epoch_setter_and_full_checkpoint_load
     """)
     assert "refused-before UnpicklingError" in out  # torch's weights_only default, the problem being fixed
     assert "hparams 0.1" in out
+    assert "foreign refused UnpicklingError" in out
     assert "epoch 3 3" in out
 
 

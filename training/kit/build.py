@@ -65,13 +65,14 @@ class OverlapError(RuntimeError):
 
 
 def data_root() -> Path:
-    """$MAMCLAP_DATA, else data/ in the current directory."""
-    return Path(os.environ.get("MAMCLAP_DATA") or "data")
+    """$MAMCLAP_DATA, else data/ in the current directory; absolute, so links and subprocesses that run
+    elsewhere still find it."""
+    return Path(os.environ.get("MAMCLAP_DATA") or "data").absolute()
 
 
 def cache_root() -> Path:
-    """$MAMCLAP_CACHE, else cache/ in the current directory."""
-    return Path(os.environ.get("MAMCLAP_CACHE") or "cache")
+    """$MAMCLAP_CACHE, else cache/ in the current directory (absolute, as data_root)."""
+    return Path(os.environ.get("MAMCLAP_CACHE") or "cache").absolute()
 
 
 def kit_dir(size: str, seed: int, data_dir: Path) -> Path:
