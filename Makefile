@@ -1,5 +1,5 @@
 # Entry points; bin/setup does the work of `setup` and is a fast check once installed.
-.PHONY: setup test demo clean distclean
+.PHONY: setup bank test test-fast demo clean distclean
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -7,15 +7,22 @@ PY := $(VENV)/bin/python
 setup:
 	bin/setup
 
+# The tests read the source bank (data/bank, or $MAMCLAP_DATA/bank): built once here (a few minutes), and
+# checked in a second later.
+bank: setup
+	test -f "$${MAMCLAP_DATA:-data}/bank/index.jsonl" || $(VENV)/bin/mamclap data bank
+
 # Every test, slow ones included. pytest exits 5 when it collects nothing, and that fails here too:
 # a CI run that tested nothing is not a pass.
-# The tests read the source bank (data/bank): built once here (a few minutes), checked in a second later.
 # MAMCLAP_STRICT_SKIPS turns any skipped test into a failure: in `make test` nothing may be missing.
-test: setup
-	test -f "$${MAMCLAP_DATA:-data}/bank/index.jsonl" || $(VENV)/bin/mamclap data bank
+test: bank
 	MAMCLAP_STRICT_SKIPS=1 $(PY) -m pytest tests/
 
-# The whole pipeline on the tiny kit (smoke scale, ~20 min on 2 CPU cores); re-running skips finished stages.
+# Day-to-day: every test but those marked slow (end-to-end runs of about 20 s or more).
+test-fast: bank
+	MAMCLAP_STRICT_SKIPS=1 $(PY) -m pytest -m "not slow" tests/
+
+# The whole pipeline on the tiny kit (smoke scale; README.md gives its time); re-running skips finished stages.
 demo: setup
 	$(VENV)/bin/mamclap demo
 

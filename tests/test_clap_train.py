@@ -96,11 +96,9 @@ def test_captions_and_clips_come_from_one_shard_reader(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def corpus() -> Path:
-    """The tiny kit's shards (built once; reused by later runs from data/)."""
-    from training.kit.build import build_kit, data_root, kit_dir
-    build_kit("tiny", seed=0, progress=False)
-    return kit_dir("tiny", 0, data_root()) / "corpus"
+def corpus(tiny_corpus) -> Path:
+    """The tiny kit's shards (conftest.py)."""
+    return tiny_corpus
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ Corpus tests need the source bank (``mamclap data bank``; $MAMCLAP_DATA/bank, de
 from __future__ import annotations
 
 import io
-import json
 import os
 from pathlib import Path
 
@@ -129,12 +128,9 @@ def test_caption_names_the_parts_and_is_deterministic():
 # corpus (needs the bank)
 
 
-@pytest.fixture(scope="module")
-def records() -> list[dict]:
-    index = BANK / "index.jsonl"
-    if not index.is_file():
-        pytest.skip(f"no source bank at {BANK}: build it with `mamclap data bank`")
-    return [json.loads(line) for line in index.read_text().splitlines() if line.strip()]
+@pytest.fixture
+def records(bank_records) -> list[dict]:
+    return bank_records  # conftest.py (skips without the bank)
 
 
 def shard_bytes(folder: Path) -> dict[str, bytes]:

@@ -20,7 +20,6 @@ from hear_mamclap.model import EncoderConfig, MAMCLAPEncoder
 from training import compat
 
 REPO = Path(__file__).resolve().parents[1]
-BANK = Path(os.environ.get("MAMCLAP_DATA", REPO / "data")) / "bank"
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +46,7 @@ def validate(module: str, model: Path | None = None, pythonpath: Path | None = N
 # --------------------------------------------------------------------------------------------- validator
 
 
+@pytest.mark.slow
 def test_hear_validator_passes_on_a_tiny_export(tiny_export):
     out = validate("hear_mamclap", tiny_export)
     assert "Interval between timestamps is 40.0ms" in out
@@ -122,18 +122,13 @@ def test_crepe_matches_torchcrepe_embed_in_batches_and_chunks():
 
 
 @pytest.fixture(scope="module")
-def tiny_tasks(tmp_path_factory) -> Path:
-    """Three tiny tasks of the mini suite: a scene multiclass task, the event task, and the keyword task
-    with one of its test files broken, so that task must fail alone."""
-    from training.kit.hear_suite import build_hear_suite
-
-    index = BANK / "index.jsonl"
-    if not index.is_file():
-        pytest.skip(f"no source bank at {BANK}: build it with `mamclap data bank`")
-    records = [json.loads(line) for line in index.read_text().splitlines() if line.strip()]
+def tiny_tasks(tiny_hear_suite, tmp_path_factory) -> Path:
+    """Three tasks of the session's tiny suite, copied: a scene multiclass task, the event task, and the
+    keyword task with one of its test files broken, so that task must fail alone."""
+    suite, _ = tiny_hear_suite
     out = tmp_path_factory.mktemp("suite") / "tasks"
-    build_hear_suite(records, out, "tiny", seed=0, bank_dir=BANK,
-                     tasks=["mini_drum_stroke", "mini_dcase", "mini_speech_commands"])
+    for task in ("mini_drum_stroke", "mini_dcase", "mini_speech_commands"):
+        shutil.copytree(suite / f"{task}-v1.0-full", out / f"{task}-v1.0-full")
     broken = sorted((out / "mini_speech_commands-v1.0-full" / "16000" / "test").glob("*.wav"))[0]
     broken.write_bytes(b"RIFF, but not a wav file")
     return out
@@ -192,9 +187,14 @@ def test_hear_eval_writes_results_with_scores_and_the_failed_task(tiny_tasks, ti
         cli.main(["hear", "eval", "--module", "hear_mamclap.baselines.logmel", "--tasks-dir", str(tiny_tasks),
                   "--name", "logmel", "--out", str(tmp_path / "logmel.json"), "--work-dir", str(work)])
 
-    # The predictions launcher on its own, over the module folder: finished tasks are read back, not retrained.
-    # The keyword task's embeddings never finished: it is named and left out.
-    rc = cli.main(["hear", "predict", str(work / "embeddings" / "hear_mamclap"), "--grid", "faster"])
+    # The predictions launcher on its own, over a module folder: finished tasks are read back, not retrained.
+    # The keyword task's embeddings never finished: it is named and left out. (A folder of the module's
+    # drum and keyword tasks: each finished task costs a heareval start-up.)
+    module = tmp_path / "module"
+    module.mkdir()
+    for task in ("mini_drum_stroke", "mini_speech_commands"):
+        (module / f"{task}-v1.0-full").symlink_to(work / "embeddings" / "hear_mamclap" / f"{task}-v1.0-full")
+    rc = cli.main(["hear", "predict", str(module), "--grid", "faster"])
     printed = capsys.readouterr()
     assert rc == 0 and f"top1_acc = {drum['score']:.4f}" in printed.out
     assert "skipping mini_speech_commands-v1.0-full" in printed.err
@@ -243,6 +243,41 @@ def test_hear_eval_on_folders_named_as_hearpreprocess_names_them(tiny_tasks, tmp
     scores = json.loads((tmp_path / "work" / "embeddings" / "hear_mamclap.baselines.logmel" / kfold.name /
                          "test.predicted-scores.json").read_text())
     assert opera["score"] == pytest.approx(statistics.fmean(scores[f]["test_top1_acc"] for f in folds.values()))
+
+
+def test_a_failing_task_costs_one_more_batch_not_a_run_per_task():
+    """heareval stops at the first task that fails. The task it had begun (its folder exists) takes the error
+    and the unfinished others run again as one batch; without that knowledge, each runs on its own."""
+    from training.eval.hear import _batch_then_singly
+
+    def harness(order: list[str], stale: set[str] = frozenset()):
+        begun, finished, calls = set(stale), set(), []
+
+        def run(items: list[str]) -> None:  # heareval's loop: begin a task, fail on "bad", else finish it
+            calls.append(list(items))
+            for item in sorted(items, key=order.index):
+                if item in finished:
+                    continue
+                begun.add(item)
+                if item == "bad":
+                    raise RuntimeError(f"heareval failed on {item}")
+                finished.add(item)
+
+        return run, finished.__contains__, begun.__contains__, calls
+
+    for order in (["bad", "a", "b"], ["a", "bad", "b"], ["a", "b", "bad"]):
+        run, done, started, calls = harness(order)
+        errors = _batch_then_singly(["a", "b", "bad"], run, done, "embeddings", lambda _: None, started=started)
+        assert errors == {"bad": "embeddings: RuntimeError: heareval failed on bad"}, order
+        assert done("a") and done("b") and len(calls) == (1 if order[-1] == "bad" else 2), (order, calls)
+    # Without started(), or with a stale begun task beside the failing one: the unfinished tasks one by one.
+    run, done, started, calls = harness(["bad", "a", "b"])
+    assert _batch_then_singly(["a", "b", "bad"], run, done, "x", lambda _: None) == {
+        "bad": "x: RuntimeError: heareval failed on bad"}
+    assert calls == [["a", "b", "bad"], ["a"], ["b"], ["bad"]]
+    run, done, started, calls = harness(["a", "bad", "b"], stale={"bad"})
+    assert set(_batch_then_singly(["a", "b", "bad"], run, done, "x", lambda _: None, started=started)) == {"bad"}
+    assert calls == [["a", "b", "bad"], ["b"], ["bad"]] and done("a") and done("b")
 
 
 def test_eval_refuses_bad_arguments(tmp_path, tiny_export):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,29 +15,18 @@ import soundfile as sf
 from training.kit.hear_suite import (NFOLDS, PITCH_RANGE, SAMPLE_RATE, SPLITS, build_hear_suite, specs,
                                      split_units)
 
-REPO = Path(__file__).resolve().parents[1]
-BANK = Path(os.environ.get("MAMCLAP_DATA", REPO / "data")) / "bank"
 TASKS = list(specs("tiny"))
 
 
-def load_index(bank_dir: Path) -> list[dict]:
-    """The bank's index.jsonl records (the bank contract's format)."""
-    index = bank_dir / "index.jsonl"
-    if not index.is_file():
-        pytest.skip(f"no source bank at {bank_dir}: build it with `mamclap data bank`")
-    return [json.loads(line) for line in index.read_text().splitlines() if line.strip()]
+@pytest.fixture
+def suite(tiny_hear_suite) -> tuple[Path, dict]:
+    """(tasks folder, manifest) of the session's tiny suite (conftest.py)."""
+    return tiny_hear_suite
 
 
-@pytest.fixture(scope="session")
-def records() -> list[dict]:
-    return load_index(BANK)
-
-
-@pytest.fixture(scope="session")
-def suite(records, tmp_path_factory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("hear") / "tasks"
-    manifest = build_hear_suite(records, out, "tiny", seed=0, bank_dir=BANK)
-    return out, manifest
+@pytest.fixture
+def records(bank_records) -> list[dict]:
+    return bank_records
 
 
 def test_suite_has_every_task_and_nothing_else(suite):
@@ -158,24 +146,24 @@ def test_split_units_holds_out_and_rejects_too_few():
         split_units(["only-one", "only-one"], rng, "voices")
 
 
-def test_bad_size_is_refused(records, tmp_path):
+def test_bad_size_is_refused(records, bank_dir, tmp_path):
     with pytest.raises(ValueError, match="size must be one of"):
-        build_hear_suite(records, tmp_path / "tasks", "huge", seed=0, bank_dir=BANK)
+        build_hear_suite(records, tmp_path / "tasks", "huge", seed=0, bank_dir=bank_dir)
 
 
-def test_unreadable_clip_is_skipped_and_counted(records, tmp_path):
+def test_unreadable_clip_is_skipped_and_counted(records, bank_dir, tmp_path):
     drums = [r for r in records if r["kind"] == "drum"]
     broken = dict(drums[0], id="drum/broken-file", path=str(tmp_path / "broken.flac"))
     (tmp_path / "broken.flac").write_bytes(b"not a flac file")
-    manifest = build_hear_suite(records + [broken], tmp_path / "tasks", "tiny", seed=0, bank_dir=BANK,
+    manifest = build_hear_suite(records + [broken], tmp_path / "tasks", "tiny", seed=0, bank_dir=bank_dir,
                                 tasks=["mini_drum_stroke"])
     assert list(manifest["skipped_bank_clips"]) == ["drum/broken-file"]
     assert (tmp_path / "tasks" / "mini_drum_stroke-v1.0-full" / "task_metadata.json").is_file()
 
 
-def test_same_seed_same_suite_other_seed_other_suite(records, tmp_path):
+def test_same_seed_same_suite_other_seed_other_suite(records, bank_dir, tmp_path):
     def build(seed: int, name: str) -> tuple[str, bytes]:
-        build_hear_suite(records, tmp_path / name, "tiny", seed=seed, bank_dir=BANK, tasks=["mini_drum_stroke"])
+        build_hear_suite(records, tmp_path / name, "tiny", seed=seed, bank_dir=bank_dir, tasks=["mini_drum_stroke"])
         folder = tmp_path / name / "mini_drum_stroke-v1.0-full"
         first = sorted((folder / "16000" / "test").glob("*.wav"))[0]
         return (folder / "test.json").read_text(), first.read_bytes()
@@ -184,10 +172,10 @@ def test_same_seed_same_suite_other_seed_other_suite(records, tmp_path):
     assert build(0, "a") != build(1, "c")
 
 
-def test_a_failed_task_leaves_no_half_written_folder(records, tmp_path):
+def test_a_failed_task_leaves_no_half_written_folder(records, bank_dir, tmp_path):
     speech_only = [r for r in records if r["kind"] == "speech"]
     with pytest.raises(ValueError):
-        build_hear_suite(speech_only, tmp_path / "tasks", "tiny", seed=0, bank_dir=BANK, tasks=["mini_drum_stroke"])
+        build_hear_suite(speech_only, tmp_path / "tasks", "tiny", seed=0, bank_dir=bank_dir, tasks=["mini_drum_stroke"])
     assert not (tmp_path / "tasks" / "mini_drum_stroke-v1.0-full").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 

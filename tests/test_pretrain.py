@@ -24,14 +24,10 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def corpus() -> Path:
-    """The tiny kit's WebDataset shards (built once; reused by later runs from data/)."""
-    from training.kit.build import build_kit, kit_dir, data_root
-    build_kit("tiny", seed=0, progress=False)
-    shards = kit_dir("tiny", 0, data_root()) / "corpus"
-    assert any(shards.glob("*.tar")) and (shards / "class_labels_indices.csv").exists()
-    return shards
+@pytest.fixture
+def corpus(tiny_corpus) -> Path:
+    """The tiny kit's WebDataset shards (conftest.py)."""
+    return tiny_corpus
 
 
 @pytest.fixture(scope="module")

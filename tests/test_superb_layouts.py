@@ -4,8 +4,6 @@ Needs the source bank (``mamclap data bank``; $MAMCLAP_DATA/bank, default <repo>
 """
 from __future__ import annotations
 
-import json
-import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -14,28 +12,15 @@ import pytest
 import soundfile as sf
 
 from training.kit.hear_suite import KWS_WORDS, SAMPLE_RATE
-from training.kit.superb_layouts import build_superb, s3prl_dev_percentage
+from training.kit.superb_layouts import s3prl_dev_percentage
 
 CLASSES_12 = set(KWS_WORDS) | {"_unknown_", "_silence_"}
-BANK = Path(os.environ.get("MAMCLAP_DATA", Path(__file__).resolve().parents[1] / "data")) / "bank"
 
 
-def load_index(bank_dir: Path) -> list[dict]:
-    index = bank_dir / "index.jsonl"
-    if not index.is_file():
-        pytest.skip(f"no source bank at {bank_dir}: build it with `mamclap data bank`")
-    return [json.loads(line) for line in index.read_text().splitlines() if line.strip()]
-
-
-@pytest.fixture(scope="session")
-def records() -> list[dict]:
-    return load_index(BANK)
-
-
-@pytest.fixture(scope="session")
-def superb(records, tmp_path_factory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("superb")
-    return out, build_superb(records, out, "tiny", seed=0, bank_dir=BANK)
+@pytest.fixture
+def superb(tiny_superb) -> tuple[Path, dict]:
+    """(layouts folder, manifest) of the session's tiny SUPERB layouts (conftest.py)."""
+    return tiny_superb
 
 
 def test_speech_commands_layout(superb):
@@ -73,10 +58,10 @@ def test_voxceleb1_layout(superb):
     assert Counter(line[0] for line in lines).keys() == {"1", "2", "3"}
 
 
-def test_superb_test_material_is_held_out(superb, records):
+def test_superb_test_material_is_held_out(superb, bank_records):
     """Test voices never speak in the Speech Commands train root; VoxCeleb1 test texts are held out."""
     _, manifest = superb
-    by_id = {r["id"]: r for r in records}
+    by_id = {r["id"]: r for r in bank_records}
     sc = manifest["speech_commands"]
     voices = {s: {by_id[i]["group"] for i in sc[s] if by_id[i]["kind"] == "speech"} for s in ("train", "test")}
     assert voices["test"] and not voices["test"] & voices["train"]

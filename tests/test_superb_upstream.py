@@ -6,8 +6,6 @@ $MAMCLAP_DATA/bank, default <repo>/data/bank).
 """
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
 import subprocess
@@ -25,7 +23,6 @@ from superb_upstream.run_downstream import complete_argv, prepare
 from training.eval.superb import best_checkpoint, data_overrides, read_test_accuracy
 
 REPO = Path(__file__).resolve().parents[1]
-BANK = Path(os.environ.get("MAMCLAP_DATA", REPO / "data")) / "bank"
 
 
 def tiny_encoder() -> MAMCLAPEncoder:
@@ -256,17 +253,10 @@ def test_results_helpers(tmp_path):
 # ---- end to end on the kit's tiny layouts ----
 
 
-@pytest.fixture(scope="module")
-def layouts(tmp_path_factory) -> Path:
-    index = BANK / "index.jsonl"
-    if not index.is_file():
-        pytest.skip(f"no source bank at {BANK}: build it with `mamclap data bank`")
-    from training.kit.superb_layouts import build_superb
-
-    records = [json.loads(line) for line in index.read_text().splitlines() if line.strip()]
-    out = tmp_path_factory.mktemp("superb")
-    build_superb(records, out, "tiny", seed=0, bank_dir=BANK)
-    return out
+@pytest.fixture
+def layouts(tiny_superb) -> Path:
+    """The session's tiny SUPERB layouts (conftest.py)."""
+    return tiny_superb[0]
 
 
 def test_voxceleb1_file_lists_follow_the_data(layouts, tmp_path, monkeypatch):

@@ -275,16 +275,32 @@ def _stamp_or_refuse(work_dir: Path, stamp: dict) -> None:
 
 
 def _batch_then_singly(items: list[str], run: Callable[[list[str]], object], done: Callable[[str], bool],
-                       what: str, log: Callable[[str], None]) -> dict[str, str]:
+                       what: str, log: Callable[[str], None],
+                       started: Callable[[str], bool] | None = None) -> dict[str, str]:
     """run(items) in one go (one heareval start-up); if that fails, run([item]) for each item not yet done(),
-    so each error lands on the task that caused it. Returns {item: error message} of the items that failed."""
-    try:
-        run(items)
-        return {}
-    except Exception as err:  # find out which task failed: the others must still be scored
-        log(f"{what} failed for the batch ({str(err).splitlines()[0]}); retrying unfinished tasks one by one")
-    errors = {}
-    for item in items:
+    so each error lands on the task that caused it. Returns {item: error message} of the items that failed.
+
+    started(item), when given, tells whether an item has been begun (heareval makes a task's folder first):
+    when the failed run began exactly one unfinished item, the error is that item's and the other unfinished
+    items run again as one batch, since a heareval start-up costs more than a tiny task."""
+    errors, pending = {}, list(items)
+    while True:
+        begun_before = {i for i in pending if started is not None and started(i)}
+        try:
+            run(pending)
+            return errors
+        except Exception as err:  # find out which task failed: the others must still be scored
+            failed = [i for i in pending if not done(i) and i not in begun_before
+                      and started is not None and started(i)]
+            if len(failed) != 1:
+                log(f"{what} failed for the batch ({str(err).splitlines()[0]}); retrying unfinished tasks one by one")
+                break
+            errors[failed[0]] = f"{what}: {type(err).__name__}: {err}"
+            pending = [i for i in pending if not done(i) and i != failed[0]]
+            if not pending:
+                return errors
+            log(f"{what} failed on {failed[0]}; running the other {len(pending)} unfinished tasks again")
+    for item in pending:
         if done(item):
             continue
         try:
@@ -425,7 +441,8 @@ def evaluate(module: str, model: str | Path | None, tasks_dir: Path, work_dir: P
     log(f"embedding {len(names)} tasks with {module} ...")
     errors = _batch_then_singly(
         names, lambda ns: embed(module, model, tasks_dir, emb_root, tasks=ns, model_options=model_options),
-        lambda n: (emb_module / n / ".done.embeddings").exists(), "embeddings", log)
+        lambda n: (emb_module / n / ".done.embeddings").exists(), "embeddings", log,
+        started=lambda n: (emb_module / n).is_dir())
     embedded = [n for n in names if n not in errors]
     if embedded:
         log(f"training heareval's predictors on {len(embedded)} tasks (grid {grid}, {grid_points} points"

@@ -36,8 +36,6 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, Iterable
 
-from scipy import stats
-
 from hear_mamclap import atomic
 
 FORMAT = "mamclap-results"
@@ -413,6 +411,8 @@ def summarize(runs: list[dict]) -> dict:
     out["mean"] = mean
     if n >= 2:
         std = math.sqrt(sum((s - mean) ** 2 for s in scores) / (n - 1))
+        from scipy import stats  # here, not at the top: it takes longer to import than all of this module
+
         t = float(stats.t.ppf(0.975, n - 1))  # two-sided 95% quantile, n - 1 degrees of freedom
         out.update(std=std, ci95=t * std / math.sqrt(n))
     return out
