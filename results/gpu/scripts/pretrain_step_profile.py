@@ -1,7 +1,7 @@
 """Issue 14's probes on the GPU (not part of the package): attention kernels and where a step's time goes.
 
-    python speed_profile.py attention       # SDPA fwd+bwd per backend at the encoder's and decoder's shapes
-    python speed_profile.py step [SIZE]     # compiled SupMAM-CLAP step on fixed inputs, torch.profiler by kernel kind
+    python pretrain_step_profile.py attention       # SDPA fwd+bwd per backend at the encoder's and decoder's shapes
+    python pretrain_step_profile.py step [SIZE]     # compiled SupMAM-CLAP step on fixed inputs, torch.profiler by kernel kind
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 14, GPU call 1 (one H200): the yardstick, attention kernels, the fast path's ladder, a profile.
+# The fast path, first H200 call: the yardstick, attention kernels, the fast path's ladder, a profile.
 # From the repository root, with .bench/speed (this branch's tree), .bench/reference_mam_step.py, .whl and
 # data/bank carried.
 set -uo pipefail
@@ -14,7 +14,7 @@ cd $S
 python3 -m training.cli data build --size small --workers 14 > /tmp/small.log 2>&1 &
 KIT=$!
 python3 $ROOT/.bench/reference_mam_step.py --json $OUT/reference.json > $OUT/reference.log 2>&1; el "reference rc=$?"
-python3 results/gpu/scripts/speed_profile.py attention > $OUT/attention.txt 2>&1; el "attention rc=$?"
+python3 results/gpu/scripts/pretrain_step_profile.py attention > $OUT/attention.txt 2>&1; el "attention rc=$?"
 python3 -m training.cli teacher init --out /tmp/clap.pt > /tmp/teacher.log 2>&1; el "teacher rc=$?"
 wait $KIT; el "kit rc=$?"; tail -2 /tmp/small.log
 C=/tmp/data/kit-small-s0/corpus
@@ -23,5 +23,5 @@ timeout $(left 490) python3 -m training.bench.pretrain --data $C --teacher /tmp/
   --run cache:source=cache --run fixed:source=fixed --run teacher_cache:source=teacher_cache --run online:source=online \
   --run cudnn:source=cache,attention=cudnn --run vit_s:source=cache,size=small --run mam:source=cache,preset=mam \
   --headline cache --out-dir /tmp/r --json $OUT/ladder.json > $OUT/ladder.log 2>&1; el "ladder rc=$?"
-timeout $(left 575) python3 results/gpu/scripts/speed_profile.py step base > $OUT/profile.txt 2>&1; el "profile rc=$?"
+timeout $(left 575) python3 results/gpu/scripts/pretrain_step_profile.py step base > $OUT/profile.txt 2>&1; el "profile rc=$?"
 el end

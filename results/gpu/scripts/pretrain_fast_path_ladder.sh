@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 14, GPU call 2 (one H200): the yardstick, main's step as it was (before), and this branch's ladder
+# The pretraining fast-path ladder, one H200 call: the yardstick, main's step as it was (before), and this branch's ladder
 # (online -> cached teacher -> everything cached on the GPU; CUDA graphs; the fixed-batch rate; ViT-S, MAM),
 # all in one job. From the repository root (main's tree), with .bench/speed (this branch), 
 # .bench/reference_mam_step.py, .whl and data/bank carried.
