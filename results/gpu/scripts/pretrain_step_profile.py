@@ -1,4 +1,4 @@
-"""Issue 14's probes on the GPU (not part of the package): attention kernels and where a step's time goes.
+"""The pretraining step's probes on the GPU (not part of the package): attention kernels and where a step's time goes.
 
     python pretrain_step_profile.py attention       # SDPA fwd+bwd per backend at the encoder's and decoder's shapes
     python pretrain_step_profile.py step [SIZE]     # compiled SupMAM-CLAP step on fixed inputs, torch.profiler by kernel kind
