@@ -117,3 +117,22 @@ def test_unsupported_layouts_are_refused():
     fc = {("fc_norm" + k[4:] if k.startswith("norm.") else k): v for k, v in state.items()}
     _, notes = convert.from_timm(fc, SMALL)
     assert any("fc_norm" in n for n in notes)
+
+
+def test_init_from_copies_an_export_into_the_pretraining_encoder(tmp_path):
+    """pretrain --init-from: the wrapper's encoder starts from the export's weights; another size is refused."""
+    from hear_mamclap.checkpoint import export_encoder
+    from hear_mamclap.errors import UserError
+    from training.pretrain.mam import MAMPretrainer, PretrainConfig
+    from training.pretrain.train import init_encoder
+
+    torch.manual_seed(3)
+    source = MAMCLAPEncoder(EncoderConfig.preset("tiny"))
+    export_encoder(source, tmp_path / "enc")
+    model = MAMPretrainer(PretrainConfig.preset("mam", size="tiny"))
+    assert not torch.equal(model.encoder.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
+    init_encoder(model.encoder, str(tmp_path / "enc"))
+    for key, value in source.state_dict().items():
+        torch.testing.assert_close(model.encoder.state_dict()[key], value)
+    with pytest.raises(UserError, match="differs from --size"):
+        init_encoder(MAMPretrainer(PretrainConfig.preset("mam", size="small")).encoder, str(tmp_path / "enc"))

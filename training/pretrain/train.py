@@ -80,6 +80,7 @@ class TrainConfig:
     cache: str = ""                  # folder from `mamclap precompute`: teacher targets (and log-mel) from it
     cache_mel: bool = True           # with cache: the log-mel too (held on the GPU), so no audio is decoded
     fixed_batch: bool = False        # the first batch over and over: the step without the data path (benchmarks)
+    init_from: str = ""              # start the encoder from an export / checkpoint (`mamclap convert` for AudioMAE)
     overrides: tuple[tuple[str, str], ...] = ()  # PretrainConfig field overrides (name, value)
 
     def __post_init__(self) -> None:
@@ -204,6 +205,24 @@ def _build(cfg: TrainConfig, n_classes: int, cached_teacher_dim: int | None = No
             teacher = load_teacher(cfg.teacher, encoder=pcfg.encoder, cfg=teacher_config(cfg))
         pcfg = dataclasses.replace(pcfg, teacher_dim=teacher.dim)
     return MAMPretrainer(pcfg), teacher
+
+
+def init_encoder(encoder, path: str) -> None:
+    """Copy the weights of the encoder at `path` (an export or a checkpoint; an AudioMAE model once converted
+    by `mamclap convert audiomae`) into the pretraining wrapper's encoder. The architecture must match; the
+    positions stay the pretraining config's (sin-cos), which a converted AudioMAE model shares up to channel
+    order, so a stored table is not copied."""
+    from hear_mamclap.checkpoint import load_encoder
+
+    source = load_encoder(path)
+    mine, theirs = encoder.cfg.to_dict(), source.cfg.to_dict()
+    differ = [k for k in mine if k != "pos_embed" and mine[k] != theirs.get(k)]
+    if differ:
+        raise UserError(f"--init-from {path}: its encoder differs from --size's in "
+                        + ", ".join(f"{k} ({theirs.get(k)} vs {mine[k]})" for k in differ))
+    state = {k: v for k, v in source.state_dict().items() if k != "pos_embed"}
+    encoder.load_state_dict(state, strict=False)  # pos_embed is derived from the config here
+    log.info("encoder initialised from %s", path)
 
 
 def attention_kernels(choice: str, use_cuda: bool):
@@ -351,6 +370,8 @@ def train(cfg: TrainConfig, resume: bool = False, given=None) -> dict:
     if cache is not None:  # refuse a cache built for other data, geometry or teacher
         cache.check(cache_key(dataset, model.cfg.encoder, cfg.teacher if model.cfg.uses_teacher else None,
                               teacher_config(cfg)), teacher=model.cfg.uses_teacher)
+    if cfg.init_from and state is None:
+        init_encoder(model.encoder, cfg.init_from)
     model.to(device)
     if teacher is not None:
         teacher.to(device)
@@ -523,6 +544,7 @@ def register(subparsers) -> None:
 
 # Flag types beyond VALUE_RULES: paths checked when parsed (TrainConfig holds them as strings).
 FLAG_TYPES = {"data": checks.existing_path, "out_dir": checks.out_dir, "teacher": checks.existing_file,
+              "init_from": checks.existing_path,
               "cache": checks.existing_path}
 
 
