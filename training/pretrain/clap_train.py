@@ -460,6 +460,6 @@ def _run_embed(args) -> int:
     clips, captions = open_corpus(args.data)
     table = caption_table(captions, clips.vocabulary, load_text_encoder(args.device))
     save_atomic(table, args.out)
-    print(json.dumps({"out": args.out, "captions": len(table["keys"]), "prompts": len(table["class_mids"]),
+    print(json.dumps({"out": str(args.out), "captions": len(table["keys"]), "prompts": len(table["class_mids"]),
                       "text_encoder": TEXT_ENCODER}))
     return 0
