@@ -19,6 +19,7 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-default-apps", "--disable-extensions", "--hide-scrollbars", "--mute-audio")
 TIMEOUT_S = 20.0
+START_TIMEOUT_S = 120.0  # the first reply waits for the browser itself to start (slow on a busy 2-core machine)
 
 
 def executable() -> str | None:
@@ -59,7 +60,7 @@ class Browser:
         self.events: list[tuple[str, dict]] = []
         self.session = None
         try:
-            target = self.send("Target.createTarget", url="about:blank")["targetId"]
+            target = self.send("Target.createTarget", timeout=START_TIMEOUT_S, url="about:blank")["targetId"]
             self.session = self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
             for domain in ("Page", "Runtime", "Log", "Network"):
                 self.send(f"{domain}.enable")
@@ -82,7 +83,7 @@ class Browser:
         message, self._buffer = self._buffer.split(b"\0", 1)
         return json.loads(message)
 
-    def send(self, method: str, **params) -> dict:
+    def send(self, method: str, timeout: float = TIMEOUT_S, **params) -> dict:
         """Send one command (to the page once attached) and wait for its result; events met on the way are
         kept in self.events."""
         self._next_id += 1
@@ -90,7 +91,7 @@ class Browser:
         if self.session is not None:
             message["sessionId"] = self.session
         os.write(self._to_browser, json.dumps(message).encode() + b"\0")
-        deadline = time.monotonic() + TIMEOUT_S
+        deadline = time.monotonic() + timeout
         while True:
             reply = self._read_message(deadline)
             if reply.get("id") == self._next_id:
