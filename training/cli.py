@@ -3,7 +3,7 @@
 Each area registers its own subcommands with a ``register(subparsers)`` function, so this file stays a
 table of contents: ``data`` (the offline sound kit), ``pretrain``, ``teacher`` (CLAP teacher training),
 ``superb`` and ``hear`` (the evaluation harnesses), ``demo`` (the whole pipeline on the tiny kit),
-``tables`` and ``convert`` (AudioMAE/timm checkpoints).
+``tables``, ``diagnose`` (the losses' trivial floors) and ``convert`` (AudioMAE/timm checkpoints).
 
 Errors. A user's mistake (a bad argument, a missing or unreadable file: UserError, ValueError, the
 FileNotFoundError family) is reported on one line naming the argument or file, exit status 2; `--debug` or
@@ -35,6 +35,7 @@ COMMANDS = [
     ("training.eval.finetune", "finetune"),
     ("training.demo", "demo"),
     ("training.eval.tables", "tables"),
+    ("training.eval.floors", "diagnose"),
     ("training.convert", "convert"),
 ]
 
