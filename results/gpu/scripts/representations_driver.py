@@ -15,7 +15,7 @@ Job graph (jobgraph.py runs it in a daemon across calls, with done-markers):
 
     python results/gpu/scripts/representations_driver.py plan | start | wait SECONDS | pack | daemon
 
-Environment: EXP_WORK (default $TMPDIR/mamclap-representations), MAMCLAP_DATA, OUT, PRE_STEPS (1300),
+Environment: EXP_WORK (default $TMPDIR/mamclap-representations), MAMCLAP_DATA, OUT, PRE_STEPS (1000),
 CORPUS_CLIPS (unset: the medium kit's), HEAR_GRID_POINTS (3), SUPERB_STEPS (1000). LOCAL=1 is a dry run
 on a CPU machine (tiny kit, tiny encoder, a few steps).
 """
@@ -39,7 +39,7 @@ SIZE_KIT = "tiny" if LOCAL else "medium"
 CORPUS_CLIPS = os.environ.get("CORPUS_CLIPS")
 KIT = DATA / (f"kit-{SIZE_KIT}-s0" + (f"-c{CORPUS_CLIPS}" if CORPUS_CLIPS else ""))
 SIZE = "tiny" if LOCAL else "small"
-PRE_STEPS = int(os.environ.get("PRE_STEPS", 8 if LOCAL else 1300))
+PRE_STEPS = int(os.environ.get("PRE_STEPS", 8 if LOCAL else 1000))
 SNAPSHOT_EVERY = PRE_STEPS // 4
 HEAR_GRID_POINTS = os.environ.get("HEAR_GRID_POINTS", "1" if LOCAL else "3")
 SUPERB_STEPS = os.environ.get("SUPERB_STEPS", "20" if LOCAL else "1000")
@@ -86,7 +86,7 @@ def jobs() -> list[Job]:
     kit_dep = [j.name for j in out]
     cache = W / "cache"
     out.append(Job("precompute", [*M, "precompute", "--data", str(KIT / "corpus"), "--variant", "mam", "--size", SIZE,
-                                  "--out", str(cache), "--workers", "4", "--batch-size", "64"], kit_dep, units=4,
+                                  "--out", str(cache), "--workers", str(max(1, NCPU - 4)), "--batch-size", "64"], kit_dep, units=NCPU,
                    gpu=True))
     out.append(Job("floors", [*M, "diagnose", "floors", "--cache", str(cache), "--size", SIZE,
                               "--out", str(RES / "floors.json")], ["precompute"]))
@@ -154,7 +154,7 @@ def release() -> None:
         sys.exit("no final run has HEAR results")
     GRAPH.log(f"release: {best} (mean validation score {best_score:.4f})")
     (RES / "release_choice.json").write_text(json.dumps({"run": best, "mean_validation_score": best_score}))
-    os.execv(PY, [PY, "-m", "training.cli", "export", "--release", "--name", os.environ.get("RELEASE_NAME", "release"),
+    os.execv(PY, [PY, "-m", "training.cli", "export", "--release", "--name", os.environ.get("RELEASE_NAME") or f"{RUNS[best][0]}-vit-s-{KIT.name}",
                   "--out", str(W / "release"), str(W / "runs" / best / "encoder")])
 
 
