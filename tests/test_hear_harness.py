@@ -95,6 +95,23 @@ def test_random_init_is_seeded_and_follows_the_checkpoint(tiny_export):
         random_init.load_model(preset="huge")
 
 
+def test_logmel_scene_pooling_is_an_option():
+    """The log-mel baseline pools mean + std by default (as results before the option), and the mean alone
+    under scene_pooling "mean", the pooling of hear_mamclap's encoders."""
+    from hear_mamclap.baselines import logmel
+
+    x = 0.1 * torch.randn(3, 16000, generator=torch.Generator().manual_seed(0))
+    frames, _ = logmel.get_timestamp_embeddings(x, logmel.load_model())
+    default, mean = logmel.load_model(), logmel.load_model(scene_pooling="mean")
+    assert default.scene_embedding_size == 2 * logmel.N_MELS and mean.scene_embedding_size == logmel.N_MELS
+    torch.testing.assert_close(logmel.get_scene_embeddings(x, default),
+                               torch.cat([frames.mean(1), frames.std(1, unbiased=False)], dim=1))
+    torch.testing.assert_close(logmel.get_scene_embeddings(x, mean), frames.mean(1))
+    assert logmel.get_scene_embeddings(x, mean).shape == (3, mean.scene_embedding_size)
+    with pytest.raises(ValueError, match="scene_pooling must be one of"):
+        logmel.load_model(scene_pooling="meanmax")
+
+
 def test_crepe_matches_torchcrepe_embed_in_batches_and_chunks():
     torchcrepe = pytest.importorskip("torchcrepe")
     from hear_mamclap.baselines import crepe
