@@ -404,6 +404,40 @@ def test_scores_follow_heareval_for_every_split_mode(tmp_path, folder):
         scores_entry(task_dir, scores)
 
 
+def test_scores_carry_a_bootstrap_interval_from_heareval_s_predictions(tmp_path):
+    """A k-fold task whose <fold>.predictions.pkl heareval left: the interval is the bootstrap of the mean over
+    folds; without those files, an accuracy gets Wilson's interval from the score and n_test."""
+    import pickle
+
+    import numpy as np
+    from training.eval import intervals
+    from training.eval.hear import scores_entry
+
+    task_dir = hear_task(tmp_path, "esc50-v2.0.0-full")
+    meta = json.loads((task_dir / "task_metadata.json").read_text())
+    wilson = scores_entry(task_dir, heareval_scores(task_dir, 0.6))["ci95"]
+    n_test = sum(len(json.loads((task_dir / f"{s}.json").read_text())) for s in meta["splits"])
+    assert wilson["method"] == "wilson" and wilson["n"] == n_test
+    assert wilson["low"] == pytest.approx(intervals.wilson(0.62, n_test)["low"])  # 0.6 + 0.01 * fold, averaged
+
+    rng = np.random.default_rng(0)
+    folds, per_fold = {}, {}
+    for split in sorted(meta["splits"]):
+        target = np.eye(4, dtype=np.float32)[rng.integers(0, 4, 30)]
+        prediction = (rng.random((30, 4)) + target).astype(np.float32)
+        folds[split] = (prediction, target)
+        per_fold[split] = float((prediction.argmax(1) == target.argmax(1)).mean())
+        with open(task_dir / f"{split}.predictions.pkl", "wb") as f:
+            pickle.dump({"target": torch.from_numpy(target), "prediction": torch.from_numpy(prediction)}, f)
+    scores = heareval_scores(task_dir, 0.0)
+    for split, acc in per_fold.items():
+        scores[split]["test_top1_acc"] = acc
+    scores["aggregated_scores"]["test_top1_acc_mean"] = statistics.fmean(per_fold.values())
+    entry = scores_entry(task_dir, scores)
+    assert entry["ci95"] == intervals.bootstrap_scene("top1_acc", list(folds.values()))[1]
+    assert entry["ci95"]["low"] <= entry["score"] <= entry["ci95"]["high"]
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda m: m.update(split_mode="random_kfold"), "'split_mode' must be one of heareval's"),
     (lambda m: m.pop("splits"), "'splits' must be a list"),

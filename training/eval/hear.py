@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from training import compat
-from training.eval import results
+from training.eval import intervals, results
 
 # The subprocess for predictions: apply our compatibility fixes, then hand argv to heareval's click command.
 PREDICT_LAUNCHER = (
@@ -219,7 +219,8 @@ def scores_entry(task_dir: Path, scores: dict, seed: int | None = None, extra: d
 
     Primary metric: the first of task_metadata's "evaluation" (heareval selects models by it). Scores are
     heareval's test_* values without the prefix: the test split's, or for k-fold tasks heareval's own mean
-    over folds, "aggregated_scores" (each fold's scores and the standard deviations go to extra)."""
+    over folds, "aggregated_scores" (each fold's scores and the standard deviations go to extra). "ci95": the
+    primary score's 95 % interval from the test predictions heareval leaves beside it (training.eval.intervals)."""
     task_dir = Path(task_dir)
     metadata = json.loads((task_dir / "task_metadata.json").read_text())
     metric = metadata["evaluation"][0]
@@ -254,8 +255,11 @@ def scores_entry(task_dir: Path, scores: dict, seed: int | None = None, extra: d
     more.update(extra or {})
     task, variant = task_variant(task_dir, metadata)
     group = group or results.task_group(task, metadata, default=results.OTHER)
-    return results.task_entry(group, metric, values[metric], values,
-                              n_test_clips(task_dir, metadata), seed=seed, extra=more, variant=variant)
+    n_test = n_test_clips(task_dir, metadata)
+    ci95 = None if values[metric] is None else intervals.task_interval(task_dir, metadata, splits, values[metric],
+                                                                       n_test)
+    return results.task_entry(group, metric, values[metric], values, n_test, seed=seed, extra=more, variant=variant,
+                              ci95=ci95)
 
 
 # ---------------------------------------------------------------------------------------------- evaluate
@@ -587,6 +591,13 @@ def _eval_command(args) -> int:
     failed = [t for t, e in doc["tasks"].items() if "error" in e]
     print(f"wrote {out}: {len(doc['tasks']) - len(failed)} tasks scored"
           + (f", {len(failed)} failed: {failed}" if failed else ""))
+    overall = None if failed else intervals.mean_of_group_means(
+        [(e["group"], e["score"], (e.get("ci95") or {}).get("half_width")) for e in doc["tasks"].values()],
+        results.GROUPS)
+    if overall is not None:
+        print(f"overall (mean of the group means) = {overall[0]:.4f}"
+              + (f" ± {overall[1]:.4f} (95 %, tasks' intervals combined as independent)" if overall[1] is not None
+                 else ""))
     return 1 if failed else 0
 
 
