@@ -615,3 +615,55 @@ def test_heareval_embeddings_runner_runs_a_torch_module_without_tensorflow(tiny_
     assert done.exists()
     assert list((done.parent / "test").glob("*.embedding.npy"))
 
+
+
+def test_eval_runs_each_task_with_its_readout(tmp_path, tiny_export, heareval_steps, monkeypatch, capsys):
+    """--readout: each task embedded with its chosen options over --model-options (tasks of the same options
+    in one heareval run, in a folder named for them), the options recorded per task; a file made for
+    another model, or without a choice for a task, is refused before any work."""
+    from training import cli
+    from training.eval import hear, readout
+    from training.eval.results import load_results
+
+    tasks = tmp_path / "tasks"
+    for folder in ("speech_commands-v0.0.2-5h", "esc50-v2.0.0-full", "beijing_opera-v1.0-hear2021-full"):
+        hear_task(tasks, folder)
+    runs = []
+    fake_embed = hear.embed
+    monkeypatch.setattr(hear, "embed", lambda *a, **k: runs.append((sorted(k["tasks"]), k["model_options"]))
+                        or fake_embed(*a, **k))
+    chosen = {"speech_commands-5h": {"layers": "mean", "last_k": 2, "freq_reduce": "mean"},
+              "esc50": {"layers": "last", "last_k": 1, "freq_reduce": "concat"},
+              "beijing_opera": {"layers": "mean", "last_k": 2, "freq_reduce": "mean"}}
+    choice = tmp_path / "choice.json"
+    base = {"scene_pooling": "meanmax"}
+    choice.write_text(json.dumps({"format": readout.FORMAT, "module": "hear_mamclap",
+                                  "model": str(tiny_export.resolve()), "model_options": base,
+                                  "tasks": {k: {"options": o} for k, o in chosen.items()}}))
+    out = tmp_path / "x.json"
+    args = ["hear", "eval", "--model", str(tiny_export), "--tasks-dir", str(tasks), "--name", "x", "--out", str(out),
+            "--work-dir", str(tmp_path / "work"), "--grid", "faster", "--model-options", json.dumps(base)]
+    assert cli.main([*args, "--readout", str(choice)]) == 0
+    assert sorted(runs) == sorted([(["beijing_opera-v1.0-hear2021-full", "speech_commands-v0.0.2-5h"],
+                                    {**base, **chosen["beijing_opera"]}),
+                                   (["esc50-v2.0.0-full"], {**base, **chosen["esc50"]})])
+    doc = load_results(out)
+    for key, options in chosen.items():
+        extra = doc["tasks"][key]["extra"]
+        assert extra["model_options"] == {**base, **options} and extra["readout"] == options
+        folder = hear.embedding_folder_name("hear_mamclap", {**base, **options})
+        assert (tmp_path / "work" / "embeddings" / folder / extra["task_folder"] / "test.predicted-scores.json").is_file()
+    assert doc["settings"]["readout"] == chosen and doc["command"].endswith(f"--readout {choice}")
+    assert "overall (mean of the group means) = " in capsys.readouterr().out
+
+    # the work dir holds this readout's embeddings: a run without it (or with another) is refused there
+    with pytest.raises(SystemExit, match="holds embeddings of another run"):
+        cli.main(args)
+    del chosen["esc50"]
+    choice.write_text(json.dumps({**json.loads(choice.read_text()), "tasks": {k: {"options": o}
+                                                                             for k, o in chosen.items()}}))
+    with pytest.raises(SystemExit, match=r"no choice for the tasks \['esc50'\]"):
+        cli.main([*args, "--readout", str(choice), "--work-dir", str(tmp_path / "work2")])
+    with pytest.raises(SystemExit, match="chosen for model options"):
+        cli.main([*args[:-2], "--readout", str(choice), "--work-dir", str(tmp_path / "work2")])
+    assert not (tmp_path / "work2").exists()
