@@ -344,6 +344,8 @@ def _command(args) -> int:
         raise SystemExit(f"--model-options must be a JSON object, got {args.model_options!r} ({err})")
     if not isinstance(options, dict):
         raise SystemExit(f"--model-options must be a JSON object, got {args.model_options!r}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("mamclap hear readout: --device cuda, but torch sees no CUDA device")
     torch.manual_seed(0)
     try:
         doc = choose_readouts(args.module, args.model, args.tasks_dir, tasks=args.tasks, model_options=options,
