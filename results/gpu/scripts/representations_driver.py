@@ -183,10 +183,35 @@ def pack() -> None:
                 tar.add(f, arcname=f"release/{f.relative_to(release_dir)}")
     big = [f for f in sorted((W / "release").rglob("*")) if f.is_file() and f.stat().st_size >= 1 << 20] \
         if (W / "release").exists() else []
+    choice = RES / "release_choice.json"
+    if not big and choice.exists():  # no release export: the chosen encoder's weights in bf16 shards instead
+        big = bf16_shards(W / "runs" / json.loads(choice.read_text())["run"] / "encoder", W / "shards")
     for f in big[:7]:  # the weight shards, each under 16 MiB, beside the tarball
         (out / f.name).write_bytes(f.read_bytes())
     print(f"packed {out / 'representations.tar.gz'} ({(out / 'representations.tar.gz').stat().st_size / 1e6:.2f} MB)"
           f" and {len(big[:7])} weight files")
+
+
+def bf16_shards(export: Path, out: Path, limit: int = 15 << 20) -> list[Path]:
+    """An encoder export's weights as bf16 safetensors files of at most `limit` bytes (with its encoder.json)."""
+    import torch
+    from safetensors.torch import save_file
+    from hear_mamclap.checkpoint import load_encoder
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in load_encoder(export).state_dict().items()}
+    shards, current, size = [], {}, 0
+    for k, v in state.items():
+        n = v.numel() * 2
+        if current and size + n > limit:
+            shards.append(current)
+            current, size = {}, 0
+        current[k], size = v, size + n
+    shards.append(current)
+    files = []
+    for i, shard in enumerate(shards):
+        files.append(out / f"{export.parent.name}.bf16-{i + 1:05d}-of-{len(shards):05d}.safetensors")
+        save_file(shard, str(files[-1]))
+    return files
 
 
 def plan() -> None:
