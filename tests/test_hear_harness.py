@@ -178,6 +178,10 @@ def test_hear_eval_writes_results_with_scores_and_the_failed_task(tiny_tasks, ti
         n_test = len(json.loads((tiny_tasks / f"{task}-v1.0-full" / "test.json").read_text()))
         assert entry["n_test"] == n_test
         assert entry["extra"]["embedding_seconds"] > 0 and entry["extra"]["prediction_seconds"] > 0
+        # heareval leaves its test predictions: the interval is a bootstrap around the score they reproduce
+        assert entry["ci95"]["method"] == "bootstrap", entry["ci95"]
+        assert entry["ci95"]["low"] <= entry["score"] <= entry["ci95"]["high"]
+    assert "ci95" not in kws  # a failed task has no interval
     assert kws["score"] is None and kws["group"] == "speech"
     assert kws["error"].startswith("embeddings: RuntimeError") and "LibsndfileError" in kws["error"].splitlines()[0]
     assert "mini_drum_stroke: top1_acc =" in printed and "mini_speech_commands: FAILED" in printed

@@ -179,10 +179,11 @@ def read_predictions(path: Path) -> dict:
     return {k: v.numpy() if hasattr(v, "numpy") else v for k, v in data.items()}
 
 
-def _labels(task_dir: Path) -> list[str]:
-    """The task's labels in labelvocabulary.csv order (heareval's label_to_idx keys)."""
-    with open(task_dir / "labelvocabulary.csv", newline="") as f:
-        return [str(row["label"]) for row in csv.DictReader(f)]
+def label_vocabulary(task_dir: Path) -> dict[str, int]:
+    """{label: index} of a task's labelvocabulary.csv in its order (heareval's label_to_idx; labels as
+    strings, as heareval reads them)."""
+    with open(Path(task_dir) / "labelvocabulary.csv", newline="") as f:
+        return {str(row["label"]): int(row["idx"]) for row in csv.DictReader(f)}
 
 
 def event_counts(metric: str, predictions: dict, labels: list[str]) -> np.ndarray:
@@ -210,7 +211,7 @@ def bootstrap_task(task_dir: Path, metadata: dict, splits: list[str], resamples:
     task_dir, metric = Path(task_dir), metadata["evaluation"][0]
     loaded = [read_predictions(task_dir / f"{split}.predictions.pkl") for split in splits]
     if metadata.get("embedding_type") == "event":
-        labels = _labels(task_dir)
+        labels = list(label_vocabulary(task_dir))
         return bootstrap_events([event_counts(metric, p, labels) for p in loaded], resamples, seed)
     if metric not in SCENE_METRICS:
         raise ValueError(f"no bootstrap for the scene metric {metric!r}")

@@ -132,13 +132,6 @@ def embed_split(embed_batch: Callable[[torch.Tensor], dict[str, torch.Tensor]], 
     return {name: torch.cat(xs) for name, xs in pieces.items()}
 
 
-def label_vocabulary(task_dir: Path) -> dict[str, int]:
-    """{label: index} of labelvocabulary.csv (labels as strings, as heareval reads them)."""
-    import csv
-    with open(Path(task_dir) / "labelvocabulary.csv", newline="") as f:
-        return {str(row["label"]): int(row["idx"]) for row in csv.DictReader(f)}
-
-
 def targets(labels: list[list], vocabulary: dict[str, int]) -> torch.Tensor:
     """Multi-hot (n, n_labels) targets of each clip's label list (one-hot for multiclass tasks)."""
     out = torch.zeros(len(labels), len(vocabulary))
@@ -298,7 +291,7 @@ def choose_readouts(module: str, model: str | Path | None, tasks_dir: Path, task
             log(f"[{i}/{len(folders)}] {key}: event task, default readout kept")
             continue
         splits = ["train", "valid"] if meta["split_mode"] == "trainvaltest" else sorted(meta["splits"])
-        vocabulary = label_vocabulary(folder)
+        vocabulary = intervals.label_vocabulary(folder)
         features, labels = {}, {}
         for split in splits:
             split_labels = read_split(folder, split)
