@@ -581,13 +581,19 @@ def _predict_command(args) -> int:
     return 1 if failed else 0
 
 
-def _eval_command(args) -> int:
+def parse_model_options(text: str) -> dict:
+    """--model-options: a JSON object of load_model keyword arguments, or one line saying what is wrong."""
     try:
-        options = json.loads(args.model_options)
+        options = json.loads(text)
     except json.JSONDecodeError as err:
-        raise SystemExit(f"--model-options must be a JSON object, got {args.model_options!r} ({err})")
+        raise SystemExit(f"--model-options must be a JSON object, got {text!r} ({err})")
     if not isinstance(options, dict):
-        raise SystemExit(f"--model-options must be a JSON object, got {args.model_options!r}")
+        raise SystemExit(f"--model-options must be a JSON object, got {text!r}")
+    return options
+
+
+def _eval_command(args) -> int:
+    options = parse_model_options(args.model_options)
     if args.model is not None and not args.model.exists():
         raise SystemExit(f"--model {args.model} does not exist")
     groups = {}

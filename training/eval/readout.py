@@ -331,12 +331,8 @@ def load_choice(path: Path, module: str, model: str | Path | None, model_options
 
 
 def _command(args) -> int:
-    try:
-        options = json.loads(args.model_options)
-    except json.JSONDecodeError as err:
-        raise SystemExit(f"--model-options must be a JSON object, got {args.model_options!r} ({err})")
-    if not isinstance(options, dict):
-        raise SystemExit(f"--model-options must be a JSON object, got {args.model_options!r}")
+    from training.eval.hear import parse_model_options
+    options = parse_model_options(args.model_options)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("mamclap hear readout: --device cuda, but torch sees no CUDA device")
     torch.manual_seed(0)

@@ -11,7 +11,7 @@ Job graph (jobgraph.py runs it in a daemon across calls, with done-markers):
     readout_<model>  the readout of each task chosen on validation data (`mamclap hear readout`)
     hear_<model>     heareval on every task with that readout, seeded grid points (`mamclap hear eval`)
     superb_<model>_<task>  s3prl speech_commands (KS) and voxceleb1 (SID)
-    release          the final encoder with the best mean validation score, exported in bf16 shards
+    release          picks the final encoder with the best mean validation score; `pack` brings it back in bf16 shards
 
     python results/gpu/scripts/representations_driver.py plan | start | wait SECONDS | pack | daemon
 
@@ -138,8 +138,8 @@ def jobs() -> list[Job]:
 
 
 def release() -> None:
-    """Export the final encoder whose mean heareval validation score over the tasks is highest (the choice
-    never looks at test scores)."""
+    """Choose the final encoder whose mean heareval validation score over the tasks is highest (the choice
+    never looks at test scores); `pack` brings its weights back as bf16 shards."""
     best, best_score = None, None
     for name in RUNS:
         path = RES / "hear" / f"{name}.json"
@@ -154,8 +154,6 @@ def release() -> None:
         sys.exit("no final run has HEAR results")
     GRAPH.log(f"release: {best} (mean validation score {best_score:.4f})")
     (RES / "release_choice.json").write_text(json.dumps({"run": best, "mean_validation_score": best_score}))
-    os.execv(PY, [PY, "-m", "training.cli", "export", "--release", "--name", os.environ.get("RELEASE_NAME") or f"{RUNS[best][0]}-vit-s-{KIT.name}",
-                  "--out", str(W / "release"), str(W / "runs" / best / "encoder")])
 
 
 def pack() -> None:
@@ -177,15 +175,9 @@ def pack() -> None:
             tar.add(KIT / "manifest.json", arcname=f"kits/{KIT.name}.manifest.json")
         for card in sorted((KIT / "cards").glob("*.md")) if (KIT / "cards").exists() else []:
             tar.add(card, arcname=f"kits/cards/{card.name}")
-        release_dir = W / "release"
-        for f in sorted(release_dir.rglob("*")) if release_dir.exists() else []:
-            if f.is_file() and f.stat().st_size < 1 << 20:
-                tar.add(f, arcname=f"release/{f.relative_to(release_dir)}")
-    big = [f for f in sorted((W / "release").rglob("*")) if f.is_file() and f.stat().st_size >= 1 << 20] \
-        if (W / "release").exists() else []
-    choice = RES / "release_choice.json"
-    if not big and choice.exists():  # no release export: the chosen encoder's weights in bf16 shards instead
-        big = bf16_shards(W / "runs" / json.loads(choice.read_text())["run"] / "encoder", W / "shards")
+    choice = RES / "release_choice.json"  # the chosen encoder's weights in bf16 shards beside the tarball
+    big = bf16_shards(W / "runs" / json.loads(choice.read_text())["run"] / "encoder", W / "shards") \
+        if choice.exists() else []
     for f in big[:7]:  # the weight shards, each under 16 MiB, beside the tarball
         (out / f.name).write_bytes(f.read_bytes())
     print(f"packed {out / 'representations.tar.gz'} ({(out / 'representations.tar.gz').stat().st_size / 1e6:.2f} MB)"
