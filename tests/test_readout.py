@@ -75,16 +75,29 @@ def test_probe_is_a_deterministic_regularised_linear_classifier():
     xs, xvs = readout.zscore(x, xv)
     assert torch.allclose(xs.mean(0), torch.zeros(16), atol=1e-5) and torch.allclose(xs.std(0, unbiased=False),
                                                                                       torch.ones(16), atol=1e-4)
-    w, b = readout.fit_probe(xs, y, False, 1e-3)
-    w2, b2 = readout.fit_probe(xs, y, False, 1e-3)
+    probes = readout.fit_probes(xs, y, (10.0, 1e-3))
+    w, b = probes[1e-3]
+    w2, b2 = readout.fit_probes(xs, y, (1e-3,))[1e-3]
     assert torch.equal(w, w2) and torch.equal(b, b2)
+    # the closed form is the ridge solution: the gradient of mean squared error + wd |W|^2 vanishes there
+    wg = w.clone().double().requires_grad_(True)
+    loss = ((xs.double() @ wg + b.double() - y.double()) ** 2).sum(1).mean() + 1e-3 * (wg * wg).sum()
+    loss.backward()
+    assert wg.grad.abs().max() < 1e-6
     prob = readout.probe_predictions(xvs, w, b, False)
     assert torch.allclose(prob.sum(1), torch.ones(60)) and (prob.argmax(1) == yv.argmax(1)).float().mean() > 0.9
-    strong, _ = readout.fit_probe(xs, y, False, 1.0)
+    strong, _ = probes[10.0]
     assert strong.norm() < 0.5 * w.norm()  # the weight decay is live
-    # multilabel: a logistic regression per label
+    # more features than clips: the dual form gives the same solution as the primal one
+    xw, yw = blobs(12, 3, 40, 2)
+    xw = readout.zscore(xw)[0]
+    dual = readout.fit_probes(xw, yw, (0.1,))[0.1][0]
+    primal = torch.linalg.solve(xw.double().T @ xw.double() + 12 * 0.1 * torch.eye(40, dtype=torch.float64),
+                                xw.double().T @ (yw.double() - yw.double().mean(0)))
+    assert torch.allclose(dual.double(), primal, atol=1e-5)
+    # multilabel: a regression per label, ranked
     ym = torch.stack([y[:, 0] + y[:, 1], y[:, 2]], dim=1)  # label 0 = class 0 or 1, label 1 = class 2
-    wm, bm = readout.fit_probe(xs, ym, True, 1e-3)
+    wm, bm = readout.fit_probes(xs, ym, (1e-3,))[1e-3]
     pm = readout.probe_predictions(xs, wm, bm, True)
     assert pm.shape == (120, 2) and ((pm > 0.5).float() == ym).float().mean() > 0.9
 

@@ -10,9 +10,10 @@ states (MAMCLAPEncoder.embed(..., hidden_states=True)). From that one forward, e
 each with the frequency patches concatenated or averaged) is pooled over the clip exactly as
 hear_mamclap.get_scene_embeddings pools it under the HearModel options the candidate names (layers, last_k,
 freq_reduce; the other options, scene_pooling included, stay those of --model-options). Each candidate's
-features are z-scored with the training clips' statistics, and a linear probe (softmax regression for
-multiclass tasks, a logistic regression per label for multilabel ones) is fitted by full-batch L-BFGS from
-zero weights, so the same inputs give the same probe, for each L2 weight decay of WEIGHT_DECAYS. A candidate's
+features are z-scored with the training clips' statistics, and a linear probe, ridge regression onto the
+one-hot (multiclass: the ridge classifier) or multi-hot targets, is solved in closed form for each L2 weight
+decay of WEIGHT_DECAYS (one eigendecomposition serves them all: the same inputs give the same probe, and a
+task's grid costs about one solve; an iterative logistic probe took minutes per task on a shared GPU). A candidate's
 score is its best over the weight decays of the task's primary metric (heareval's, training.eval.intervals;
 accuracy or mAP when heareval's is none of those) on the validation clips; the task takes the candidate of
 the best score, the earlier one on a tie (the HEAR default, last layer concatenated, first).
@@ -51,8 +52,7 @@ from hear_mamclap import HearModel, check_audio, pool_scene
 from training.eval import hear, intervals, results
 
 FORMAT = "mamclap-readout"
-WEIGHT_DECAYS = (1e-1, 1e-2, 1e-3, 1e-4)  # L2 penalty on the probe's weights, fitted from largest to smallest
-MAX_ITER = 300  # L-BFGS iterations per fit
+WEIGHT_DECAYS = (1e1, 1e0, 1e-1, 1e-2, 1e-3)  # the ridge probe's L2 penalties (per clip), strongest first
 BATCH_SECONDS = 256.0  # audio per forward: clips of 10 s go 25 at a time
 READERS = 8  # threads reading wav files
 LAST_K = 4
@@ -152,50 +152,43 @@ def zscore(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
     return [(x - mean) / std for x in (train, *others)]
 
 
-def fit_probe(x: torch.Tensor, y: torch.Tensor, multilabel: bool, weight_decay: float,
-              start: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(W (D, C), b (C,)) minimising the mean cross-entropy (softmax over classes, or summed per-label logistic
-    losses for multilabel) of x (n, D) against y (n, C) plus weight_decay * |W|^2, by full-batch L-BFGS from
-    start (zeros by default): deterministic for the same inputs."""
-    d, c = x.shape[1], y.shape[1]
-    w0, b0 = start if start is not None else (x.new_zeros(d, c), x.new_zeros(c))
-    w, b = w0.clone().requires_grad_(True), b0.clone().requires_grad_(True)
-    classes = None if multilabel else y.argmax(1)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=MAX_ITER, history_size=10, tolerance_grad=1e-6,
-                            tolerance_change=1e-9, line_search_fn="strong_wolfe")
+def fit_probes(x: torch.Tensor, y: torch.Tensor, weight_decays=None) -> dict[float, tuple[torch.Tensor, torch.Tensor]]:
+    """{weight decay: (W (D, C), b (C,))} of the ridge probes that minimise mean((x W + b - y)^2) + wd * |W|^2
+    for x (n, D) centred features (z-scored on train) and y (n, C) one-hot or multi-hot targets.
 
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        logits = x @ w + b  # (n, C)
-        if multilabel:
-            loss = F.binary_cross_entropy_with_logits(logits, y, reduction="sum") / len(x)
-        else:
-            loss = F.cross_entropy(logits, classes)
-        loss = loss + weight_decay * (w * w).sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
-    return w.detach(), b.detach()
+    Closed form, from one eigendecomposition (in float64) of x^T x, or of x x^T when there are fewer clips than
+    features, shared by every weight decay: deterministic, and a task's whole grid costs about one solve."""
+    weight_decays = WEIGHT_DECAYS if weight_decays is None else weight_decays
+    n, d = x.shape
+    x64, y64 = x.double(), y.double()
+    b = y64.mean(0)
+    yc = y64 - b
+    if n >= d:  # primal: (x^T x + n wd I) W = x^T y
+        s, v = torch.linalg.eigh(x64.T @ x64)
+        rhs = v.T @ (x64.T @ yc)
+        solve = lambda lam: v @ (rhs / (s.clamp_min(0) + lam)[:, None])  # noqa: E731
+    else:  # dual: W = x^T (x x^T + n wd I)^-1 y
+        s, u = torch.linalg.eigh(x64 @ x64.T)
+        rhs = u.T @ yc
+        solve = lambda lam: x64.T @ (u @ (rhs / (s.clamp_min(0) + lam)[:, None]))  # noqa: E731
+    return {wd: (solve(n * wd).to(x.dtype), b.to(x.dtype)) for wd in weight_decays}
 
 
 def probe_predictions(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, multilabel: bool) -> torch.Tensor:
-    """Probabilities (n, C): sigmoid per label, or softmax over classes (heareval's predictors' outputs)."""
-    logits = x @ w + b
-    return torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)
+    """Scores (n, C) of a ridge probe: the regression outputs per label (multilabel: ranked by the metric), or
+    their softmax over classes (multiclass: the argmax is the ridge classifier's class)."""
+    out = x @ w + b
+    return out if multilabel else torch.softmax(out, dim=1)
 
 
 def probe_scores(train: tuple[torch.Tensor, torch.Tensor], valid: tuple[torch.Tensor, torch.Tensor],
                  metric: str, multilabel: bool, device: str) -> dict[float, float]:
-    """{weight decay: validation score} of probes fitted on train ((n, D) features, (n, C) targets)."""
+    """{weight decay: validation score} of ridge probes fitted on train ((n, D) features, (n, C) targets)."""
     (xt, yt), (xv, yv) = train, valid
     xt, xv = zscore(xt.to(device), xv.to(device))
-    yt = yt.to(device)
-    out, start = {}, None
-    for wd in WEIGHT_DECAYS:  # from the strongest penalty down, each fit starting from the previous one
-        start = fit_probe(xt, yt, multilabel, wd, start)
-        prediction = probe_predictions(xv, *start, multilabel).cpu().numpy()
+    out = {}
+    for wd, (w, b) in fit_probes(xt, yt.to(device)).items():
+        prediction = probe_predictions(xv, w, b, multilabel).float().cpu().numpy()
         out[wd] = intervals.scene_score(metric, prediction, yv.numpy())
     return out
 
