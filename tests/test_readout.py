@@ -189,3 +189,32 @@ def test_a_choice_is_refused_for_another_model(tmp_path, export):
     path.write_text(json.dumps({"format": "mamclap-results"}))
     with pytest.raises(ValueError, match="not a mamclap-readout file"):
         readout.load_choice(path, "hear_mamclap", export, {})
+
+
+def test_probe_scores_the_chosen_probe_on_test_with_an_interval(kit, export, tmp_path):
+    from training import cli
+
+    choice, out = tmp_path / "choice.json", tmp_path / "probe.json"
+    tasks = ["mini_drum_stroke", "mini_esc", "mini_dcase"]
+    assert cli.main(["hear", "readout", "--model", str(export), "--tasks-dir", str(kit), "--device", "cpu",
+                     "--tasks", *tasks, "--out", str(choice)]) == 0
+    assert cli.main(["hear", "probe", "--model", str(export), "--tasks-dir", str(kit), "--device", "cpu",
+                     "--readout", str(choice), "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    chosen = json.loads(choice.read_text())["tasks"]
+    assert sorted(doc["tasks"]) == ["mini_drum_stroke", "mini_esc"]  # the event task has no probe
+    for key, entry in doc["tasks"].items():
+        assert entry["candidate"] == chosen[key]["candidate"]
+        assert entry["weight_decay"] == chosen[key]["weight_decay"][entry["candidate"]]
+        ci = entry["ci95"]
+        assert 0.0 <= ci["low"] <= entry["score"] <= ci["high"] <= 1.0 and ci["method"] == "bootstrap"
+    n_test = len(json.loads((kit / "mini_drum_stroke-v1.0-full" / "test.json").read_text()))
+    assert doc["tasks"]["mini_drum_stroke"]["n_test"] == n_test
+    meta = json.loads((kit / "mini_esc-v1.0-full" / "task_metadata.json").read_text())
+    assert doc["tasks"]["mini_esc"]["n_test"] == sum(
+        len(json.loads((kit / "mini_esc-v1.0-full" / f"{f}.json").read_text())) for f in meta["splits"])
+    assert doc["mean"] == pytest.approx(sum(e["score"] for e in doc["tasks"].values()) / 2)
+    # a choice made for another model is refused
+    with pytest.raises(SystemExit, match="chosen for module"):
+        cli.main(["hear", "probe", "--module", "hear_mamclap.baselines.logmel", "--tasks-dir", str(kit),
+                  "--readout", str(choice), "--out", str(tmp_path / "x.json")])

@@ -319,7 +319,9 @@ def _batch_then_singly(items: list[str], run: Callable[[list[str]], object], don
 def _predict_in_parallel(names: list[str], emb_dir: dict[str, Path], jobs: int, **kwargs) -> dict[str, str]:
     """predict() for each task (embedded in emb_dir[task]) in its own heareval process, `jobs` at a time;
     {task: error} of the failed."""
-    threads = max(1, (os.cpu_count() or 1) // min(jobs, len(names)))
+    # The cores this process may use (OMP_NUM_THREADS when a scheduler set it), shared by the processes.
+    cores = int(os.environ.get("OMP_NUM_THREADS") or 0) or os.cpu_count() or 1
+    threads = max(1, cores // min(jobs, len(names)))
 
     def one(name: str) -> str | None:
         if (emb_dir[name] / "prediction-done.json").exists():

@@ -242,11 +242,43 @@ def _batch_clips(metadata: dict) -> int:
     return max(1, int(BATCH_SECONDS / float(duration)))
 
 
+def _loaded(module: str, model: str | Path | None, model_options: dict, device: str, names: list[str] | None = None):
+    """(the module's model, candidate specs, embed_batch: audio -> {candidate: (B, D)}) of a HEAR module;
+    names: only those candidates."""
+    import importlib
+
+    hear_module = importlib.import_module(module)
+    loaded = hear_module.load_model(str(Path(model).resolve()) if model is not None else "", **model_options)
+    loaded = loaded.to(device).eval()
+    if isinstance(loaded, HearModel):
+        specs = candidates(loaded.encoder.cfg.depth)
+        if names is not None:
+            specs = [spec for spec in specs if spec["name"] in names]
+
+        def embed_batch(audio: torch.Tensor) -> dict[str, torch.Tensor]:
+            return candidate_features(loaded, audio, specs)
+    else:  # a module of one readout: its scene embeddings as they are
+        specs = [{"name": DEFAULT, "options": {}}]
+
+        @torch.no_grad()
+        def embed_batch(audio: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {DEFAULT: hear_module.get_scene_embeddings(audio.to(device), loaded).float().cpu()}
+    return loaded, specs, embed_batch
+
+
+def _split_data(folder: Path, split: str, loaded, embed_batch, meta: dict, vocabulary: dict) -> tuple[dict, torch.Tensor]:
+    """({candidate: (n, D)} features, (n, C) targets) of one split of a task folder."""
+    split_labels = read_split(folder, split)
+    files = list(split_labels)
+    audio_dir = folder / str(loaded.sample_rate) / split  # heareval's layout: <rate>/<split>/<file>
+    return (embed_split(embed_batch, audio_dir, files, _batch_clips(meta)),
+            targets([split_labels[f] for f in files], vocabulary))
+
+
 def choose_readouts(module: str, model: str | Path | None, tasks_dir: Path, tasks: list[str] | None = None,
                     model_options: dict | None = None, device: str | None = None,
                     log: Callable[[str], None] = print) -> dict:
     """The readout file's content (the module docstring) for the tasks of tasks_dir (or those named)."""
-    import importlib
 
     tasks_dir = Path(tasks_dir).resolve()
     folders = hear.task_folders(tasks_dir) if tasks_dir.is_dir() else []
@@ -259,20 +291,7 @@ def choose_readouts(module: str, model: str | Path | None, tasks_dir: Path, task
         hear.check_metadata(f, metadata[f.name])
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model_options = dict(model_options or {})
-    hear_module = importlib.import_module(module)
-    loaded = hear_module.load_model(str(Path(model).resolve()) if model is not None else "", **model_options)
-    loaded = loaded.to(device).eval()
-    if isinstance(loaded, HearModel):
-        specs = candidates(loaded.encoder.cfg.depth)
-
-        def embed_batch(audio: torch.Tensor) -> dict[str, torch.Tensor]:
-            return candidate_features(loaded, audio, specs)
-    else:  # a module of one readout: its scene embeddings as they are
-        specs = [{"name": DEFAULT, "options": {}}]
-
-        @torch.no_grad()
-        def embed_batch(audio: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {DEFAULT: hear_module.get_scene_embeddings(audio.to(device), loaded).float().cpu()}
+    loaded, specs, embed_batch = _loaded(module, model, model_options, device)
 
     chosen = {}
     for i, folder in enumerate(folders, 1):
@@ -287,16 +306,67 @@ def choose_readouts(module: str, model: str | Path | None, tasks_dir: Path, task
         vocabulary = intervals.label_vocabulary(folder)
         features, labels = {}, {}
         for split in splits:
-            split_labels = read_split(folder, split)
-            files = list(split_labels)
-            audio_dir = folder / str(loaded.sample_rate) / split  # heareval's layout: <rate>/<split>/<file>
-            features[split] = embed_split(embed_batch, audio_dir, files, _batch_clips(meta))
-            labels[split] = targets([split_labels[f] for f in files], vocabulary)
+            features[split], labels[split] = _split_data(folder, split, loaded, embed_batch, meta, vocabulary)
         chosen[key] = entry = choose(features, labels, meta, specs, device)
         others = ", ".join(f"{n} {s:.4f}" for n, s in entry["valid"].items())
         log(f"[{i}/{len(folders)}] {key}: {entry['candidate']} ({entry['metric']}; {entry['selection']}): {others}")
     return {"format": FORMAT, "module": module, "model": str(Path(model).resolve()) if model is not None else None,
             "model_options": model_options, "tasks_dir": str(tasks_dir), "candidates": specs, "tasks": chosen}
+
+
+def probe_test(module: str, model: str | Path | None, tasks_dir: Path, choice: Path,
+               model_options: dict | None = None, device: str | None = None,
+               log: Callable[[str], None] = print) -> dict:
+    """`mamclap hear probe`: the test scores of the readout file's own ridge probes, a diagnostic beside
+    heareval (not its predictors): per scene task, the chosen candidate's probe with its chosen weight decay is
+    fitted on train (k-fold tasks: on all folds but one, tested on that one, as heareval tests) and scored on
+    test with a bootstrap 95 % interval (training.eval.intervals.bootstrap_scene). The choice was made before,
+    on validation data; this reads the test clips."""
+    model_options = dict(model_options or {})
+    load_choice(choice, module, model, model_options)  # refused for another model
+    doc = json.loads(Path(choice).read_text())
+    tasks_dir = Path(tasks_dir).resolve()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    folders = {hear.task_key(f, json.loads((f / "task_metadata.json").read_text())): f
+               for f in hear.task_folders(tasks_dir)}
+    out, items = {}, []
+    for key, entry in doc["tasks"].items():
+        if entry.get("candidate") is None or key not in folders:
+            continue
+        folder = folders[key]
+        meta = json.loads((folder / "task_metadata.json").read_text())
+        name, wd = entry["candidate"], entry["weight_decay"][entry["candidate"]]
+        loaded, specs, embed_batch = _loaded(module, model, model_options, device, names=[name])
+        vocabulary = intervals.label_vocabulary(folder)
+        multilabel = meta.get("prediction_type") == "multilabel"
+        if meta["split_mode"] == "trainvaltest":
+            pairs = [(["train"], "test")]
+        else:
+            folds = sorted(meta["splits"])
+            pairs = [([f for f in folds if f != held], held) for held in folds]
+        data = {split: _split_data(folder, split, loaded, embed_batch, meta, vocabulary)
+                for split in sorted({s for train, held in pairs for s in [*train, held]})}
+        tested = []
+        for train_splits, held in pairs:
+            xt = torch.cat([data[s][0][name] for s in train_splits])
+            yt = torch.cat([data[s][1] for s in train_splits])
+            xt, xh = zscore(xt.to(device), data[held][0][name].to(device))
+            w, b = fit_probes(xt, yt.to(device), (wd,))[wd]
+            tested.append((probe_predictions(xh, w, b, multilabel).float().cpu().numpy(), data[held][1].numpy()))
+        metric = entry["metric"]
+        score, ci = intervals.bootstrap_scene(metric, tested)
+        n_test = int(sum(len(t) for _, t in tested))
+        out[key] = {"metric": metric, "score": score, "ci95": ci, "candidate": name, "weight_decay": wd,
+                    "n_test": n_test, "group": results.task_group(meta.get("task_name", key), meta,
+                                                                  default=results.OTHER)}
+        items.append((out[key]["group"], score, ci["half_width"]))
+        log(f"{key}: {metric} = {score:.4f} +- {ci['half_width']:.4f} ({name}, wd {wd:g}, n_test {n_test})")
+    mean = float(np.mean([s for _, s, _ in items])) if items else None
+    half = intervals.combine_half_widths([h for _, _, h in items]) if items else None
+    return {"format": "mamclap-probe", "module": module, "model": doc.get("model"), "model_options": model_options,
+            "readout": str(Path(choice).resolve()), "tasks_dir": str(tasks_dir), "tasks": out,
+            "mean": mean, "mean_half_width": half,
+            "note": "ridge probes of `mamclap hear readout` scored on test: a diagnostic, not heareval's protocol"}
 
 
 def load_choice(path: Path, module: str, model: str | Path | None, model_options: dict | None) -> dict[str, dict]:
@@ -346,6 +416,21 @@ def _command(args) -> int:
     return 0
 
 
+def _probe_command(args) -> int:
+    from training.eval.hear import parse_model_options
+    options = parse_model_options(args.model_options)
+    torch.manual_seed(0)
+    try:
+        doc = probe_test(args.module, args.model, args.tasks_dir, args.readout, model_options=options,
+                         device=args.device, log=lambda line: print(line, flush=True))
+    except ValueError as err:
+        raise SystemExit(f"mamclap hear probe: {err}") from None
+    results.write_json_atomic(doc, args.out)
+    mean = "no scene task" if doc["mean"] is None else f"mean {doc['mean']:.4f} +- {doc['mean_half_width']:.4f}"
+    print(f"wrote {args.out}: probe test scores of {len(doc['tasks'])} tasks ({mean})")
+    return 0
+
+
 def register(sub) -> None:
     """`mamclap hear readout`, under `mamclap hear` (training.eval.hear.register)."""
     from training.args import existing_dir, existing_path, out_file
@@ -359,3 +444,13 @@ def register(sub) -> None:
     s.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda when there is one")
     s.add_argument("--out", type=out_file, required=True, help="the readout JSON to write")
     s.set_defaults(func=_command)
+    p = sub.add_parser("probe", help="score the readout's ridge probes on test (a diagnostic beside heareval)",
+                       description=probe_test.__doc__.splitlines()[0])
+    p.add_argument("--module", default="hear_mamclap", help="HEAR module (as for hear readout)")
+    p.add_argument("--model", type=existing_path, default=None, help="weights passed to load_model (none for baselines)")
+    p.add_argument("--model-options", default="{}", help="JSON object of load_model keyword arguments")
+    p.add_argument("--tasks-dir", type=existing_dir, required=True, help="folder of HEAR task folders")
+    p.add_argument("--readout", type=existing_path, required=True, help="the readout JSON of `mamclap hear readout`")
+    p.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda when there is one")
+    p.add_argument("--out", type=out_file, required=True, help="the probe scores JSON to write")
+    p.set_defaults(func=_probe_command)

@@ -9,6 +9,7 @@ Job graph (jobgraph.py runs it in a daemon across calls, with done-markers):
     floors           the losses' trivial floors on that cache (`mamclap diagnose floors`)
     pretrain_<run>   the runs side by side on the GPU (RUNS below; snapshots for the scaling curve)
     readout_<model>  the readout of each task chosen on validation data (`mamclap hear readout`)
+    probe_<model>    that readout's ridge probes scored on test (`mamclap hear probe`: a diagnostic)
     hear_<model>     heareval on every task with that readout, seeded grid points (`mamclap hear eval`)
     superb_<model>_<task>  s3prl speech_commands (KS) and voxceleb1 (SID)
     release          picks the final encoder with the best mean validation score; `pack` brings it back in bf16 shards
@@ -16,7 +17,7 @@ Job graph (jobgraph.py runs it in a daemon across calls, with done-markers):
     python results/gpu/scripts/representations_driver.py plan | start | wait SECONDS | pack | daemon
 
 Environment: EXP_WORK (default $TMPDIR/mamclap-representations), MAMCLAP_DATA, OUT, PRE_STEPS (1000),
-CORPUS_CLIPS (unset: the medium kit's), HEAR_GRID_POINTS (3), SUPERB_STEPS (1000). LOCAL=1 is a dry run
+CORPUS_CLIPS (unset: the medium kit's), HEAR_GRID_POINTS (2), SUPERB_STEPS (500). LOCAL=1 is a dry run
 on a CPU machine (tiny kit, tiny encoder, a few steps).
 """
 from __future__ import annotations
@@ -41,8 +42,8 @@ KIT = DATA / (f"kit-{SIZE_KIT}-s0" + (f"-c{CORPUS_CLIPS}" if CORPUS_CLIPS else "
 SIZE = "tiny" if LOCAL else "small"
 PRE_STEPS = int(os.environ.get("PRE_STEPS", 8 if LOCAL else 1000))
 SNAPSHOT_EVERY = PRE_STEPS // 4
-HEAR_GRID_POINTS = os.environ.get("HEAR_GRID_POINTS", "1" if LOCAL else "3")
-SUPERB_STEPS = os.environ.get("SUPERB_STEPS", "20" if LOCAL else "1000")
+HEAR_GRID_POINTS = os.environ.get("HEAR_GRID_POINTS", "1" if LOCAL else "2")
+SUPERB_STEPS = os.environ.get("SUPERB_STEPS", "20" if LOCAL else "500")
 NCPU = os.cpu_count() or 2
 PY = sys.executable
 M = [PY, "-m", "training.cli"]
@@ -56,19 +57,20 @@ RECIPE = ["--batch-size", "4" if LOCAL else "128", "--accum", "2", "--base-lr", 
           "--ckpt-every", str(max(1, SNAPSHOT_EVERY)), "--log-every", "10", "--workers", "0"]
 if not LOCAL:
     RECIPE += ["--compile"]
-RUNS = {f"{v}-s{s}": (v, s) for v in ("supmam", "mam") for s in (0, 1, 2)}
+# SupMAM (the best variant of issue 15's check) with three seeds, MAM with one: four runs share the GPU.
+RUNS = {f"{v}-s{s}": (v, s) for v, seeds in (("supmam", (0, 1, 2)), ("mam", (0,))) for s in seeds}
 SNAPSHOT_RUN = "supmam-s0"  # its snapshots at 1/4 and 1/2 of the run are scored too (scaling curve)
 TASKS = ("speech_commands", "voxceleb1")
 
 
 def models() -> list[tuple[str, str, Path | None, list[str], dict]]:
     """(name, module, weights, deps, model options) in evaluation priority order."""
-    out = [(name, "hear_mamclap", W / "runs" / name / "encoder", [f"pretrain_{name}"], {})
-           for name in RUNS]
-    out += [("logmel", "hear_mamclap.baselines.logmel", None, [], {"scene_pooling": "mean"}),
-            ("logmel_meanstd", "hear_mamclap.baselines.logmel", None, [], {"scene_pooling": "meanstd"})]
+    out = [("logmel", "hear_mamclap.baselines.logmel", None, [], {"scene_pooling": "mean"}),
+           ("logmel_meanstd", "hear_mamclap.baselines.logmel", None, [], {"scene_pooling": "meanstd"})]
     out += [(f"random_init-s{s}", "hear_mamclap.baselines.random_init", None, [], {"preset": SIZE, "seed": s})
             for s in (0, 1, 2)]
+    out += [(name, "hear_mamclap", W / "runs" / name / "encoder", [f"pretrain_{name}"], {})
+            for name in RUNS]
     for frac in (1, 2):
         step = frac * SNAPSHOT_EVERY
         out.append((f"{SNAPSHOT_RUN}-step{step}", "hear_mamclap",
@@ -105,6 +107,10 @@ def jobs() -> list[Job]:
         hear_jobs.append(Job(f"readout_{name}", [*M, "hear", "readout", *model_args, "--tasks-dir", str(KIT / "hear"),
                                                   "--out", str(choice)], kit_dep + deps, units=2, gpu=True,
                              out=str(choice)))
+        hear_jobs.append(Job(f"probe_{name}", [*M, "hear", "probe", *model_args, "--readout", str(choice),
+                                               "--tasks-dir", str(KIT / "hear"), "--out", str(RES / "probe" / f"{name}.json")],
+                             kit_dep + deps + [f"readout_{name}"], units=2, gpu=True,
+                             out=str(RES / "probe" / f"{name}.json")))
         result = RES / "hear" / f"{name}.json"
         hear_jobs.append(Job(f"hear_{name}", [*M, "hear", "eval", *model_args, "--readout", str(choice),
                                               "--tasks-dir", str(KIT / "hear"), "--name", name, "--out", str(result),
@@ -175,13 +181,27 @@ def pack() -> None:
             tar.add(KIT / "manifest.json", arcname=f"kits/{KIT.name}.manifest.json")
         for card in sorted((KIT / "cards").glob("*.md")) if (KIT / "cards").exists() else []:
             tar.add(card, arcname=f"kits/cards/{card.name}")
-    choice = RES / "release_choice.json"  # the chosen encoder's weights in bf16 shards beside the tarball
-    big = bf16_shards(W / "runs" / json.loads(choice.read_text())["run"] / "encoder", W / "shards") \
-        if choice.exists() else []
-    for f in big[:7]:  # the weight shards, each under 16 MiB, beside the tarball
+    # The finished encoders' weights in bf16 shards beside the tarball, at most 7 files a call (8 come back),
+    # the release choice first, then the runs in order; shipped.json remembers what earlier calls took.
+    shipped_path = W / "shipped.json"
+    shipped = json.loads(shipped_path.read_text()) if shipped_path.exists() else []
+    choice = RES / "release_choice.json"
+    order = ([json.loads(choice.read_text())["run"]] if choice.exists() else []) + list(RUNS)
+    files: list[Path] = []
+    for run in dict.fromkeys(order):
+        export = W / "runs" / run / "encoder"
+        if run in shipped or not (export / "encoder.json").exists():
+            continue
+        shards = bf16_shards(export, W / "shards")
+        if len(files) + len(shards) > 7:
+            break
+        files += shards
+        shipped.append(run)
+    for f in files:
         (out / f.name).write_bytes(f.read_bytes())
+    shipped_path.write_text(json.dumps(shipped))
     print(f"packed {out / 'representations.tar.gz'} ({(out / 'representations.tar.gz').stat().st_size / 1e6:.2f} MB)"
-          f" and {len(big[:7])} weight files")
+          f" and {len(files)} weight files (runs shipped so far: {', '.join(shipped) or 'none'})")
 
 
 def bf16_shards(export: Path, out: Path, limit: int = 15 << 20) -> list[Path]:
@@ -215,7 +235,7 @@ def plan() -> None:
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "start"
     if what == "daemon":
-        for d in ("hear", "superb", "readout"):
+        for d in ("hear", "superb", "readout", "probe"):
             (RES / d).mkdir(parents=True, exist_ok=True)
         daemon_main(GRAPH, jobs)
     elif what == "start":
