@@ -115,7 +115,11 @@ def jobs() -> list[Job]:
         hear_jobs.append(Job(f"hear_{name}", [*M, "hear", "eval", *model_args, "--readout", str(choice),
                                               "--tasks-dir", str(KIT / "hear"), "--name", name, "--out", str(result),
                                               "--work-dir", str(W / "hear" / name), "--grid", "default",
-                                              "--grid-points", HEAR_GRID_POINTS, "--seed", "0", "--jobs", "3"],
+                                              "--grid-points", HEAR_GRID_POINTS, "--jobs", "3",
+                                              # the run's seed (random init: its weights'; exports carry theirs),
+                                              # so that seeds pool into one row; heareval's grid points are
+                                              # drawn under its own fixed seed, the same for every model
+                                              *(["--seed", str(options["seed"])] if "seed" in options else [])],
                              kit_dep + deps + [f"readout_{name}"], units=3, gpu=True, out=str(result)))
         if module.startswith("hear_mamclap.baselines.logmel"):
             continue
