@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from training.demo import DemoConfig, Stage, StageFailed, plan, run_stages
 from training.eval.results import load_results
@@ -167,6 +168,57 @@ def test_plan_wires_the_pipeline(tmp_path):
     assert names == ["data", "pretrain-mam", "hear-mam", "tables"]
 
 
+def test_a_release_is_scored_on_hear_beside_log_mel_and_random_init_of_its_architecture(tmp_path):
+    from hear_mamclap.checkpoint import export_encoder
+    from hear_mamclap.model import EncoderConfig, MAMCLAPEncoder
+
+    release = export_encoder(MAMCLAPEncoder(EncoderConfig.preset("tiny")), tmp_path / "models" / "rel",
+                             dtype=torch.bfloat16)
+    stages = {s.name: s for s in plan(DemoConfig(work=tmp_path / "work", variants=("mam",), superb_tasks=(),
+                                                 release=release))}
+    assert list(stages) == ["data", "pretrain-mam", "hear-mam", "hear-rel", "hear-logmel", "hear-random-init",
+                            "tables"]
+    scored, random_init = stages["hear-rel"].args, stages["hear-random-init"].args
+    assert scored[scored.index("--module") + 1] == "hear_mamclap" and str(release) in scored
+    assert random_init[random_init.index("--module") + 1] == "hear_mamclap.baselines.random_init"
+    assert str(release) in random_init and {"hear-rel", "hear-random-init"} <= set(stages["tables"].deps)
+    assert all(str(tmp_path / "work" / "results" / f"{n}.hear.json") in stages["tables"].args
+               for n in ("rel", "random-init"))
+    # A replaced release redoes both: their fingerprint is its encoder.json, which holds its weights' digests.
+    before = stages["hear-rel"].fingerprint()
+    assert before == stages["hear-random-init"].fingerprint() is not None
+    assert stages["hear-logmel"].fingerprint is None and stages["hear-mam"].fingerprint is None
+    export_encoder(MAMCLAPEncoder(EncoderConfig.preset("tiny", depth=2)), release, dtype=torch.bfloat16)
+    assert stages["hear-rel"].fingerprint() != before
+    # Without baselines, no random-init stage; the release is still scored.
+    names = [s.name for s in plan(DemoConfig(work=tmp_path / "work", variants=(), baseline=False, superb_tasks=(),
+                                             release=release))]
+    assert names == ["data", "hear-rel", "tables"]
+
+
+def test_the_demo_finds_the_release_in_results_models_unless_told_not_to(tmp_path, monkeypatch, capsys):
+    from hear_mamclap.checkpoint import export_encoder
+    from hear_mamclap.model import EncoderConfig, MAMCLAPEncoder
+    from training import demo
+    from training.cli import main
+
+    seen = []
+    monkeypatch.setattr(demo, "run_stages", lambda stages, work: seen.append([s.name for s in stages]) or [])
+    monkeypatch.setattr(demo, "summarize", lambda *a, **k: None)
+    monkeypatch.chdir(tmp_path)
+    argv = ["demo", "--work", str(tmp_path / "w"), "--variants", "mam", "--superb-tasks", "--no-baseline"]
+    assert main(argv) == 0
+    release = export_encoder(MAMCLAPEncoder(EncoderConfig.preset("tiny")), tmp_path / "results" / "models" / "r1")
+    assert main(argv) == 0 and main([*argv, "--no-release"]) == 0
+    assert seen == [["data", "pretrain-mam", "hear-mam", "tables"],
+                    ["data", "pretrain-mam", "hear-mam", "hear-r1", "tables"],
+                    ["data", "pretrain-mam", "hear-mam", "tables"]]
+    assert f"scoring the release {release.relative_to(tmp_path)} on HEAR" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="not an encoder export") as refused:
+        main([*argv, "--release", str(tmp_path / "nothing")])
+    assert refused.value.code == 2
+
+
 @pytest.mark.slow
 def test_the_demo_runs_end_to_end_skips_when_done_and_redoes_a_stage_and_what_follows(tmp_path):
     """One CLAP variant, one HEAR task, one SUPERB task, a few steps: every stage of `make demo` runs for real."""
@@ -175,7 +227,7 @@ def test_the_demo_runs_end_to_end_skips_when_done_and_redoes_a_stage_and_what_fo
     work = tmp_path / "demo"
     cmd = [sys.executable, "-m", "training.cli", "demo", "--work", str(work), "--variants", "mam_clap",
            "--no-baseline", "--hear-tasks", "mini_speaker_id", "--superb-tasks", "speech_commands",
-           "--teacher-steps", "1", "--pretrain-steps", "2", "--superb-steps", "2"]
+           "--teacher-steps", "1", "--pretrain-steps", "2", "--superb-steps", "2", "--no-release"]
 
     def demo() -> str:
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)

@@ -519,7 +519,7 @@ def train(cfg: TrainConfig, resume: bool = False, given=None) -> dict:
         # Provenance the harnesses copy into every results file, so tables can group runs by variant,
         # seed and loss weights without parsing run names.
         export_encoder(model.encoder, out_dir / "encoder", metadata={
-            "variant": cfg.variant, "size": cfg.size, "seed": cfg.seed, "step": step,
+            "variant": cfg.variant, "size": cfg.size, "seed": cfg.seed, "step": step, "world_size": world,
             "pretrain_config": model.cfg.to_dict(), "train_config": dataclasses.asdict(cfg)})
     if world > 1:
         dist.barrier()

@@ -1,0 +1,341 @@
+"""`mamclap export`: an encoder as a folder with a model card, and the repository's release.
+
+    mamclap export runs/supmam_clap/checkpoint.pt --out runs/supmam_clap/step-1000   # float32 export + card
+    mamclap export runs/supmam_clap/encoder --release --name NAME \\
+        --scores results/tables/main/scores.csv --scores-model supmam-clap
+
+A release is results/models/NAME/: the encoder's weights in bfloat16 as safetensors files of at most 16 MiB
+(plain git files, no LFS), at most 48 MiB in all, the sharded export's encoder.json
+(hear_mamclap.checkpoint), and a README.md model card generated from the source's provenance (variant,
+recipe, data, losses) and the scores given. The repository holds one release: a new one replaces the old
+(--replace), never sits beside it. hear_mamclap.load_model, `-u mamclap -k results/models/NAME` and every
+harness read it as they read any export.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+from hear_mamclap import atomic
+from hear_mamclap.checkpoint import CONFIG_NAME, export_encoder, load_encoder
+from hear_mamclap.errors import UserError
+from hear_mamclap.hub import CARD_NAME, model_card
+from hear_mamclap.model import MAMCLAPEncoder
+
+# The released encoder's folder name. A placeholder until the release is trained: set it here, and in the
+# README's HEAR and SUPERB commands (tests/test_readme.py checks that they agree, and that a release in
+# results/models/ has this name).
+RELEASE_NAME = "mamclap-vits"
+MODELS_DIR = Path("results/models")  # under the current directory: a checkout's root
+MAX_SHARD_BYTES = 16 * 2**20
+MAX_RELEASE_BYTES = 48 * 2**20
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+SCORE_COLUMNS = ("model", "kind", "metric", "mean")  # what a scores CSV must have; ci95, n, harness, group and
+SCORE_KEYS = ("harness", "group", "task", "metric")  # task are read when present
+_LOG_FIELDS = {"step", "lr", "grad_norm", "skipped", "elapsed_s", "peak_mem_gib"}  # log.jsonl fields, not losses
+
+
+def release_dirs(models_dir: str | Path = MODELS_DIR) -> list[Path]:
+    """The releases in models_dir: its folders holding an encoder.json."""
+    models_dir = Path(models_dir)
+    if not models_dir.is_dir():
+        return []
+    return sorted(p for p in models_dir.iterdir() if p.is_dir() and (p / CONFIG_NAME).is_file())
+
+
+def find_release(models_dir: str | Path = MODELS_DIR) -> Path | None:
+    """The release in models_dir, None without one; an error when there are several (one is the rule)."""
+    found = release_dirs(models_dir)
+    if len(found) > 1:
+        raise UserError(f"{models_dir} holds {len(found)} releases ({', '.join(p.name for p in found)}); it "
+                        "should hold one: remove all but the best")
+    return found[0] if found else None
+
+
+def bf16_bytes(encoder: MAMCLAPEncoder) -> int:
+    """Bytes of the encoder's saved tensors with floating-point ones in bfloat16 (headers not counted)."""
+    return sum(v.numel() * (2 if v.is_floating_point() else v.element_size()) for v in encoder.state_dict().values())
+
+
+# ---------------------------------------------------------------------------------------------- scores
+
+
+def _csv_rows(path: Path) -> list[dict]:
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            columns = reader.fieldnames or []
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise UserError(f"--scores {path}: not a readable CSV ({err})") from None
+    missing = [c for c in SCORE_COLUMNS if c not in columns]
+    if missing:
+        raise UserError(f"--scores {path}: no column {', '.join(missing)}; expected a tidy scores CSV with "
+                        f"{', '.join(SCORE_COLUMNS)} (and ci95, n), as `mamclap tables` writes")
+    return rows
+
+
+def _results_rows(paths: list[Path]) -> list[dict]:
+    """The leaderboard's tidy rows of results JSONs (or folders of them), as `mamclap tables` computes them."""
+    from training.eval.results import ResultsError
+    from training.eval.tables import collect_runs, find_results, leaderboard, split_finetune
+    from training.eval.tidy import to_tidy_csv
+
+    try:
+        docs, _notes = find_results(paths)
+        _finetune, docs = split_finetune(docs)
+        if not docs:
+            raise ResultsError(f"{', '.join(map(str, paths))}: no HEAR or SUPERB results")
+        board = leaderboard(*collect_runs(docs))
+    except ResultsError as err:
+        raise UserError(f"--scores: {err}") from None
+    return list(csv.DictReader(to_tidy_csv([board]).splitlines()))
+
+
+def read_scores(paths: list[str | Path]) -> list[dict]:
+    """Score rows (model, kind, metric, mean, ci95, n, ...) from tidy CSVs and results JSONs or folders."""
+    paths = [Path(p) for p in paths]
+    rows = [r for p in paths if p.suffix == ".csv" for r in _csv_rows(p)]
+    others = [p for p in paths if p.suffix != ".csv"]
+    return rows + (_results_rows(others) if others else [])
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def _cell(row: dict | None) -> str:
+    if row is None or _number(row.get("mean")) is None:
+        return "-"
+    text = f"{_number(row['mean']):.3f}"
+    ci, n = _number(row.get("ci95")), _number(row.get("n"))
+    if ci is not None:
+        text += f" ± {ci:.3f}"
+    return text + (f" (n={n:g})" if n is not None else "")
+
+
+def scores_section(rows: list[dict], model: str) -> str:
+    """Markdown: one line per score of `model`, a column for it and one per baseline (kind "baseline")."""
+    models = sorted({r["model"] for r in rows})
+    if model not in models:
+        raise UserError(f"--scores: no rows for model {model!r} (--scores-model); the scores have "
+                        f"{', '.join(models) or 'no models'}")
+    baselines = sorted({r["model"] for r in rows if r.get("kind") == "baseline" and r["model"] != model})
+    cells: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        if r["model"] == model or r["model"] in baselines:
+            cells.setdefault(tuple(r.get(k) or "" for k in SCORE_KEYS), {})[r["model"]] = r
+    keys = [k for k in cells if model in cells[k]]  # the release's own scores, in their files' order
+    header = ["score", f"**{model}** (this model)", *baselines]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key in keys:
+        label = " / ".join(part for part in key if part)
+        lines.append("| " + " | ".join([label, _cell(cells[key][model]), *(_cell(cells[key].get(b))
+                                                                           for b in baselines)]) + " |")
+    return ("\n## Scores\n\nMean over runs, ± the half-width of the 95 % interval where the scores give one, n "
+            "runs; baselines beside it.\n\n" + "\n".join(lines) + "\n")
+
+
+# ----------------------------------------------------------------------------------------- provenance
+
+
+def _log_for(source: Path) -> Path | None:
+    """The pretraining run's log.jsonl beside the source (a run's checkpoint.pt, or its encoder/ export)."""
+    folders = [source, source.parent] if source.is_dir() else [source.parent]
+    if not source.is_dir() and source.parent.name == "encoder":
+        folders.append(source.parent.parent)
+    return next((f / "log.jsonl" for f in folders if (f / "log.jsonl").is_file()), None)
+
+
+def losses_line(log: Path) -> str | None:
+    """"loss 4.910 -> 1.247, recon 1.322 -> 0.713 (steps 10 -> 1000)" from a log's first and last records."""
+    records = []
+    for line in log.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(r, dict) and isinstance(r.get("step"), int):
+            records.append(r)
+    if not records:
+        return None
+    first, last = records[0], records[-1]
+    names = [k for k, v in last.items() if k not in _LOG_FIELDS and isinstance(v, (int, float))
+             and isinstance(first.get(k), (int, float))]
+    if not names:
+        return None
+    parts = ", ".join(f"{k} {first[k]:.3f} -> {last[k]:.3f}" for k in names)
+    return f"{parts} (steps {first['step']} -> {last['step']}; {log})"
+
+
+def _data_facts(data: str) -> list[tuple[str, str]]:
+    """The corpus path, and what its kit's manifest says of it when the kit is here."""
+    facts = [("corpus", f"`{data}`" if data else "unknown")]
+    manifest = Path(data).parent / "manifest.json" if data else None
+    if manifest is None or not manifest.is_file():
+        return facts
+    try:
+        kit = json.loads(manifest.read_text())
+        corpus = kit["datasets"]["corpus"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return facts
+    facts.append(("kit", f"{kit.get('kit', '?')} (digest {str(kit.get('digest', '?'))[:12]})"))
+    for key, label in (("clips", "clips"), ("hours", "hours"), ("bank_ids", "distinct source recordings")):
+        if key in corpus:
+            facts.append((label, str(corpus[key])))
+    return facts
+
+
+def training_section(metadata: dict, source: Path) -> str:
+    """Markdown: the data and the recipe from the training config, and the losses from the run's log."""
+    train = metadata.get("train_config") if isinstance(metadata.get("train_config"), dict) else {}
+    facts = _data_facts(str(train.get("data", "")))
+    if train:
+        world = metadata.get("world_size")
+        batch = train.get("batch_size", 0) * train.get("accum", 1) * (world or 1)
+        facts += [("variant", str(train.get("variant"))), ("encoder size", str(train.get("size"))),
+                  ("steps", str(train.get("steps"))),
+                  ("batch", f"{train.get('batch_size')} per process x {train.get('accum', 1)} accumulation x "
+                            f"{world if world else '? (not recorded)'} processes"
+                            + (f" = {batch} clips per step; {batch * metadata.get('step', 0):,} clips seen"
+                               if world and isinstance(metadata.get("step"), int) else "")),
+                  ("learning rate", f"base {train.get('base_lr')} x global batch / 256, "
+                                    f"{train.get('warmup_steps')} warm-up steps then cosine"),
+                  ("weight decay", str(train.get("weight_decay"))), ("seed", str(train.get("seed"))),
+                  ("teacher", f"`{train['teacher']}`" if train.get("teacher") else "none")]
+        overrides = train.get("overrides") or []
+        if overrides:
+            facts.append(("config overrides", ", ".join(f"{k}={v}" for k, v in overrides)))
+    log = _log_for(source)
+    losses = losses_line(log) if log is not None else None
+    if losses:
+        facts.append(("losses (first -> last logged)", losses))
+    rows = "\n".join(f"| {k} | {v} |" for k, v in facts)
+    return f"\n## Training data and recipe\n\n| | |\n|---|---|\n{rows}\n"
+
+
+def release_section(name: str, files: list[dict]) -> str:
+    """Markdown: where the release is and its files."""
+    sizes = ", ".join(f"{f['name']} ({f['bytes'] / 2**20:.1f} MiB)" for f in files)
+    total = sum(f["bytes"] for f in files)
+    return (f"\n## This release\n\n`{MODELS_DIR / name}/`: the weights in bfloat16 (loaded as float32), "
+            f"{len(files)} safetensors file{'s' if len(files) > 1 else ''}, {total / 2**20:.1f} MiB: {sizes}.\n")
+
+
+# ------------------------------------------------------------------------------------------- writing
+
+
+def _source_metadata(encoder: MAMCLAPEncoder, source: Path) -> dict:
+    from training.eval.results import source_commit
+
+    return {**(getattr(encoder, "metadata", None) or {}),
+            "exported": {"from": str(source), "commit": source_commit(),
+                         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}}
+
+
+def _card_extra(metadata: dict, source: Path, scores: list[str | Path], scores_model: str | None) -> str:
+    extra = training_section(metadata, source)
+    if scores:
+        extra += scores_section(read_scores(scores), scores_model)
+    return extra
+
+
+def write_release(source: str | Path, name: str = RELEASE_NAME, models_dir: str | Path = MODELS_DIR,
+                  scores: list[str | Path] = (), scores_model: str | None = None, replace: bool = False) -> Path:
+    """Write models_dir/name from an export or checkpoint (see the module docstring); returns the folder.
+    scores_model: the source's model name in the scores (default: name). replace: remove the release
+    already in models_dir once the new one is in place."""
+    source, models_dir = Path(source), Path(models_dir)
+    if not NAME.fullmatch(name):
+        raise UserError(f"--name {name!r}: a folder name of letters, digits, '.', '_' and '-' is expected")
+    others = [p for p in release_dirs(models_dir) if p.name != name]
+    if others and not replace:
+        raise UserError(f"{models_dir} already holds the release {', '.join(p.name for p in others)}; a release "
+                        "replaces the old one, never sits beside it: pass --replace to remove it")
+    encoder = load_encoder(source)
+    need = bf16_bytes(encoder)
+    if need > MAX_RELEASE_BYTES:
+        raise UserError(f"{source}: the encoder takes {need / 2**20:.1f} MiB in bfloat16, over the release limit "
+                        f"of {MAX_RELEASE_BYTES / 2**20:g} MiB; release a smaller encoder (a ViT-S takes ~41 MiB)")
+    metadata = _source_metadata(encoder, source)
+    extra = _card_extra(metadata, source, list(scores), scores_model or name)  # refuses bad scores first
+    target = models_dir / name
+    atomic.remove_stale(target)
+    with atomic.directory(target) as tmp:
+        export_encoder(encoder, tmp, metadata=metadata, dtype=torch.bfloat16, max_shard_bytes=MAX_SHARD_BYTES)
+        files = json.loads((tmp / CONFIG_NAME).read_text())["weights"]["files"]
+        atomic.write_text(tmp / CARD_NAME, model_card(encoder, metadata, release_section(name, files) + extra,
+                                                      location=str(MODELS_DIR / name)))
+        total = sum(p.stat().st_size for p in tmp.iterdir())
+        if total > MAX_RELEASE_BYTES:
+            raise UserError(f"{target}: {total / 2**20:.1f} MiB in all, over the release limit of "
+                            f"{MAX_RELEASE_BYTES / 2**20:g} MiB; release a smaller encoder")
+        _check_round_trip(encoder, tmp)
+    for old in others:
+        shutil.rmtree(old)
+    return target
+
+
+def _check_round_trip(encoder: MAMCLAPEncoder, folder: Path) -> None:
+    """The written release loads to the source's weights rounded to bfloat16, before it is renamed in place."""
+    loaded = load_encoder(folder).state_dict()
+    for key, value in encoder.state_dict().items():
+        want = value.to(torch.bfloat16).float() if value.is_floating_point() else value
+        if not torch.equal(loaded[key], want):
+            raise RuntimeError(f"{folder}: {key} does not read back as written")
+
+
+def write_export(source: str | Path, out: str | Path, scores: list[str | Path] = (),
+                 scores_model: str | None = None) -> Path:
+    """A float32 single-file export of source with a model card, in out (its files replaced one by one)."""
+    from hear_mamclap.hub import save_pretrained
+
+    source, out = Path(source), Path(out)
+    encoder = load_encoder(source)
+    metadata = _source_metadata(encoder, source)
+    extra = _card_extra(metadata, source, list(scores), scores_model or out.name)
+    return save_pretrained(encoder, out, metadata=metadata, card_extra=extra)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("export", help="an encoder export with a model card, or the repository's release",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="encoder export folder, its encoder.safetensors, or a pretraining checkpoint.pt")
+    p.add_argument("--out", type=Path, help="write a float32 export with a model card here (without --release)")
+    p.add_argument("--release", action="store_true",
+                   help=f"write the release: MODELS_DIR/NAME in bfloat16, files <= {MAX_SHARD_BYTES // 2**20} MiB, "
+                        f"<= {MAX_RELEASE_BYTES // 2**20} MiB in all")
+    p.add_argument("--name", default=RELEASE_NAME, help="the release's folder name (with --release)")
+    p.add_argument("--models-dir", type=Path, default=MODELS_DIR, help="where releases live (with --release)")
+    p.add_argument("--replace", action="store_true", help="remove the release already there (with --release)")
+    p.add_argument("--scores", nargs="+", default=[], metavar="FILE",
+                   help="scores for the card: tidy CSVs (results/tables/main/scores.csv) or results JSONs/folders")
+    p.add_argument("--scores-model", metavar="MODEL",
+                   help="this encoder's model name in the scores (default: the release name, or --out's name)")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    if args.release == (args.out is not None):
+        raise UserError("give either --release (results/models/NAME) or --out DIR")
+    if not args.release:
+        given = [f"--{f.replace('_', '-')}" for f in ("name", "models_dir", "replace")
+                 if getattr(args, f) not in (RELEASE_NAME, MODELS_DIR, False)]
+        if given:
+            raise UserError(f"{', '.join(given)} go with --release")
+        print(f"wrote {write_export(args.model, args.out, args.scores, args.scores_model)}")
+        return 0
+    folder = write_release(args.model, args.name, args.models_dir, args.scores, args.scores_model, args.replace)
+    total = sum(p.stat().st_size for p in folder.iterdir())
+    print(f"wrote {folder}: {len(list(folder.glob('*.safetensors')))} weight files, {total / 2**20:.1f} MiB")
+    return 0
