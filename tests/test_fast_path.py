@@ -203,3 +203,45 @@ def test_kept_patch_embedding_equals_embedding_all_then_gathering():
     assert all(torch.allclose(g[n], ref_g[n], atol=1e-5) for n in ref_g)
     other = random_masking(3, enc.cfg.n_patches, 0.75)[0]  # the comparison sees a different mask
     assert not torch.allclose(enc.forward_features(mel, ids_keep=other)[0], ref, atol=1e-3)
+
+
+def test_augment_batch_mixes_in_the_power_domain_and_keeps_padding():
+    """Mixing adds the other row's mel power at a level in [-mix_gain_db, 0] dB and takes the label union;
+    gain shifts every frame's level; zero-padded frames stay zero; no draw, no change."""
+    from hear_mamclap.frontend import AUDIOSET_MEAN, AUDIOSET_STD
+    from training.pretrain.inputs import augment_batch
+
+    g = torch.Generator().manual_seed(0)
+    mel = torch.randn(2, 6, 4)
+    mel[0, 4:] = 0.0  # padding past row 0's end
+    labels = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    same, same_labels = augment_batch(mel, labels, g, AUDIOSET_MEAN, AUDIOSET_STD)
+    assert same is mel and same_labels is labels
+    out, out_labels = augment_batch(mel, labels, torch.Generator().manual_seed(1), AUDIOSET_MEAN, AUDIOSET_STD,
+                                    mix_p=1.0, mix_gain_db=0.0)
+    scale = 2 * AUDIOSET_STD
+    power = torch.exp(mel * scale + AUDIOSET_MEAN)
+    expected = (torch.log(power + power.roll(1, 0)) - AUDIOSET_MEAN) / scale  # 0 dB: plain sum of powers
+    assert torch.allclose(out[0, :4], expected[0, :4], atol=1e-5)
+    assert torch.allclose(out[1], expected[1], atol=1e-5)
+    assert torch.equal(out[0, 4:], torch.zeros(2, 4))
+    assert torch.equal(out_labels, torch.tensor([[1.0, 0.0, 1.0], [1.0, 0.0, 1.0]]))
+    gained, gained_labels = augment_batch(mel, labels, torch.Generator().manual_seed(2), AUDIOSET_MEAN,
+                                          AUDIOSET_STD, gain_db=6.0)
+    shift = (gained - mel)[:, :4].reshape(2, -1)
+    assert torch.equal(gained_labels, labels)
+    assert (shift.std(dim=1) < 1e-5).all()  # one shift per row
+    assert (shift[:, 0].abs() * scale <= 6.0 * np.log(10) / 10 + 1e-5).all() and shift.abs().max() > 0
+
+
+def test_mixing_is_refused_for_teacher_variants_and_snapshots_are_exported(corpus, tmp_path):
+    with pytest.raises(ValueError, match="without a teacher"):
+        TrainConfig(variant="mam_clap", mix_p=0.5)
+    cfg = TrainConfig(variant="supmam", size="tiny", data=str(corpus), steps=4, batch_size=2, workers=0,
+                      warmup_steps=1, ckpt_every=2, log_every=1, out_dir=str(tmp_path / "run"), device="cpu",
+                      mix_p=0.5, gain_db=3.0, export_every=2)
+    train(cfg)
+    meta = json.loads((tmp_path / "run" / "encoder-step000002" / "encoder.json").read_text())
+    assert meta["metadata"]["step"] == 2 and meta["metadata"]["clips_seen"] == 4
+    assert (tmp_path / "run" / "encoder" / "encoder.json").is_file()
+    assert not (tmp_path / "run" / "encoder-step000004").exists()  # the last step is the final export

@@ -6,12 +6,15 @@
                     in the step; on a GPU-resident cache a batch is one gather per array
     fixed_inputs    one batch over and over, already on the device: the step's rate without any data path,
                     the yardstick a data path is measured against (benchmarks)
+    augment_batch   mixing and gain on a batch's normalised log-mel, on the device: new inputs every epoch
+                    from a cached corpus (a cache otherwise gives the same log-mel every epoch)
 
 Each yields its tensors on `device` with no gradient history; the step consumes them in the same order.
 """
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -52,3 +55,38 @@ def fixed_inputs(inputs: Inputs, n: int) -> Inputs:
     """The first batch of `inputs`, n times (the same tensors each time)."""
     first = next(iter(inputs))
     return itertools.repeat(first, n)
+
+
+def augment_batch(mel: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, mean: float, std: float,
+                  mix_p: float = 0.0, mix_gain_db: float = 10.0, gain_db: float = 0.0
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T, F) normalised log-mel, (B, C) multi-hot labels -> the batch with rows mixed and gains applied.
+
+    Mixing happens in the power domain, as if two recordings were summed: with probability mix_p a row gets
+    another row of the batch (the next one, cyclically) added at a level drawn uniformly in [-mix_gain_db, 0] dB
+    relative to it, and takes the union of both rows' labels (both sources stay audible at these levels). Then
+    every row's level changes by a gain drawn uniformly in [-gain_db, gain_db] dB (a shift of the log-mel).
+    `mean`/`std` are the front end's normalisation ((log-mel - mean) / (2 std)); zero-padded frames (the
+    normalised mean) are left as they are. Draws come from `generator` (CPU), so a run stays reproducible.
+    Teacher targets are not mixed: use it for variants without a teacher, or with an online teacher on the
+    mixed waveform instead.
+    """
+    b = mel.shape[0]
+    if b == 0 or (mix_p <= 0 and gain_db <= 0):
+        return mel, labels
+    u = torch.rand(3, b, generator=generator)
+    scale = 2.0 * std
+    log_power = mel.float() * scale + mean  # natural log of the mel power
+    if mix_p > 0 and b > 1:
+        mixed = (u[0] < mix_p).to(mel.device)
+        rel = (-mix_gain_db * u[1]).to(mel.device) * (math.log(10.0) / 10.0)  # natural-log power ratio
+        other = torch.roll(log_power, 1, dims=0) + rel[:, None, None]
+        with_other = torch.logaddexp(log_power, other)
+        log_power = torch.where(mixed[:, None, None], with_other, log_power)
+        labels = torch.where(mixed[:, None], torch.maximum(labels, torch.roll(labels, 1, dims=0)), labels)
+    if gain_db > 0:
+        shift = ((2.0 * u[2] - 1.0) * gain_db).to(mel.device) * (math.log(10.0) / 10.0)
+        log_power = log_power + shift[:, None, None]
+    out = ((log_power - mean) / scale).to(mel.dtype)
+    padding = (mel == 0).all(dim=2, keepdim=True)  # frames past a clip's end stay at the filler value
+    return torch.where(padding, mel, out), labels

@@ -44,7 +44,7 @@ from training import args as checks
 from training.pretrain import checkpointing
 from training.pretrain.data import AudioClips, StepBatches
 from training.pretrain.feature_cache import FeatureCache, cache_key
-from training.pretrain.inputs import cached_inputs, fixed_inputs, online_inputs
+from training.pretrain.inputs import augment_batch, cached_inputs, fixed_inputs, online_inputs
 from training.pretrain.mam import VARIANTS
 from training.pretrain.optim import clip_and_step, param_groups, set_lr, setup_device, warmup_cosine
 
@@ -81,6 +81,10 @@ class TrainConfig:
     cache_mel: bool = True           # with cache: the log-mel too (held on the GPU), so no audio is decoded
     fixed_batch: bool = False        # the first batch over and over: the step without the data path (benchmarks)
     init_from: str = ""              # start the encoder from an export / checkpoint (`mamclap convert` for AudioMAE)
+    mix_p: float = 0.0               # share of clips mixed with another clip of the batch (inputs.augment_batch)
+    mix_gain_db: float = 10.0        # the other clip's level: uniform in [-mix_gain_db, 0] dB relative
+    gain_db: float = 0.0             # random level change of each clip, uniform in [-gain_db, gain_db] dB
+    export_every: int = 0            # also export the encoder every N steps (encoder-step<N>/), 0 = only at the end
     overrides: tuple[tuple[str, str], ...] = ()  # PretrainConfig field overrides (name, value)
 
     def __post_init__(self) -> None:
@@ -88,6 +92,11 @@ class TrainConfig:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TrainConfig.{name}: expected one of {list(allowed)}, got {getattr(self, name)!r}")
+        if not 0.0 <= self.mix_p <= 1.0:
+            raise ValueError(f"mix_p (--mix-p) must be a probability in [0, 1], got {self.mix_p}")
+        if self.mix_p > 0 and _uses_teacher(self):
+            raise ValueError(f"mix_p (--mix-p) mixes log-mel after the teacher's targets are made, so it is for "
+                             f"variants without a teacher; got --variant {self.variant}")
         if self.stop_at > self.steps:
             raise ValueError(f"stop_at (--stop-at) must be 0 (run to the end) or a step <= steps (--steps) "
                              f"{self.steps}, got {self.stop_at}")
@@ -109,18 +118,26 @@ class TrainConfig:
         return PretrainConfig.preset(self.variant, size=self.size, **overrides)
 
 
+def _uses_teacher(cfg: TrainConfig) -> bool:
+    try:
+        return cfg.pretrain_config().uses_teacher
+    except ValueError:  # a bad --set is reported where the PretrainConfig is made
+        return False
+
+
 # The values each field may take, checked on the command line and in TrainConfig alike.
 VALUE_RULES = {"steps": checks.positive_int, "stop_at": checks.nonneg_int, "batch_size": checks.positive_int,
                "accum": checks.positive_int, "base_lr": checks.positive_float, "weight_decay": checks.nonneg_float,
                "warmup_steps": checks.nonneg_int, "clip_grad": checks.nonneg_float,
                "ckpt_every": checks.positive_int, "log_every": checks.positive_int, "seed": checks.seed,
-               "workers": checks.nonneg_int, "device": checks.device}
+               "workers": checks.nonneg_int, "device": checks.device,
+               "mix_gain_db": checks.nonneg_float, "gain_db": checks.nonneg_float, "export_every": checks.nonneg_int}
 CHOICES = {"variant": VARIANTS, "size": tuple(ENCODER_PRESETS), "teacher_features": ("frames", "tokenmap"),
            "teacher_align": ("time_interp", "grid_resample"), "attention": ("auto", "cudnn"),
            "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")}
 # Fields a resumed run takes from the command line; every other one comes from the checkpoint.
 RESUMABLE = ("steps", "stop_at", "out_dir", "workers", "device", "compile", "data", "teacher", "cache", "cache_mel",
-             "fixed_batch", "compile_mode", "attention")
+             "fixed_batch", "compile_mode", "attention", "export_every")
 
 
 def masking_noise(seed: int, step: int, global_batch: int, n_patches: int) -> torch.Tensor:
@@ -425,6 +442,15 @@ def train(cfg: TrainConfig, resume: bool = False, given=None) -> dict:
                 "train_config": dataclasses.asdict(cfg), "world_size": world,
                 "vocabulary": [list(v) for v in dataset.vocabulary]}, ckpt_path)
 
+    def export(folder: Path, at_step: int) -> None:
+        from hear_mamclap.checkpoint import export_encoder
+        # Provenance the harnesses copy into every results file, so tables can group runs by variant,
+        # seed and loss weights without parsing run names; clips_seen places a snapshot on a scaling curve.
+        export_encoder(model.encoder, folder, metadata={
+            "variant": cfg.variant, "size": cfg.size, "seed": cfg.seed, "step": at_step, "world_size": world,
+            "clips_seen": at_step * global_batch,
+            "pretrain_config": model.cfg.to_dict(), "train_config": dataclasses.asdict(cfg)})
+
     step, skipped, t0, last_losses = start_step, 0, time.perf_counter(), {}
     progress = None
     if rank == 0:
@@ -444,6 +470,11 @@ def train(cfg: TrainConfig, resume: bool = False, given=None) -> dict:
             sync = micro == cfg.accum - 1
             noise = masking_noise(cfg.seed, step, global_batch, model.cfg.encoder.n_patches)
             row = (micro * world + rank) * cfg.batch_size
+            if cfg.mix_p > 0 or cfg.gain_db > 0:  # draws depend on (seed, step, row): resumable, world-size free
+                gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 65_537 + row + 1)
+                fe = model.encoder.frontend
+                mel, labels = augment_batch(mel, labels, gen, fe.mean, fe.std, cfg.mix_p, cfg.mix_gain_db,
+                                            cfg.gain_db)
             noise = noise[row:row + mel.shape[0]]  # this micro-batch's rows of the global batch
             # Pinned and non-blocking: a plain copy would make the host wait for the GPU every step.
             noise = noise.pin_memory().to(device, non_blocking=True) if use_cuda else noise
@@ -508,6 +539,8 @@ def train(cfg: TrainConfig, resume: bool = False, given=None) -> dict:
                             writer.add_scalar(f"train/{k}", v, step)
             if step % cfg.ckpt_every == 0 or step == cfg.steps or step == cfg.stop_at or stop_signal:
                 save(step)
+            if rank == 0 and cfg.export_every and step % cfg.export_every == 0 and step < cfg.steps:
+                export(out_dir / f"encoder-step{step:06d}", step)  # a point of the scaling curve
             if stop_signal and step < cfg.steps:
                 raise Interrupted(stop_signal, f"stopped by {signal.Signals(stop_signal).name} at step {step} of "
                                                f"{cfg.steps}: checkpoint saved to {ckpt_path}; continue with "
@@ -515,12 +548,7 @@ def train(cfg: TrainConfig, resume: bool = False, given=None) -> dict:
             if step == cfg.stop_at:
                 break
     if rank == 0:
-        from hear_mamclap.checkpoint import export_encoder
-        # Provenance the harnesses copy into every results file, so tables can group runs by variant,
-        # seed and loss weights without parsing run names.
-        export_encoder(model.encoder, out_dir / "encoder", metadata={
-            "variant": cfg.variant, "size": cfg.size, "seed": cfg.seed, "step": step, "world_size": world,
-            "pretrain_config": model.cfg.to_dict(), "train_config": dataclasses.asdict(cfg)})
+        export(out_dir / "encoder", step)
     if world > 1:
         dist.barrier()
     return {"step": step, "losses": {k: float(v) for k, v in last_losses.items()}, "skipped": skipped}
