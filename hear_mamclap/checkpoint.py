@@ -9,6 +9,12 @@ weights in `encoder-00001-of-0000N.safetensors` files, possibly in bfloat16, lis
 "weights": {"dtype": "bfloat16", "files": [{"name", "bytes", "sha256"}, ...]}. Loading checks each file's
 size and digest (a Git LFS pointer or a partial download is named as such) and gives float32 weights.
 
+A version-1 folder whose encoder.safetensors is absent may instead hold the full state dict in bfloat16
+files named `<run>.bf16-00001-of-0000N.safetensors` (what the GPU experiment drivers bring back: the
+export's encoder.json plus its weights cut into files of bounded size, results/gpu/scripts,
+`bf16_shards`); they are read as one set (all N present, one run name) and loaded as float32, so such a
+folder is an export like any other (`mamclap export DIR --release` turns it into the release).
+
 `load_encoder` takes such a folder, its .safetensors file, or a full pretraining checkpoint: a plain dict
 saved with torch.save holding "model" (the pretraining wrapper's state dict, encoder weights under
 "encoder.") and "config" (the pretraining config as a dict, its encoder config under "encoder"), read with
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -34,6 +41,8 @@ READ_VERSIONS = (EXPORT_VERSION, SHARDED_VERSION)
 WEIGHTS_NAME = "encoder.safetensors"
 CONFIG_NAME = "encoder.json"
 SHARD_GLOB = "encoder-*-of-*.safetensors"
+BF16_SHARD_GLOB = "*.bf16-*-of-*.safetensors"  # the GPU drivers' shards beside a version-1 encoder.json
+_BF16_SHARD = re.compile(r"(?P<run>.+)\.bf16-(?P<index>\d{5})-of-(?P<total>\d{5})\.safetensors")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # A safetensors file is an 8-byte length, a JSON header and the tensors' bytes; a bound on the header's share
 # per tensor (its name, dtype, shape and offsets) keeps a planned shard under its limit.
@@ -163,9 +172,13 @@ def _weight_files(manifest: dict, manifest_path: Path) -> list[Path]:
     """The weight files an export's manifest names, each checked against its recorded size and digest."""
     folder = manifest_path.parent
     if manifest["version"] == EXPORT_VERSION:
-        if not (folder / WEIGHTS_NAME).is_file():
-            raise FileNotFoundError(f"no encoder at {folder / WEIGHTS_NAME}")
-        return [folder / WEIGHTS_NAME]
+        if (folder / WEIGHTS_NAME).is_file():
+            return [folder / WEIGHTS_NAME]
+        shards = bf16_shard_files(folder)
+        if not shards:
+            raise FileNotFoundError(f"no encoder at {folder / WEIGHTS_NAME} (nor bfloat16 shards "
+                                    f"{BF16_SHARD_GLOB} beside {manifest_path.name})")
+        return shards
     weights = manifest.get("weights")
     files = weights.get("files") if isinstance(weights, dict) else None
     if not files or not all(isinstance(f, dict) and {"name", "bytes", "sha256"} <= set(f) for f in files):
@@ -185,6 +198,28 @@ def _weight_files(manifest: dict, manifest_path: Path) -> list[Path]:
                             "replaced file); fetch the file again")
         paths.append(path)
     return paths
+
+
+def bf16_shard_files(folder: str | Path) -> list[Path]:
+    """The GPU drivers' bfloat16 shards in folder (`<run>.bf16-00001-of-00003.safetensors`, ...) in order;
+    [] without any. A set with a file missing, or files of several sets, is refused."""
+    folder = Path(folder)
+    found = {p: m for p in folder.glob(BF16_SHARD_GLOB) if (m := _BF16_SHARD.fullmatch(p.name))}
+    if not found:
+        return []
+    sets = sorted({(m["run"], int(m["total"])) for m in found.values()})
+    if len(sets) > 1:
+        raise UserError(f"{folder}: bfloat16 shards of {len(sets)} sets "
+                        f"({', '.join(f'{run} of {total}' for run, total in sets)}); keep one encoder's files")
+    (run, total), = sets
+    have = {int(m["index"]) for m in found.values()}
+    missing, extra = sorted(set(range(1, total + 1)) - have), sorted(have - set(range(1, total + 1)))
+    if missing or extra:
+        raise UserError(f"{folder}: {run}.bf16 shards of {total}: "
+                        + "; ".join([*([f"{', '.join(map(str, missing))} missing"] if missing else []),
+                                     *([f"{', '.join(map(str, extra))} out of range"] if extra else [])])
+                        + "; copy the whole set")
+    return sorted(found, key=lambda p: int(found[p]["index"]))
 
 
 def _from_export(folder: Path, given: Path) -> tuple[EncoderConfig, dict, dict]:

@@ -168,32 +168,33 @@ def test_plan_wires_the_pipeline(tmp_path):
     assert names == ["data", "pretrain-mam", "hear-mam", "tables"]
 
 
-def test_a_release_is_scored_on_hear_beside_log_mel_and_random_init_of_its_architecture(tmp_path):
+def test_a_release_is_scored_on_a_quick_hear_task_per_group_beside_log_mel(tmp_path):
     from hear_mamclap.checkpoint import export_encoder
     from hear_mamclap.model import EncoderConfig, MAMCLAPEncoder
+    from training.demo import RELEASE_HEAR_TASKS
 
     release = export_encoder(MAMCLAPEncoder(EncoderConfig.preset("tiny")), tmp_path / "models" / "rel",
                              dtype=torch.bfloat16)
     stages = {s.name: s for s in plan(DemoConfig(work=tmp_path / "work", variants=("mam",), superb_tasks=(),
                                                  release=release))}
-    assert list(stages) == ["data", "pretrain-mam", "hear-mam", "hear-rel", "hear-logmel", "hear-random-init",
-                            "tables"]
-    scored, random_init = stages["hear-rel"].args, stages["hear-random-init"].args
+    assert list(stages) == ["data", "pretrain-mam", "hear-mam", "hear-rel", "hear-logmel", "tables"]
+    scored = stages["hear-rel"].args
     assert scored[scored.index("--module") + 1] == "hear_mamclap" and str(release) in scored
-    assert random_init[random_init.index("--module") + 1] == "hear_mamclap.baselines.random_init"
-    assert str(release) in random_init and {"hear-rel", "hear-random-init"} <= set(stages["tables"].deps)
-    assert all(str(tmp_path / "work" / "results" / f"{n}.hear.json") in stages["tables"].args
-               for n in ("rel", "random-init"))
-    # A replaced release redoes both: their fingerprint is its encoder.json, which holds its weights' digests.
+    # The release (a ViT-S, slow on a CPU) runs only its few tasks; the demo's own models run the whole suite.
+    assert scored[scored.index("--tasks") + 1:scored.index("--tasks") + 1 + len(RELEASE_HEAR_TASKS)] == \
+        RELEASE_HEAR_TASKS and "--tasks" not in stages["hear-mam"].args + stages["hear-logmel"].args
+    assert "hear-rel" in stages["tables"].deps
+    assert str(tmp_path / "work" / "results" / "rel.hear.json") in stages["tables"].args
+    # A replaced release redoes its stage: the fingerprint is its encoder.json, which holds its weights' digests.
     before = stages["hear-rel"].fingerprint()
-    assert before == stages["hear-random-init"].fingerprint() is not None
-    assert stages["hear-logmel"].fingerprint is None and stages["hear-mam"].fingerprint is None
+    assert before is not None and stages["hear-logmel"].fingerprint is None and stages["hear-mam"].fingerprint is None
     export_encoder(MAMCLAPEncoder(EncoderConfig.preset("tiny", depth=2)), release, dtype=torch.bfloat16)
     assert stages["hear-rel"].fingerprint() != before
-    # Without baselines, no random-init stage; the release is still scored.
-    names = [s.name for s in plan(DemoConfig(work=tmp_path / "work", variants=(), baseline=False, superb_tasks=(),
-                                             release=release))]
-    assert names == ["data", "hear-rel", "tables"]
+    # Without baselines the release is still scored; --hear-tasks applies to it too.
+    stages = plan(DemoConfig(work=tmp_path / "work", variants=(), baseline=False, superb_tasks=(), release=release,
+                             hear_tasks=("mini_esc",)))
+    assert [s.name for s in stages] == ["data", "hear-rel", "tables"]
+    assert stages[1].args[stages[1].args.index("--tasks"):] == ("--tasks", "mini_esc")
 
 
 def test_the_demo_finds_the_release_in_results_models_unless_told_not_to(tmp_path, monkeypatch, capsys):
