@@ -3,6 +3,7 @@
 it as float32; the repository's own release (once committed) loads and passes hear-validator."""
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import os
@@ -136,6 +137,88 @@ def test_shards_are_planned_under_the_limit_and_checked_when_loaded(tmp_path):
         hear_mamclap.load_model(str(folder))
 
 
+def driver_bf16_shards():
+    """results/gpu/scripts/representations_driver.py's bf16_shards, compiled on its own (importing the driver
+    would set up its work folder and environment)."""
+    path = REPO / "results" / "gpu" / "scripts" / "representations_driver.py"
+    tree = ast.parse(path.read_text())
+    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "bf16_shards")
+    scope = {"Path": Path}
+    exec(compile(ast.Module(body=[fn], type_ignores=[]), str(path), "exec"), scope)  # noqa: S102
+    return scope["bf16_shards"]
+
+
+def merged(files) -> dict[str, torch.Tensor]:
+    state = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    return state
+
+
+def test_the_gpu_drivers_bf16_shards_become_the_release_bit_for_bit(tmp_path, monkeypatch, capsys):
+    """What the GPU driver brings back (the run's encoder.json, its weights as <run>.bf16-0000i-of-0000N
+    files, the run's log and its kit's manifest under kits/) is an export, and the release made of it holds
+    the very same bfloat16 weights, with the run's data, recipe and losses in its card."""
+    original = encoder()
+    train = {"variant": "supmam", "size": "tiny", "data": "/tmp/mg/data/kit-medium-s0-c8000/corpus", "steps": 8,
+             "batch_size": 4, "accum": 2, "base_lr": 1e-3, "weight_decay": 0.05, "warmup_steps": 1, "seed": 0}
+    export = export_encoder(original, tmp_path / "gpu" / "runs" / "supmam-s0" / "encoder", metadata={
+        "variant": "supmam", "size": "tiny", "seed": 0, "step": 8, "clips_seen": 512, "train_config": train})
+    files = driver_bf16_shards()(export, tmp_path / "gpu" / "shards", limit=64 * 1024)
+    assert len(files) >= 3 and files[0].name == f"supmam-s0.bf16-00001-of-{len(files):05d}.safetensors"
+    # Unpacked as the results come back: the tarball's runs/ and kits/, the shard files beside them.
+    rep = tmp_path / "representations"
+    brought = rep / "runs" / "supmam-s0" / "encoder"
+    brought.mkdir(parents=True)
+    (brought / CONFIG_NAME).write_bytes((export / CONFIG_NAME).read_bytes())
+    for f in files:
+        (brought / f.name).write_bytes(f.read_bytes())
+    (rep / "runs" / "supmam-s0" / "log.jsonl").write_text(
+        json.dumps({"step": 1, "lr": 1e-4, "loss": 1.09, "recon": 0.905}) + "\n"
+        + json.dumps({"step": 8, "lr": 1e-6, "loss": 0.81, "recon": 0.702}) + "\n")
+    (rep / "kits").mkdir()
+    (rep / "kits" / "kit-medium-s0-c8000.manifest.json").write_text(json.dumps({
+        "kit": "kit-medium-s0-c8000", "digest": "cd" * 32, "datasets": {"corpus": {"clips": 8000, "hours": 22.2222,
+                                                                                  "bank_ids": 1038}}}))
+    loaded = load_encoder(brought)  # an export like any other, in float32
+    for (name, want), got in zip(original.state_dict().items(), loaded.state_dict().values()):
+        assert got.dtype == torch.float32 and torch.equal(got, want.to(torch.bfloat16).float()), name
+
+    monkeypatch.chdir(tmp_path)  # no results/tables/main/scores.csv here: a card without scores
+    folder = release(brought, tmp_path / "models", "from-gpu")
+    check_release(folder)
+    shards, released = merged(files), merged(sorted(folder.glob("encoder-*.safetensors")))
+    assert sorted(shards) == sorted(released) and all(
+        v.dtype == torch.bfloat16 and torch.equal(v.view(torch.int16), released[k].view(torch.int16))
+        for k, v in shards.items())  # bit for bit
+    card = (folder / "README.md").read_text()
+    for text in ("| corpus | `/tmp/mg/data/kit-medium-s0-c8000/corpus` |", "kit-medium-s0-c8000 (digest cdcdcdcdcdcd; ",
+                 "| clips | 8000 |", "4 per process x 2 accumulation x 8 processes = 64 clips per step; 512 clips seen",
+                 "loss 1.090 -> 0.810, recon 0.905 -> 0.702 (steps 1 -> 8", "## Scores\n\nNone measured"):
+        assert text in card, (text, card)
+    assert "±" not in card
+
+    # With results/tables/main/scores.csv in the checkout, the card takes its scores from it by default.
+    (tmp_path / "results" / "tables" / "main").mkdir(parents=True)
+    (tmp_path / "results" / "tables" / "main" / "scores.csv").write_text(
+        "model,kind,metric,mean,ci95,n\nsupmam,pretrained,overall,0.52,0.01,3\nlogmel,baseline,overall,0.46,0.02,1\n")
+    folder = release(brought, tmp_path / "models", "from-gpu", "--scores-model", "supmam")
+    card = (folder / "README.md").read_text()
+    assert "| overall | 0.520 ± 0.010 (n=3) | 0.460 ± 0.020 (n=1) |" in card and "None measured" not in card
+    assert "scores from results/tables/main/scores.csv" in capsys.readouterr().out
+    folder = release(brought, tmp_path / "models", "from-gpu", "--no-scores")
+    assert "None measured" in (folder / "README.md").read_text()
+
+    # An incomplete or mixed set of shards is named, never loaded in part.
+    (brought / files[1].name).unlink()
+    with pytest.raises(UserError, match=f"supmam-s0.bf16 shards of {len(files)}: 2 missing; copy the whole set"):
+        load_encoder(brought)
+    (brought / files[1].name).write_bytes(files[1].read_bytes())
+    (brought / "mam-s1.bf16-00001-of-00001.safetensors").write_bytes(files[0].read_bytes())
+    with pytest.raises(UserError, match="bfloat16 shards of 2 sets"):
+        load_encoder(brought)
+
+
 # ------------------------------------------------------------------------------------- the one release
 
 
@@ -175,22 +258,22 @@ def test_the_card_gives_data_recipe_losses_and_scores(tmp_path, capsys):
     (run / "log.jsonl").write_text(json.dumps({"step": 10, "lr": 1e-5, "loss": 4.91, "recon": 1.322}) + "\n"
                                    + json.dumps({"step": 1000, "lr": 1e-10, "loss": 1.247, "recon": 0.713}) + "\n")
     scores = tmp_path / "scores.csv"
-    scores.write_text("model,kind,harness,group,task,metric,mean,ci95,n\n"
-                      "supmam,pretrained,hear,overall,,mean of group means,0.5123,0.0101,3\n"
-                      "supmam,pretrained,superb,speech,voxceleb1,top1_acc,0.61,,1\n"
-                      "mam,pretrained,hear,overall,,mean of group means,0.499,0.02,3\n"
-                      "logmel,baseline,hear,overall,,mean of group means,0.464,0.012,1\n"
-                      "random-init,baseline,hear,overall,,mean of group means,0.43,0.011,3\n")
+    scores.write_text("model,kind,metric,mean,ci95,n\n"  # `mamclap tables`' scores.csv
+                      "supmam,pretrained,overall,0.5123,0.0101,3\n"
+                      "supmam,pretrained,SUPERB SID,0.61,,1\n"
+                      "mam,pretrained,overall,0.499,0.02,3\n"
+                      "logmel,baseline,overall,0.464,0.012,1\n"
+                      "random-init,baseline,overall,0.43,0.011,3\n")
     folder = release(run / "checkpoint.pt", tmp_path / "models", "supmam-release", "--scores", str(scores),
                      "--scores-model", "supmam")
     card = (folder / "README.md").read_text()
-    for text in ("# mamclap encoder (supmam)", "kit-medium-s0 (digest abababababab)", "| clips | 19200 |",
+    for text in ("# mamclap encoder (supmam)", "kit-medium-s0 (digest abababababab; ", "| clips | 19200 |",
                  "| distinct source recordings | 1038 |", "64 per process x 1 accumulation x 4 processes = 256 "
                  "clips per step; 256,000 clips seen", "base 0.001 x global batch / 256, 100 warm-up steps",
                  "| weight decay | 0.05 |", "loss 4.910 -> 1.247, recon 1.322 -> 0.713 (steps 10 -> 1000",
                  "| score | **supmam** (this model) | logmel | random-init |",
-                 "| hear / overall / mean of group means | 0.512 ± 0.010 (n=3) | 0.464 ± 0.012 (n=1) | 0.430 ± "
-                 "0.011 (n=3) |", "| superb / speech / voxceleb1 / top1_acc | 0.610 (n=1) | - | - |",
+                 "| overall | 0.512 ± 0.010 (n=3) | 0.464 ± 0.012 (n=1) | 0.430 ± 0.011 (n=3) |",
+                 "| SUPERB SID | 0.610 (n=1) | - | - |", f"(from `{scores}`)",
                  'from_pretrained("results/models/supmam-release")', "-u mamclap -k results/models/supmam-release",
                  '"base_lr": 0.001'):
         assert text in card, text
@@ -213,7 +296,8 @@ def test_the_card_gives_data_recipe_losses_and_scores(tmp_path, capsys):
     assert main(["export", str(run / "checkpoint.pt"), "--out", str(out), "--scores", str(tmp_path / "results"),
                  "--scores-model", "supmam"]) == 0
     card = (out / "README.md").read_text()
-    assert "| superb / speech / voxceleb1 / top1_acc | 0.750 (n=1) | 0.500 (n=1) |" in card, card
+    # One run: its own interval (Wilson's for an accuracy of 100 test clips), as scores.csv gives it.
+    assert "| SUPERB SID | 0.750 ± 0.084 (n=1) | 0.500 ± 0.096 (n=1) |" in card, card
     assert load_file(str(out / "encoder.safetensors"))["patch_embed.weight"].dtype == torch.float32
 
 

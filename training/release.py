@@ -3,11 +3,19 @@
     mamclap export runs/supmam_clap/checkpoint.pt --out runs/supmam_clap/step-1000   # float32 export + card
     mamclap export runs/supmam_clap/encoder --release --name NAME \\
         --scores results/tables/main/scores.csv --scores-model supmam-clap
+    mamclap export results/gpu/representations/runs/supmam-s0/encoder --release --name NAME ...
+
+The source is an export folder (float32, or a sharded one), a pretraining checkpoint.pt, or what the GPU
+drivers bring back: a folder with the export's version-1 encoder.json and the weights in bfloat16 shards
+`<run>.bf16-00001-of-0000N.safetensors` (hear_mamclap.checkpoint reads that as an export; bfloat16 to
+float32 and back is exact, so the release holds the shards' weights bit for bit).
 
 A release is results/models/NAME/: the encoder's weights in bfloat16 as safetensors files of at most 16 MiB
 (plain git files, no LFS), at most 48 MiB in all, the sharded export's encoder.json
 (hear_mamclap.checkpoint), and a README.md model card generated from the source's provenance (variant,
-recipe, data, losses) and the scores given. The repository holds one release: a new one replaces the old
+recipe, data, losses) and the scores given (default: results/tables/main/scores.csv when it exists; its
+rows of --scores-model, with their 95 % intervals, and the baselines'); a card without scores says none
+were measured, and no number in it comes from anywhere but those files. The repository holds one release: a new one replaces the old
 (--replace), never sits beside it. hear_mamclap.load_model, `-u mamclap -k results/models/NAME` and every
 harness read it as they read any export.
 """
@@ -34,6 +42,7 @@ from hear_mamclap.model import MAMCLAPEncoder
 # results/models/ has this name).
 RELEASE_NAME = "mamclap-vits"
 MODELS_DIR = Path("results/models")  # under the current directory: a checkout's root
+DEFAULT_SCORES = Path("results/tables/main/scores.csv")  # `mamclap tables` of the main experiment
 MAX_SHARD_BYTES = 16 * 2**20
 MAX_RELEASE_BYTES = 48 * 2**20
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -86,7 +95,7 @@ def _results_rows(paths: list[Path]) -> list[dict]:
     """The leaderboard's tidy rows of results JSONs (or folders of them), as `mamclap tables` computes them."""
     from training.eval.results import ResultsError
     from training.eval.tables import collect_runs, find_results, leaderboard, split_finetune
-    from training.eval.tidy import to_tidy_csv
+    from training.eval.tidy import to_scores_csv
 
     try:
         docs, _notes = find_results(paths)
@@ -96,7 +105,7 @@ def _results_rows(paths: list[Path]) -> list[dict]:
         board = leaderboard(*collect_runs(docs))
     except ResultsError as err:
         raise UserError(f"--scores: {err}") from None
-    return list(csv.DictReader(to_tidy_csv([board]).splitlines()))
+    return list(csv.DictReader(to_scores_csv(board).splitlines()))
 
 
 def read_scores(paths: list[str | Path]) -> list[dict]:
@@ -124,7 +133,7 @@ def _cell(row: dict | None) -> str:
     return text + (f" (n={n:g})" if n is not None else "")
 
 
-def scores_section(rows: list[dict], model: str) -> str:
+def scores_section(rows: list[dict], model: str, sources: list[str | Path] = ()) -> str:
     """Markdown: one line per score of `model`, a column for it and one per baseline (kind "baseline")."""
     models = sorted({r["model"] for r in rows})
     if model not in models:
@@ -142,8 +151,16 @@ def scores_section(rows: list[dict], model: str) -> str:
         label = " / ".join(part for part in key if part)
         lines.append("| " + " | ".join([label, _cell(cells[key][model]), *(_cell(cells[key].get(b))
                                                                            for b in baselines)]) + " |")
-    return ("\n## Scores\n\nMean over runs, ± the half-width of the 95 % interval where the scores give one, n "
-            "runs; baselines beside it.\n\n" + "\n".join(lines) + "\n")
+    where = f" (from {', '.join(f'`{p}`' for p in sources)})" if sources else ""
+    return ("\n## Scores\n\nMean over n runs, ± the half-width of its 95 % interval where the scores give one (over "
+            "runs when n >= 2; for one run, that run's own interval: a bootstrap over the test clips, else "
+            f"Wilson's), beside the baselines' scores{where}. results/PROTOCOL.md says how they were measured."
+            "\n\n" + "\n".join(lines) + "\n")
+
+
+NO_SCORES = ("\n## Scores\n\nNone measured: this card was written without scores (no `--scores`, and no "
+             f"{DEFAULT_SCORES} then). Evaluate the encoder (`mamclap hear eval`, `mamclap superb eval`, "
+             "`mamclap tables`) before relying on it.\n")
 
 
 # ----------------------------------------------------------------------------------------- provenance
@@ -178,37 +195,63 @@ def losses_line(log: Path) -> str | None:
     return f"{parts} (steps {first['step']} -> {last['step']}; {log})"
 
 
-def _data_facts(data: str) -> list[tuple[str, str]]:
-    """The corpus path, and what its kit's manifest says of it when the kit is here."""
+def _kit_manifest(data: str, source: Path, given: Path | None) -> Path | None:
+    """The kit manifest of the corpus `data`: the one given, the kit's own (`<kit>/manifest.json`), or a copy
+    `kits/<kit>.manifest.json` in a folder above the source (what a GPU driver's results bring back)."""
+    if given is not None:
+        if not given.is_file():
+            raise UserError(f"--kit-manifest {given}: no such file")
+        return given
+    if not data:
+        return None
+    kit = Path(data).parent
+    if (kit / "manifest.json").is_file():
+        return kit / "manifest.json"
+    return next((p for folder in source.resolve().parents if (p := folder / "kits" / f"{kit.name}.manifest.json")
+                 .is_file()), None)
+
+
+def _data_facts(data: str, manifest: Path | None) -> list[tuple[str, str]]:
+    """The corpus path, and what its kit's manifest says of it when there is one."""
     facts = [("corpus", f"`{data}`" if data else "unknown")]
-    manifest = Path(data).parent / "manifest.json" if data else None
-    if manifest is None or not manifest.is_file():
+    if manifest is None:
         return facts
     try:
         kit = json.loads(manifest.read_text())
         corpus = kit["datasets"]["corpus"]
     except (OSError, ValueError, KeyError, TypeError):
         return facts
-    facts.append(("kit", f"{kit.get('kit', '?')} (digest {str(kit.get('digest', '?'))[:12]})"))
+    facts.append(("kit", f"{kit.get('kit', '?')} (digest {str(kit.get('digest', '?'))[:12]}; `{manifest}`)"))
     for key, label in (("clips", "clips"), ("hours", "hours"), ("bank_ids", "distinct source recordings")):
         if key in corpus:
             facts.append((label, str(corpus[key])))
     return facts
 
 
-def training_section(metadata: dict, source: Path) -> str:
-    """Markdown: the data and the recipe from the training config, and the losses from the run's log."""
+def _batch_fact(train: dict, metadata: dict) -> str:
+    """"B per process x A accumulation x W processes = G clips per step; S clips seen", from what is recorded
+    (world_size, or clips_seen / step)."""
+    per_step = train.get("batch_size", 0) * train.get("accum", 1)
+    step, seen, world = metadata.get("step"), metadata.get("clips_seen"), metadata.get("world_size")
+    if not world and isinstance(seen, int) and isinstance(step, int) and step > 0 and per_step > 0 \
+            and seen % (step * per_step) == 0:
+        world = seen // (step * per_step)
+    if not isinstance(seen, int) and world and isinstance(step, int):
+        seen = per_step * world * step
+    text = f"{train.get('batch_size')} per process x {train.get('accum', 1)} accumulation x "
+    text += f"{world} processes = {per_step * world} clips per step" if world else "? processes (not recorded)"
+    return text + (f"; {seen:,} clips seen" if isinstance(seen, int) else "")
+
+
+def training_section(metadata: dict, source: Path, log: Path | None = None, kit_manifest: Path | None = None) -> str:
+    """Markdown: the data and the recipe from the training config, and the losses from the run's log (the
+    one given, else a log.jsonl beside the source)."""
     train = metadata.get("train_config") if isinstance(metadata.get("train_config"), dict) else {}
-    facts = _data_facts(str(train.get("data", "")))
+    data = str(train.get("data", ""))
+    facts = _data_facts(data, _kit_manifest(data, source, kit_manifest))
     if train:
-        world = metadata.get("world_size")
-        batch = train.get("batch_size", 0) * train.get("accum", 1) * (world or 1)
         facts += [("variant", str(train.get("variant"))), ("encoder size", str(train.get("size"))),
-                  ("steps", str(train.get("steps"))),
-                  ("batch", f"{train.get('batch_size')} per process x {train.get('accum', 1)} accumulation x "
-                            f"{world if world else '? (not recorded)'} processes"
-                            + (f" = {batch} clips per step; {batch * metadata.get('step', 0):,} clips seen"
-                               if world and isinstance(metadata.get("step"), int) else "")),
+                  ("steps", str(train.get("steps"))), ("batch", _batch_fact(train, metadata)),
                   ("learning rate", f"base {train.get('base_lr')} x global batch / 256, "
                                     f"{train.get('warmup_steps')} warm-up steps then cosine"),
                   ("weight decay", str(train.get("weight_decay"))), ("seed", str(train.get("seed"))),
@@ -216,7 +259,9 @@ def training_section(metadata: dict, source: Path) -> str:
         overrides = train.get("overrides") or []
         if overrides:
             facts.append(("config overrides", ", ".join(f"{k}={v}" for k, v in overrides)))
-    log = _log_for(source)
+    if log is not None and not log.is_file():
+        raise UserError(f"--log {log}: no such file")
+    log = log or _log_for(source)
     losses = losses_line(log) if log is not None else None
     if losses:
         facts.append(("losses (first -> last logged)", losses))
@@ -243,18 +288,19 @@ def _source_metadata(encoder: MAMCLAPEncoder, source: Path) -> dict:
                          "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}}
 
 
-def _card_extra(metadata: dict, source: Path, scores: list[str | Path], scores_model: str | None) -> str:
-    extra = training_section(metadata, source)
-    if scores:
-        extra += scores_section(read_scores(scores), scores_model)
-    return extra
+def _card_extra(metadata: dict, source: Path, scores: list[str | Path], scores_model: str | None,
+                log: Path | None = None, kit_manifest: Path | None = None) -> str:
+    extra = training_section(metadata, source, log, kit_manifest)
+    return extra + (scores_section(read_scores(scores), scores_model, scores) if scores else NO_SCORES)
 
 
 def write_release(source: str | Path, name: str = RELEASE_NAME, models_dir: str | Path = MODELS_DIR,
-                  scores: list[str | Path] = (), scores_model: str | None = None, replace: bool = False) -> Path:
+                  scores: list[str | Path] = (), scores_model: str | None = None, replace: bool = False,
+                  log: str | Path | None = None, kit_manifest: str | Path | None = None) -> Path:
     """Write models_dir/name from an export or checkpoint (see the module docstring); returns the folder.
     scores_model: the source's model name in the scores (default: name). replace: remove the release
-    already in models_dir once the new one is in place."""
+    already in models_dir once the new one is in place. log, kit_manifest: the run's log.jsonl and its
+    kit's manifest for the card, when they are not beside the source."""
     source, models_dir = Path(source), Path(models_dir)
     if not NAME.fullmatch(name):
         raise UserError(f"--name {name!r}: a folder name of letters, digits, '.', '_' and '-' is expected")
@@ -268,7 +314,8 @@ def write_release(source: str | Path, name: str = RELEASE_NAME, models_dir: str 
         raise UserError(f"{source}: the encoder takes {need / 2**20:.1f} MiB in bfloat16, over the release limit "
                         f"of {MAX_RELEASE_BYTES / 2**20:g} MiB; release a smaller encoder (a ViT-S takes ~41 MiB)")
     metadata = _source_metadata(encoder, source)
-    extra = _card_extra(metadata, source, list(scores), scores_model or name)  # refuses bad scores first
+    extra = _card_extra(metadata, source, list(scores), scores_model or name,  # refuses bad scores first
+                        Path(log) if log else None, Path(kit_manifest) if kit_manifest else None)
     target = models_dir / name
     atomic.remove_stale(target)
     with atomic.directory(target) as tmp:
@@ -296,14 +343,16 @@ def _check_round_trip(encoder: MAMCLAPEncoder, folder: Path) -> None:
 
 
 def write_export(source: str | Path, out: str | Path, scores: list[str | Path] = (),
-                 scores_model: str | None = None) -> Path:
+                 scores_model: str | None = None, log: str | Path | None = None,
+                 kit_manifest: str | Path | None = None) -> Path:
     """A float32 single-file export of source with a model card, in out (its files replaced one by one)."""
     from hear_mamclap.hub import save_pretrained
 
     source, out = Path(source), Path(out)
     encoder = load_encoder(source)
     metadata = _source_metadata(encoder, source)
-    extra = _card_extra(metadata, source, list(scores), scores_model or out.name)
+    extra = _card_extra(metadata, source, list(scores), scores_model or out.name, Path(log) if log else None,
+                        Path(kit_manifest) if kit_manifest else None)
     return save_pretrained(encoder, out, metadata=metadata, card_extra=extra)
 
 
@@ -318,14 +367,27 @@ def register(subparsers) -> None:
     p.add_argument("--name", default=RELEASE_NAME, help="the release's folder name (with --release)")
     p.add_argument("--models-dir", type=Path, default=MODELS_DIR, help="where releases live (with --release)")
     p.add_argument("--replace", action="store_true", help="remove the release already there (with --release)")
-    p.add_argument("--scores", nargs="+", default=[], metavar="FILE",
-                   help="scores for the card: tidy CSVs (results/tables/main/scores.csv) or results JSONs/folders")
+    scores = p.add_mutually_exclusive_group()
+    scores.add_argument("--scores", nargs="+", metavar="FILE",
+                        help=f"scores for the card: scores CSVs (model, kind, metric, mean, ci95, n) or results "
+                             f"JSONs/folders (default: {DEFAULT_SCORES} when it exists)")
+    scores.add_argument("--no-scores", action="store_true", help="a card without scores (it says none were measured)")
     p.add_argument("--scores-model", metavar="MODEL",
                    help="this encoder's model name in the scores (default: the release name, or --out's name)")
+    p.add_argument("--log", type=Path, help="the run's log.jsonl for the card's losses (default: one beside MODEL)")
+    p.add_argument("--kit-manifest", type=Path,
+                   help="the training kit's manifest.json for the card's data (default: the kit's own, or a "
+                        "kits/<kit>.manifest.json above MODEL)")
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
+    if args.no_scores:
+        args.scores = []
+    elif args.scores is None:
+        args.scores = [DEFAULT_SCORES] if DEFAULT_SCORES.is_file() else []
+        if args.scores:
+            print(f"mamclap export: scores from {DEFAULT_SCORES} (--scores, --no-scores to choose)", flush=True)
     if args.release == (args.out is not None):
         raise UserError("give either --release (results/models/NAME) or --out DIR")
     if not args.release:
@@ -333,9 +395,10 @@ def _run(args) -> int:
                  if getattr(args, f) not in (RELEASE_NAME, MODELS_DIR, False)]
         if given:
             raise UserError(f"{', '.join(given)} go with --release")
-        print(f"wrote {write_export(args.model, args.out, args.scores, args.scores_model)}")
+        print(f"wrote {write_export(args.model, args.out, args.scores, args.scores_model, args.log, args.kit_manifest)}")
         return 0
-    folder = write_release(args.model, args.name, args.models_dir, args.scores, args.scores_model, args.replace)
+    folder = write_release(args.model, args.name, args.models_dir, args.scores, args.scores_model, args.replace,
+                           args.log, args.kit_manifest)
     total = sum(p.stat().st_size for p in folder.iterdir())
     print(f"wrote {folder}: {len(list(folder.glob('*.safetensors')))} weight files, {total / 2**20:.1f} MiB")
     return 0
