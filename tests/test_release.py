@@ -7,6 +7,7 @@ import ast
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -206,7 +207,7 @@ def test_the_gpu_drivers_bf16_shards_become_the_release_bit_for_bit(tmp_path, mo
     card = (folder / "README.md").read_text()
     assert "| overall | 0.520 ± 0.010 (n=3) | 0.460 ± 0.020 (n=1) |" in card and "None measured" not in card
     assert "scores from results/tables/main/scores.csv" in capsys.readouterr().out
-    folder = release(brought, tmp_path / "models", "from-gpu", "--no-scores")
+    folder = release(brought, tmp_path / "models-2", "from-gpu", "--no-scores")
     assert "None measured" in (folder / "README.md").read_text()
 
     # An incomplete or mixed set of shards is named, never loaded in part.
@@ -232,6 +233,23 @@ def test_a_release_replaces_the_old_one_and_never_sits_beside_it(tmp_path, capsy
     release(src, models, "first")  # the same name: rewritten in place
     release(src, models, "second", "--replace")
     assert [p.name for p in models.iterdir()] == ["second"] and find_release(models) == models / "second"
+    # Replaced only by a better one: the overall score recorded in encoder.json decides.
+    scores = tmp_path / "scores.csv"
+    scores.write_text("model,kind,metric,mean,ci95,n\na,pretrained,overall,0.50,0.01,3\n"
+                      "b,pretrained,overall,0.45,0.01,3\nc,pretrained,overall,0.55,0.01,3\n")
+    release(src, models, "second", "--scores", str(scores), "--scores-model", "a")
+    assert read_metadata(models / "second")["release"]["scores"] == [
+        {"metric": "overall", "mean": "0.50", "ci95": "0.01", "n": "3"}]
+    for refused, why in ((["--scores-model", "b"], "scores 0.5000 overall; this encoder scores 0.4500"),
+                         (["--no-scores"], "this encoder has no overall score")):
+        args = ["export", str(src), "--release", "--name", "third", "--models-dir", str(models), "--replace"]
+        assert main([*args, "--scores", str(scores), *refused] if refused[0] != "--no-scores" else
+                    [*args, *refused]) == 2
+        assert why in capsys.readouterr().err and [p.name for p in models.iterdir()] == ["second"]
+    release(src, models, "third", "--replace", "--scores", str(scores), "--scores-model", "c")
+    assert [p.name for p in models.iterdir()] == ["third"]
+    shutil.rmtree(models / "third")
+    release(src, models, "second")
     (models / "third").mkdir()
     (models / "third" / CONFIG_NAME).write_text("{}")
     with pytest.raises(UserError, match="holds 2 releases"):

@@ -16,7 +16,8 @@ A release is results/models/NAME/: the encoder's weights in bfloat16 as safetens
 recipe, data, losses) and the scores given (default: results/tables/main/scores.csv when it exists; its
 rows of --scores-model, with their 95 % intervals, and the baselines'); a card without scores says none
 were measured, and no number in it comes from anywhere but those files. The repository holds one release: a new one replaces the old
-(--replace), never sits beside it. hear_mamclap.load_model, `-u mamclap -k results/models/NAME` and every
+(--replace), never sits beside it, and only when it is better: its HEAR overall score (recorded in
+encoder.json's metadata "release") at least the old one's. hear_mamclap.load_model, `-u mamclap -k results/models/NAME` and every
 harness read it as they read any export.
 """
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pathlib import Path
 import torch
 
 from hear_mamclap import atomic
-from hear_mamclap.checkpoint import CONFIG_NAME, export_encoder, load_encoder
+from hear_mamclap.checkpoint import CONFIG_NAME, export_encoder, load_encoder, read_metadata
 from hear_mamclap.errors import UserError
 from hear_mamclap.hub import CARD_NAME, model_card
 from hear_mamclap.model import MAMCLAPEncoder
@@ -289,9 +290,36 @@ def _source_metadata(encoder: MAMCLAPEncoder, source: Path) -> dict:
 
 
 def _card_extra(metadata: dict, source: Path, scores: list[str | Path], scores_model: str | None,
-                log: Path | None = None, kit_manifest: Path | None = None) -> str:
+                log: Path | None = None, kit_manifest: Path | None = None) -> tuple[str, list[dict]]:
+    """The card's data, recipe and scores sections, and the model's own score rows."""
     extra = training_section(metadata, source, log, kit_manifest)
-    return extra + (scores_section(read_scores(scores), scores_model, scores) if scores else NO_SCORES)
+    if not scores:
+        return extra + NO_SCORES, []
+    rows = read_scores(scores)
+    own = [{k: r.get(k) for k in ("metric", "mean", "ci95", "n") if r.get(k) not in (None, "")}
+           for r in rows if r["model"] == scores_model and not r.get("task")]
+    return extra + scores_section(rows, scores_model, scores), own
+
+
+def overall_score(rows: list[dict]) -> float | None:
+    """The HEAR overall mean (the leaderboard's "overall": the mean of the group means) among score rows."""
+    return next((m for r in rows if str(r.get("metric", "")).lower() == "overall"
+                 and (m := _number(str(r.get("mean", "")))) is not None), None)
+
+
+def _check_better(new: list[dict], olds: list[Path]) -> None:
+    """A release replaces another only when its overall score is at least the other's (as its encoder.json
+    records it); one with no recorded overall score may be replaced by any."""
+    mine = overall_score(new)
+    for old in olds:
+        theirs = overall_score((read_metadata(old).get("release") or {}).get("scores") or [])
+        if theirs is None:
+            continue
+        if mine is None or mine < theirs:
+            raise UserError(f"{old} scores {theirs:.4f} overall; this encoder "
+                            + ("has no overall score (--scores, --scores-model)" if mine is None else
+                               f"scores {mine:.4f}") + ": a release is replaced only by a better one (remove "
+                            f"{old} by hand if its score no longer compares)")
 
 
 def write_release(source: str | Path, name: str = RELEASE_NAME, models_dir: str | Path = MODELS_DIR,
@@ -314,9 +342,11 @@ def write_release(source: str | Path, name: str = RELEASE_NAME, models_dir: str 
         raise UserError(f"{source}: the encoder takes {need / 2**20:.1f} MiB in bfloat16, over the release limit "
                         f"of {MAX_RELEASE_BYTES / 2**20:g} MiB; release a smaller encoder (a ViT-S takes ~41 MiB)")
     metadata = _source_metadata(encoder, source)
-    extra = _card_extra(metadata, source, list(scores), scores_model or name,  # refuses bad scores first
-                        Path(log) if log else None, Path(kit_manifest) if kit_manifest else None)
+    extra, own = _card_extra(metadata, source, list(scores), scores_model or name,  # refuses bad scores first
+                             Path(log) if log else None, Path(kit_manifest) if kit_manifest else None)
     target = models_dir / name
+    _check_better(own, release_dirs(models_dir))  # the one in place, under this name or another
+    metadata["release"] = {"name": name, "scores_model": scores_model or name, "scores": own}
     atomic.remove_stale(target)
     with atomic.directory(target) as tmp:
         export_encoder(encoder, tmp, metadata=metadata, dtype=torch.bfloat16, max_shard_bytes=MAX_SHARD_BYTES)
@@ -351,8 +381,8 @@ def write_export(source: str | Path, out: str | Path, scores: list[str | Path] =
     source, out = Path(source), Path(out)
     encoder = load_encoder(source)
     metadata = _source_metadata(encoder, source)
-    extra = _card_extra(metadata, source, list(scores), scores_model or out.name, Path(log) if log else None,
-                        Path(kit_manifest) if kit_manifest else None)
+    extra, _own = _card_extra(metadata, source, list(scores), scores_model or out.name,
+                              Path(log) if log else None, Path(kit_manifest) if kit_manifest else None)
     return save_pretrained(encoder, out, metadata=metadata, card_extra=extra)
 
 
