@@ -341,8 +341,8 @@ def repo_release(tmp_path_factory) -> Path:
     assert len(found) <= 1, f"results/models/ holds {len(found)} releases; it should hold one"
     if found:
         return found[0]
-    return write_release(export_encoder(encoder(), tmp_path_factory.mktemp("src") / "tiny"), RELEASE_NAME,
-                         tmp_path_factory.mktemp("models"))
+    src = export_encoder(encoder(), tmp_path_factory.mktemp("src") / "tiny")  # made as a release is, by the CLI
+    return release(src, tmp_path_factory.mktemp("models"), RELEASE_NAME, "--no-scores")
 
 
 def test_the_repository_release_follows_the_rules_and_loads(repo_release):

@@ -193,7 +193,15 @@ def losses_line(log: Path) -> str | None:
     if not names:
         return None
     parts = ", ".join(f"{k} {first[k]:.3f} -> {last[k]:.3f}" for k in names)
-    return f"{parts} (steps {first['step']} -> {last['step']}; {log})"
+    return f"{parts} (steps {first['step']} -> {last['step']}; {_shown(log)})"
+
+
+def _shown(path: Path) -> str:
+    """A path as the card names it: relative to the current directory (a checkout's root) when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _kit_manifest(data: str, source: Path, given: Path | None) -> Path | None:
@@ -222,7 +230,7 @@ def _data_facts(data: str, manifest: Path | None) -> list[tuple[str, str]]:
         corpus = kit["datasets"]["corpus"]
     except (OSError, ValueError, KeyError, TypeError):
         return facts
-    facts.append(("kit", f"{kit.get('kit', '?')} (digest {str(kit.get('digest', '?'))[:12]}; `{manifest}`)"))
+    facts.append(("kit", f"{kit.get('kit', '?')} (digest {str(kit.get('digest', '?'))[:12]}; `{_shown(manifest)}`)"))
     for key, label in (("clips", "clips"), ("hours", "hours"), ("bank_ids", "distinct source recordings")):
         if key in corpus:
             facts.append((label, str(corpus[key])))
@@ -240,7 +248,8 @@ def _batch_fact(train: dict, metadata: dict) -> str:
     if not isinstance(seen, int) and world and isinstance(step, int):
         seen = per_step * world * step
     text = f"{train.get('batch_size')} per process x {train.get('accum', 1)} accumulation x "
-    text += f"{world} processes = {per_step * world} clips per step" if world else "? processes (not recorded)"
+    text += (f"{world} process{'es' if world > 1 else ''} = {per_step * world} clips per step" if world
+             else "? processes (not recorded)")
     return text + (f"; {seen:,} clips seen" if isinstance(seen, int) else "")
 
 
