@@ -4,6 +4,17 @@ An export is a folder with two files: `encoder.safetensors` (the encoder's weigh
 ({"format": "mamclap-encoder", "version": 1, "config": EncoderConfig as a dict, "metadata": {...}}); the
 config carries the front-end settings and the normalisation statistics, so nothing else is needed to run it.
 
+A sharded export (version 2; the repository's release, which git holds in files of bounded size) keeps its
+weights in `encoder-00001-of-0000N.safetensors` files, possibly in bfloat16, listed in encoder.json under
+"weights": {"dtype": "bfloat16", "files": [{"name", "bytes", "sha256"}, ...]}. Loading checks each file's
+size and digest (a Git LFS pointer or a partial download is named as such) and gives float32 weights.
+
+A version-1 folder whose encoder.safetensors is absent may instead hold the full state dict in bfloat16
+files named `<run>.bf16-00001-of-0000N.safetensors` (what the GPU experiment drivers bring back: the
+export's encoder.json plus its weights cut into files of bounded size, results/gpu/scripts,
+`bf16_shards`); they are read as one set (all N present, one run name) and loaded as float32, so such a
+folder is an export like any other (`mamclap export DIR --release` turns it into the release).
+
 `load_encoder` takes such a folder, its .safetensors file, or a full pretraining checkpoint: a plain dict
 saved with torch.save holding "model" (the pretraining wrapper's state dict, encoder weights under
 "encoder.") and "config" (the pretraining config as a dict, its encoder config under "encoder"), read with
@@ -11,26 +22,71 @@ torch.load(weights_only=True).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save, save_file
 
 from hear_mamclap import atomic
 from hear_mamclap.errors import UserError
 from hear_mamclap.model import EncoderConfig, MAMCLAPEncoder
 
 EXPORT_FORMAT = "mamclap-encoder"
-EXPORT_VERSION = 1
+EXPORT_VERSION = 1  # one float32 file, WEIGHTS_NAME
+SHARDED_VERSION = 2  # the files listed under "weights"
+READ_VERSIONS = (EXPORT_VERSION, SHARDED_VERSION)
 WEIGHTS_NAME = "encoder.safetensors"
 CONFIG_NAME = "encoder.json"
+SHARD_GLOB = "encoder-*-of-*.safetensors"
+BF16_SHARD_GLOB = "*.bf16-*-of-*.safetensors"  # the GPU drivers' shards beside a version-1 encoder.json
+_BF16_SHARD = re.compile(r"(?P<run>.+)\.bf16-(?P<index>\d{5})-of-(?P<total>\d{5})\.safetensors")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# A safetensors file is an 8-byte length, a JSON header and the tensors' bytes; a bound on the header's share
+# per tensor (its name, dtype, shape and offsets) keeps a planned shard under its limit.
+_HEADER_BYTES_PER_TENSOR = 128
+_HEADER_BYTES = 256
 
 
-def export_encoder(encoder: MAMCLAPEncoder, out_dir: str | Path, metadata: dict | None = None) -> Path:
+def shard_name(index: int, total: int) -> str:
+    """encoder-00001-of-00003.safetensors for index 0 of 3 (the Hugging Face naming)."""
+    return f"encoder-{index + 1:05d}-of-{total:05d}.safetensors"
+
+
+def plan_shards(state: dict[str, torch.Tensor], max_shard_bytes: int) -> list[list[str]]:
+    """The state's keys in order, cut into groups whose safetensors files stay within max_shard_bytes."""
+    groups: list[list[str]] = [[]]
+    size = _HEADER_BYTES
+    for key, tensor in state.items():
+        need = tensor.numel() * tensor.element_size() + len(key.encode()) + _HEADER_BYTES_PER_TENSOR
+        if need + _HEADER_BYTES > max_shard_bytes:
+            raise ValueError(f"tensor {key} {tuple(tensor.shape)} takes {need:,} bytes, more than a shard may hold "
+                             f"({max_shard_bytes:,} bytes)")
+        if groups[-1] and size + need > max_shard_bytes:
+            groups.append([])
+            size = _HEADER_BYTES
+        groups[-1].append(key)
+        size += need
+    return groups
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_encoder(encoder: MAMCLAPEncoder, out_dir: str | Path, metadata: dict | None = None,
+                   dtype: torch.dtype | None = None, max_shard_bytes: int | None = None) -> Path:
     """Write out_dir/encoder.safetensors and out_dir/encoder.json, each to a temp name renamed into place.
 
     metadata: JSON-serialisable provenance (pretraining variant, step, ...) kept in encoder.json.
+    dtype (e.g. torch.bfloat16) or max_shard_bytes: a sharded export instead (see the module docstring),
+    the floating-point weights in dtype, each file at most max_shard_bytes (one file without a limit).
     Returns out_dir.
     """
     out_dir = Path(out_dir)
@@ -39,8 +95,26 @@ def export_encoder(encoder: MAMCLAPEncoder, out_dir: str | Path, metadata: dict 
     manifest = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "config": encoder.cfg.to_dict(),
                 "metadata": metadata or {}}
     # Weights first, config last: a reader never finds a config pointing at missing or partial weights.
-    with atomic.file(out_dir / WEIGHTS_NAME) as tmp:
-        save_file(state, str(tmp), metadata={"format": EXPORT_FORMAT})
+    if dtype is None and max_shard_bytes is None:
+        with atomic.file(out_dir / WEIGHTS_NAME) as tmp:
+            save_file(state, str(tmp), metadata={"format": EXPORT_FORMAT})
+    else:
+        dtype = dtype or torch.float32
+        names = {v: k for k, v in DTYPES.items()}
+        if dtype not in names:
+            raise ValueError(f"export dtype must be one of {sorted(DTYPES)}, got {dtype}")
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        groups = plan_shards(state, max_shard_bytes) if max_shard_bytes is not None else [list(state)]
+        files = []
+        for i, keys in enumerate(groups):
+            path = out_dir / shard_name(i, len(groups))
+            # Bytes written by atomic.write_bytes: safetensors' save_file makes its file private to its owner.
+            atomic.write_bytes(path, save({k: state[k] for k in keys}, metadata={"format": EXPORT_FORMAT}))
+            size = path.stat().st_size
+            if max_shard_bytes is not None and size > max_shard_bytes:  # the header bound above failed
+                raise RuntimeError(f"{path}: {size} bytes, over the shard limit of {max_shard_bytes}")
+            files.append({"name": path.name, "bytes": size, "sha256": _sha256(path)})
+        manifest.update(version=SHARDED_VERSION, weights={"dtype": names[dtype], "files": files})
     atomic.write_text(out_dir / CONFIG_NAME, json.dumps(manifest, indent=2) + "\n")
     return out_dir
 
@@ -94,23 +168,97 @@ def _torch_load(path: Path):
             from err
 
 
-def _from_export(weights: Path) -> tuple[EncoderConfig, dict, dict]:
-    manifest_path = weights.parent / CONFIG_NAME
+def _weight_files(manifest: dict, manifest_path: Path) -> list[Path]:
+    """The weight files an export's manifest names, each checked against its recorded size and digest."""
+    folder = manifest_path.parent
+    if manifest["version"] == EXPORT_VERSION:
+        if (folder / WEIGHTS_NAME).is_file():
+            return [folder / WEIGHTS_NAME]
+        shards = bf16_shard_files(folder)
+        if not shards:
+            raise FileNotFoundError(f"no encoder at {folder / WEIGHTS_NAME} (nor bfloat16 shards "
+                                    f"{BF16_SHARD_GLOB} beside {manifest_path.name})")
+        return shards
+    weights = manifest.get("weights")
+    files = weights.get("files") if isinstance(weights, dict) else None
+    if not files or not all(isinstance(f, dict) and {"name", "bytes", "sha256"} <= set(f) for f in files):
+        raise UserError(f"{manifest_path}: a version {SHARDED_VERSION} export lists its weight files under "
+                        "\"weights\": {\"files\": [{\"name\", \"bytes\", \"sha256\"}, ...]}")
+    paths = []
+    for f in files:
+        path = folder / Path(f["name"]).name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing; {manifest_path} lists {len(files)} weight files")
+        size = path.stat().st_size
+        if size != f["bytes"]:
+            raise UserError(f"{path}: {size} bytes, {manifest_path} says {f['bytes']} (a Git LFS pointer or a "
+                            "partial copy?); fetch the file again")
+        if _sha256(path) != f["sha256"]:
+            raise UserError(f"{path}: its SHA-256 differs from the one in {manifest_path} (a corrupt or "
+                            "replaced file); fetch the file again")
+        paths.append(path)
+    return paths
+
+
+def bf16_shard_files(folder: str | Path) -> list[Path]:
+    """The GPU drivers' bfloat16 shards in folder (`<run>.bf16-00001-of-00003.safetensors`, ...) in order;
+    [] without any. A set with a file missing, or files of several sets, is refused."""
+    folder = Path(folder)
+    found = {p: m for p in folder.glob(BF16_SHARD_GLOB) if (m := _BF16_SHARD.fullmatch(p.name))}
+    if not found:
+        return []
+    sets = sorted({(m["run"], int(m["total"])) for m in found.values()})
+    if len(sets) > 1:
+        raise UserError(f"{folder}: bfloat16 shards of {len(sets)} sets "
+                        f"({', '.join(f'{run} of {total}' for run, total in sets)}); keep one encoder's files")
+    (run, total), = sets
+    have = {int(m["index"]) for m in found.values()}
+    missing, extra = sorted(set(range(1, total + 1)) - have), sorted(have - set(range(1, total + 1)))
+    if missing or extra:
+        raise UserError(f"{folder}: {run}.bf16 shards of {total}: "
+                        + "; ".join([*([f"{', '.join(map(str, missing))} missing"] if missing else []),
+                                     *([f"{', '.join(map(str, extra))} out of range"] if extra else [])])
+                        + "; copy the whole set")
+    return sorted(found, key=lambda p: int(found[p]["index"]))
+
+
+def _from_export(folder: Path, given: Path) -> tuple[EncoderConfig, dict, dict]:
+    manifest_path = folder / CONFIG_NAME
     if not manifest_path.is_file():
-        raise FileNotFoundError(f"{weights} has no {CONFIG_NAME} beside it; an encoder export is a folder with "
+        raise FileNotFoundError(f"{given} has no {CONFIG_NAME} beside it; an encoder export is a folder with "
                                 f"{WEIGHTS_NAME} and {CONFIG_NAME} (hear_mamclap.checkpoint.export_encoder)")
     manifest = _read_manifest(manifest_path)
     if manifest.get("format") != EXPORT_FORMAT:
         raise ValueError(f"{manifest_path} is not a {EXPORT_FORMAT} manifest (format={manifest.get('format')!r})")
-    if manifest.get("version") != EXPORT_VERSION:
+    if manifest.get("version") not in READ_VERSIONS:
         raise ValueError(f"{manifest_path} has export version {manifest.get('version')}, this code reads "
-                         f"{EXPORT_VERSION}")
+                         f"{' and '.join(map(str, READ_VERSIONS))}")
     cfg = _encoder_config(manifest.get("config"), manifest_path)
-    try:
-        state = load_file(str(weights))
-    except Exception as err:  # noqa: BLE001 - safetensors raises its own SafetensorError, and OSError
-        raise UserError(f"{weights}: not a readable safetensors file ({err}); re-export the encoder") from err
+    if not given.exists():
+        raise FileNotFoundError(f"no encoder at {given}")
+    state: dict[str, torch.Tensor] = {}
+    for weights in _weight_files(manifest, manifest_path):
+        try:
+            part = load_file(str(weights))
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own SafetensorError, and OSError
+            raise UserError(f"{weights}: not a readable safetensors file ({err}); re-export the encoder") from err
+        twice = sorted(set(part) & set(state))
+        if twice:
+            raise UserError(f"{weights}: holds {twice[:3]}, already read from another weight file")
+        state.update(part)
+    # Weights stored in bfloat16 (a release) run in float32, as every other export does.
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     return cfg, state, manifest.get("metadata", {})
+
+
+def _export_path(path: Path) -> Path | None:
+    """The export folder that `path` (a folder, its encoder.json, or one of its weight files) belongs to;
+    None for anything else (a pretraining checkpoint)."""
+    if path.is_dir():
+        return path
+    if path.suffix == ".safetensors" or path.name == CONFIG_NAME:
+        return path.parent
+    return None
 
 
 def _from_training_checkpoint(path: Path) -> tuple[EncoderConfig, dict, dict]:
@@ -130,7 +278,7 @@ def _from_training_checkpoint(path: Path) -> tuple[EncoderConfig, dict, dict]:
 
 def _checkpoint_metadata(ckpt: dict) -> dict:
     """The provenance of a pretraining checkpoint, in the keys export_encoder's metadata uses."""
-    metadata = {k: ckpt[k] for k in ("step",) if k in ckpt}
+    metadata = {k: ckpt[k] for k in ("step", "world_size") if k in ckpt}
     train = ckpt.get("train_config")
     if isinstance(train, dict):
         # "preset": the variant's name in checkpoints written before TrainConfig called it "variant".
@@ -142,16 +290,16 @@ def _checkpoint_metadata(ckpt: dict) -> dict:
 
 def read_metadata(path: str | Path) -> dict:
     """The provenance of an encoder export (its encoder.json "metadata") or of a pretraining checkpoint
-    (variant, size, seed, step, pretrain_config, train_config); {} for an export written without any.
+    (variant, size, seed, step, world_size, pretrain_config, train_config); {} for an export written without
+    any.
     Reads no weights from an export."""
     path = Path(path)
-    if path.is_dir():
-        path = path / WEIGHTS_NAME
-    if path.suffix == ".safetensors":
-        manifest = path.parent / CONFIG_NAME
+    folder = _export_path(path)
+    if folder is not None:
+        manifest = folder / CONFIG_NAME
         if not manifest.is_file():
-            raise FileNotFoundError(f"{path}: no {CONFIG_NAME} beside it (an encoder export is a folder with "
-                                    f"{WEIGHTS_NAME} and {CONFIG_NAME})")
+            raise FileNotFoundError(f"{path}: no {CONFIG_NAME} {'in it' if path.is_dir() else 'beside it'} (an "
+                                    f"encoder export is a folder with {WEIGHTS_NAME} and {CONFIG_NAME})")
         return dict(_read_manifest(manifest).get("metadata", {}))
     if not path.is_file():
         raise FileNotFoundError(f"no encoder export or pretraining checkpoint at {path}")
@@ -163,16 +311,22 @@ def read_metadata(path: str | Path) -> dict:
 
 
 def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> MAMCLAPEncoder:
-    """An encoder in eval mode from an export folder, its encoder.safetensors, or a pretraining checkpoint.
+    """An encoder in eval mode from an export folder (single-file or sharded), one of its files, or a
+    pretraining checkpoint.
 
     The metadata of the source (export metadata, or the checkpoint's step) is kept as `encoder.metadata`.
     """
     path = Path(path)
-    if path.is_dir():
-        path = path / WEIGHTS_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"no encoder at {path}")
-    cfg, state, metadata = (_from_export(path) if path.suffix == ".safetensors" else _from_training_checkpoint(path))
+    folder = _export_path(path)
+    if folder is not None and (folder / CONFIG_NAME).is_file():
+        cfg, state, metadata = _from_export(folder, path)
+    else:
+        if path.is_dir():
+            path = path / WEIGHTS_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"no encoder at {path}")
+        cfg, state, metadata = (_from_export(path.parent, path) if path.suffix == ".safetensors"
+                                else _from_training_checkpoint(path))
     encoder = MAMCLAPEncoder(cfg)
     try:
         missing, unexpected = encoder.load_state_dict(state, strict=False)

@@ -1,10 +1,10 @@
 """`from_pretrained` / `save_pretrained` in the Hugging Face convention: a model is a folder.
 
-The folder is an encoder export (hear_mamclap.checkpoint: encoder.safetensors + encoder.json) plus a README.md
-model card generated from the config and the provenance. `from_pretrained` takes a local folder, file or
-pretraining checkpoint, which needs nothing else; a name that is not a local path is taken as a Hugging Face
-Hub repository id and fetched with huggingface_hub (the optional `hub` extra), which honours HF_HUB_OFFLINE
-by reading only its local cache.
+The folder is an encoder export (hear_mamclap.checkpoint: encoder.safetensors + encoder.json, or the sharded
+bfloat16 files of a release) plus a README.md model card generated from the config and the provenance.
+`from_pretrained` takes a local folder, file or pretraining checkpoint, which needs nothing else; a name
+that is not a local path is taken as a Hugging Face Hub repository id and fetched with huggingface_hub (the
+optional `hub` extra), which honours HF_HUB_OFFLINE by reading only its local cache.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from hear_mamclap import atomic
-from hear_mamclap.checkpoint import CONFIG_NAME, WEIGHTS_NAME, export_encoder, load_encoder
+from hear_mamclap.checkpoint import CONFIG_NAME, SHARD_GLOB, WEIGHTS_NAME, export_encoder, load_encoder
 from hear_mamclap.model import MAMCLAPEncoder
 
 CARD_NAME = "README.md"
@@ -22,7 +22,8 @@ CARD_NAME = "README.md"
 
 def save_pretrained(encoder: MAMCLAPEncoder, out_dir: str | Path, metadata: dict | None = None,
                     card_extra: str = "") -> Path:
-    """Write the export and a model card (card_extra: Markdown appended, e.g. scores) to out_dir."""
+    """Write the export and a model card (card_extra: Markdown sections after its facts, e.g. scores) to
+    out_dir."""
     metadata = dict(getattr(encoder, "metadata", {}) or {}, **(metadata or {}))
     out_dir = export_encoder(encoder, out_dir, metadata=metadata)
     atomic.write_text(out_dir / CARD_NAME, model_card(encoder, metadata, card_extra))
@@ -44,7 +45,8 @@ def from_pretrained(name_or_path: str | Path, device: str | torch.device = "cpu"
     except ImportError:
         raise FileNotFoundError(f"no local folder {name}; loading it from the Hugging Face Hub needs "
                                 f"huggingface_hub (pip install 'mamclap[hub]')") from None
-    folder = snapshot_download(name, revision=revision, allow_patterns=[WEIGHTS_NAME, CONFIG_NAME, CARD_NAME])
+    folder = snapshot_download(name, revision=revision,
+                               allow_patterns=[WEIGHTS_NAME, SHARD_GLOB, CONFIG_NAME, CARD_NAME])
     return load_encoder(folder, device=device)
 
 
@@ -53,8 +55,11 @@ def _params(encoder: MAMCLAPEncoder) -> str:
     return f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n / 1e3:.0f} k"
 
 
-def model_card(encoder: MAMCLAPEncoder, metadata: dict, extra: str = "") -> str:
-    """A model card: what the model is, its config, where it came from, how to use it, what it is for."""
+def model_card(encoder: MAMCLAPEncoder, metadata: dict, extra: str = "",
+               location: str = "path/to/this/folder") -> str:
+    """A model card: what the model is, its config, where it came from, how to use it, what it is for.
+    extra: Markdown sections placed after the facts (a release's data, recipe and scores); location: the
+    folder as the card's commands name it."""
     c = encoder.cfg
     variant = metadata.get("variant") or "unknown"
     facts = [("method (variant)", variant), ("encoder size", metadata.get("size") or "custom"),
@@ -84,23 +89,23 @@ normalisation are inside the model: it takes raw 16 kHz audio.
 | | |
 |---|---|
 {rows}
-
+{extra}
 ## Use
 
 ```python
 import torch
 from hear_mamclap.model import MAMCLAPEncoder
-encoder = MAMCLAPEncoder.from_pretrained("path/to/this/folder")
+encoder = MAMCLAPEncoder.from_pretrained("{location}")
 out = encoder(torch.randn(2, 16000 * 5))           # (batch, samples) at 16 kHz
 out.clip.shape, out.frames.shape                   # (2, D) clip features, (2, frames, D) frame features
 ```
 
-As a HEAR 2021 module: `python -m heareval.embeddings.runner hear_mamclap --model path/to/this/folder ...`;
-as an s3prl upstream: `-u mamclap -k path/to/this/folder`.
+As a HEAR 2021 module: `python -m heareval.embeddings.runner hear_mamclap --model {location} ...`;
+as an s3prl upstream: `-u mamclap -k {location}`.
 
 ## Intended use and limits
 
-Frozen features or fine-tuning for audio classification, tagging and speech tasks. Check the scores in the
-project's results/ (or below) for the data it was trained on before relying on it; models trained on the
-offline sound kit have seen far less audio than AudioSet-trained ones.
-{prov}{extra}"""
+Frozen features or fine-tuning for audio classification, tagging and speech tasks. Check its scores (in
+this card when it has them, and in the project's results/) and the data it was trained on before relying on
+it; models trained on the offline sound kit have seen far less audio than AudioSet-trained ones.
+{prov}"""

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from training.demo import DemoConfig, Stage, StageFailed, plan, run_stages
 from training.eval.results import load_results
@@ -167,6 +168,58 @@ def test_plan_wires_the_pipeline(tmp_path):
     assert names == ["data", "pretrain-mam", "hear-mam", "tables"]
 
 
+def test_a_release_is_scored_on_a_quick_hear_task_per_group_beside_log_mel(tmp_path):
+    from hear_mamclap.checkpoint import export_encoder
+    from hear_mamclap.model import EncoderConfig, MAMCLAPEncoder
+    from training.demo import RELEASE_HEAR_TASKS
+
+    release = export_encoder(MAMCLAPEncoder(EncoderConfig.preset("tiny")), tmp_path / "models" / "rel",
+                             dtype=torch.bfloat16)
+    stages = {s.name: s for s in plan(DemoConfig(work=tmp_path / "work", variants=("mam",), superb_tasks=(),
+                                                 release=release))}
+    assert list(stages) == ["data", "pretrain-mam", "hear-mam", "hear-rel", "hear-logmel", "tables"]
+    scored = stages["hear-rel"].args
+    assert scored[scored.index("--module") + 1] == "hear_mamclap" and str(release) in scored
+    # The release (a ViT-S, slow on a CPU) runs only its few tasks; the demo's own models run the whole suite.
+    assert scored[scored.index("--tasks") + 1:scored.index("--tasks") + 1 + len(RELEASE_HEAR_TASKS)] == \
+        RELEASE_HEAR_TASKS and "--tasks" not in stages["hear-mam"].args + stages["hear-logmel"].args
+    assert "hear-rel" in stages["tables"].deps
+    assert str(tmp_path / "work" / "results" / "rel.hear.json") in stages["tables"].args
+    # A replaced release redoes its stage: the fingerprint is its encoder.json, which holds its weights' digests.
+    before = stages["hear-rel"].fingerprint()
+    assert before is not None and stages["hear-logmel"].fingerprint is None and stages["hear-mam"].fingerprint is None
+    export_encoder(MAMCLAPEncoder(EncoderConfig.preset("tiny", depth=2)), release, dtype=torch.bfloat16)
+    assert stages["hear-rel"].fingerprint() != before
+    # Without baselines the release is still scored; --hear-tasks applies to it too.
+    stages = plan(DemoConfig(work=tmp_path / "work", variants=(), baseline=False, superb_tasks=(), release=release,
+                             hear_tasks=("mini_esc",)))
+    assert [s.name for s in stages] == ["data", "hear-rel", "tables"]
+    assert stages[1].args[stages[1].args.index("--tasks"):] == ("--tasks", "mini_esc")
+
+
+def test_the_demo_finds_the_release_in_results_models_unless_told_not_to(tmp_path, monkeypatch, capsys):
+    from hear_mamclap.checkpoint import export_encoder
+    from hear_mamclap.model import EncoderConfig, MAMCLAPEncoder
+    from training import demo
+    from training.cli import main
+
+    seen = []
+    monkeypatch.setattr(demo, "run_stages", lambda stages, work: seen.append([s.name for s in stages]) or [])
+    monkeypatch.setattr(demo, "summarize", lambda *a, **k: None)
+    monkeypatch.chdir(tmp_path)
+    argv = ["demo", "--work", str(tmp_path / "w"), "--variants", "mam", "--superb-tasks", "--no-baseline"]
+    assert main(argv) == 0
+    release = export_encoder(MAMCLAPEncoder(EncoderConfig.preset("tiny")), tmp_path / "results" / "models" / "r1")
+    assert main(argv) == 0 and main([*argv, "--no-release"]) == 0
+    assert seen == [["data", "pretrain-mam", "hear-mam", "tables"],
+                    ["data", "pretrain-mam", "hear-mam", "hear-r1", "tables"],
+                    ["data", "pretrain-mam", "hear-mam", "tables"]]
+    assert f"scoring the release {release.relative_to(tmp_path)} on HEAR" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="not an encoder export") as refused:
+        main([*argv, "--release", str(tmp_path / "nothing")])
+    assert refused.value.code == 2
+
+
 @pytest.mark.slow
 def test_the_demo_runs_end_to_end_skips_when_done_and_redoes_a_stage_and_what_follows(tmp_path):
     """One CLAP variant, one HEAR task, one SUPERB task, a few steps: every stage of `make demo` runs for real."""
@@ -175,7 +228,7 @@ def test_the_demo_runs_end_to_end_skips_when_done_and_redoes_a_stage_and_what_fo
     work = tmp_path / "demo"
     cmd = [sys.executable, "-m", "training.cli", "demo", "--work", str(work), "--variants", "mam_clap",
            "--no-baseline", "--hear-tasks", "mini_speaker_id", "--superb-tasks", "speech_commands",
-           "--teacher-steps", "1", "--pretrain-steps", "2", "--superb-steps", "2"]
+           "--teacher-steps", "1", "--pretrain-steps", "2", "--superb-steps", "2", "--no-release"]
 
     def demo() -> str:
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)

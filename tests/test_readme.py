@@ -22,3 +22,14 @@ def test_python_quickstart_runs(tmp_path, monkeypatch):
     assert scope["clip"].shape == (2, 384 * 8)
     assert scope["frames"].shape == (2, 63, 384 * 8)
     assert torch.isfinite(scope["frames"]).all()
+
+
+def test_hear_and_superb_commands_use_the_release_folder():
+    from training.release import MODELS_DIR, RELEASE_NAME
+
+    text = README.read_text()
+    release = f"{MODELS_DIR}/{RELEASE_NAME}"
+    for title in ("## HEAR 2021", "## SUPERB (s3prl)"):
+        commands = re.search(r"```bash\n(.*?)```", text.split(title, 1)[1], flags=re.S).group(1)
+        models = re.findall(r"(?:--model|-k) (\S+)", commands)
+        assert models and all(m == release for m in models), (title, models)

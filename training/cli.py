@@ -3,7 +3,8 @@
 Each area registers its own subcommands with a ``register(subparsers)`` function, so this file stays a
 table of contents: ``data`` (the offline sound kit), ``pretrain``, ``teacher`` (CLAP teacher training),
 ``superb`` and ``hear`` (the evaluation harnesses), ``demo`` (the whole pipeline on the tiny kit),
-``tables``, ``diagnose`` (the losses' trivial floors) and ``convert`` (AudioMAE/timm checkpoints).
+``tables``, ``diagnose`` (the losses' trivial floors), ``convert`` (AudioMAE/timm checkpoints) and
+``export`` (an export with a model card, and the repository's release in results/models/).
 
 Errors. A user's mistake (a bad argument, a missing or unreadable file: UserError, ValueError, the
 FileNotFoundError family) is reported on one line naming the argument or file, exit status 2; `--debug` or
@@ -37,6 +38,7 @@ COMMANDS = [
     ("training.eval.tables", "tables"),
     ("training.eval.floors", "diagnose"),
     ("training.convert", "convert"),
+    ("training.release", "export"),
 ]
 
 

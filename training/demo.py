@@ -6,8 +6,11 @@ Stages, in order, each one `python -m training.cli ...` subprocess whose output 
 build the kit -> caption embeddings -> train the CLAP teacher -> pretrain each variant (tiny encoder preset)
 -> HEAR evaluation of each, and of the log-mel baseline, on the kit's mini suite -> SUPERB keyword spotting
 and speaker identification of each -> `mamclap tables` into WORK/tables -> a summary with the wall time of
-every stage. Its scores show that every piece runs and connects: a few dozen training steps on a 32-clip
-corpus measure nothing about the methods themselves.
+every stage. Its own models show that every piece runs and connects: a few dozen training steps on a 32-clip
+corpus measure nothing about the methods themselves. When the repository holds a release encoder
+(results/models/NAME, `mamclap export --release`), a HEAR stage also scores it, on one quick task of each
+group (RELEASE_HEAR_TASKS, or --hear-tasks), so the final table sets a trained model beside log-mel; a
+ViT-S on two CPU cores takes about a minute there, and four more on the whole mini suite.
 
 Resuming. A stage that succeeds writes WORK/stamps/STAGE.json (atomically, after its outputs exist) with a
 fresh run id, its settings (its command line and the run ids of the stages it reads from) and its wall time.
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import fcntl
+import hashlib
 import json
 import os
 import shlex
@@ -47,6 +51,9 @@ BATCH_SIZE = 8  # teacher and pretraining; the tiny corpus has 32 clips
 # peak of 6e-6 and the losses of a few dozen steps stay flat; 0.03 gives a peak near 1e-3, where they fall.
 PRETRAIN_BASE_LR = 0.03
 TAIL_LINES = 20  # log lines shown when a stage fails
+# The release's HEAR tasks: one per group (speech, music, environment), the quickest of each (1 s clips, or
+# few of them); the whole mini suite would add ~5 min to the demo for a ViT-S on a 2-core CPU.
+RELEASE_HEAR_TASKS = ("mini_speech_commands", "mini_drum_stroke", "mini_mixtures")
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,7 @@ class DemoConfig:
     teacher_steps: int = 10            # CLAP teacher steps (HTS-AT on 10 s windows, slow on a CPU)
     pretrain_steps: int = 60           # per variant
     superb_steps: int = 40             # s3prl downstream training steps per task
+    release: Path | None = None        # a release folder, scored on HEAR (RELEASE_HEAR_TASKS)
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,14 @@ class StageFailed(RuntimeError):
 def model_name(variant: str) -> str:
     """Model name in results files and tables: mam_clap -> mam-clap."""
     return variant.replace("_", "-")
+
+
+def _file_digest(path: Path) -> str | None:
+    """SHA-256 of a file (a release's encoder.json, which holds its weight files' digests); None if absent."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def _kit_digest(kit: Path) -> str | None:
@@ -142,19 +158,27 @@ def plan(cfg: DemoConfig) -> list[Stage]:
                             resume=continue_pretraining(run)))
 
     hear_models = [(model_name(v), ("--module", "hear_mamclap", "--model", str(work / "pretrain" / v / "encoder")),
-                    (f"pretrain-{v}",)) for v in cfg.variants]
+                    (f"pretrain-{v}",), cfg.hear_tasks) for v in cfg.variants]
+    release = cfg.release.resolve() if cfg.release is not None else None
+    if release is not None:
+        hear_models.append((release.name, ("--module", "hear_mamclap", "--model", str(release)), (),
+                            cfg.hear_tasks or RELEASE_HEAR_TASKS))
     if cfg.baseline:
-        hear_models.append(("logmel", ("--module", "hear_mamclap.baselines.logmel"), ()))
+        hear_models.append(("logmel", ("--module", "hear_mamclap.baselines.logmel"), (), cfg.hear_tasks))
     results = []
-    for name, model_args, deps in hear_models:
+    for name, model_args, deps, tasks in hear_models:
         out = work / "results" / f"{name}.hear.json"
         results.append(out)
+        # A replaced release (its encoder.json holds its weights' digests) redoes the stages that read it.
+        fingerprint = ((lambda: _file_digest(release / "encoder.json")) if release is not None
+                       and str(release) in model_args else None)
         stages.append(Stage(
             f"hear-{name}", f"HEAR {name}",
             (*CLI, "hear", "eval", *model_args, "--tasks-dir", str(kit / "hear"), "--name", name, "--out", str(out),
              "--work-dir", str(work / "hear" / name), "--grid", "faster",
-             *(("--tasks", *cfg.hear_tasks) if cfg.hear_tasks else ())),
-            deps=("data", *deps), outputs=(out,), folder=work / "hear" / name, resume=lambda: ()))
+             *(("--tasks", *tasks) if tasks else ())),
+            deps=("data", *deps), outputs=(out,), folder=work / "hear" / name, resume=lambda: (),
+            fingerprint=fingerprint))
 
     if cfg.superb_tasks:
         for v in cfg.variants:
@@ -392,6 +416,11 @@ def register(subparsers) -> None:
     p.add_argument("--pretrain-steps", type=positive_int, default=d.pretrain_steps,
                    help="pretraining steps per variant")
     p.add_argument("--superb-steps", type=positive_int, default=d.superb_steps, help="SUPERB downstream steps per task")
+    release = p.add_mutually_exclusive_group()
+    release.add_argument("--release", type=Path, metavar="DIR",
+                         help="a release encoder to score on HEAR beside the baselines (default: the release in "
+                              "results/models/, if there is one)")
+    release.add_argument("--no-release", action="store_true", help="score no release encoder")
     p.set_defaults(func=_run)
 
 
@@ -403,11 +432,20 @@ def _run(args) -> int:
     for flag in ("teacher_steps", "pretrain_steps", "superb_steps"):
         if getattr(args, flag) < 1:
             raise SystemExit(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.no_release:
+        args.release = None
+    elif args.release is None:
+        from training.release import find_release
+        args.release = find_release()
+    if args.release is not None and not (args.release / "encoder.json").is_file():
+        raise SystemExit(f"--release {args.release}: not an encoder export (no encoder.json in it)")
     # Lists become tuples (a frozen config), without repeats (a variant named twice is one stage).
     cfg = DemoConfig(**{f.name: tuple(dict.fromkeys(v)) if isinstance(v := getattr(args, f.name), list) else v
                         for f in dataclasses.fields(DemoConfig)})
     work = cfg.work.resolve()
     print(f"mamclap demo: work dir {work}; a smoke-scale run of the whole pipeline, not a benchmark", flush=True)
+    if cfg.release is not None:
+        print(f"mamclap demo: scoring the release {cfg.release} on HEAR beside the baselines", flush=True)
     # SIGTERM (a scheduler, `kill`) is handled like Ctrl-C: the running stage's processes are stopped too.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     start = time.perf_counter()

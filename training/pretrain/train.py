@@ -447,7 +447,7 @@ def train(cfg: TrainConfig, resume: bool = False, given=None) -> dict:
         # Provenance the harnesses copy into every results file, so tables can group runs by variant,
         # seed and loss weights without parsing run names; clips_seen places a snapshot on a scaling curve.
         export_encoder(model.encoder, folder, metadata={
-            "variant": cfg.variant, "size": cfg.size, "seed": cfg.seed, "step": at_step,
+            "variant": cfg.variant, "size": cfg.size, "seed": cfg.seed, "step": at_step, "world_size": world,
             "clips_seen": at_step * global_batch,
             "pretrain_config": model.cfg.to_dict(), "train_config": dataclasses.asdict(cfg)})
 
