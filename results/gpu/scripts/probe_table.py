@@ -1,14 +1,18 @@
 """The markdown table of `mamclap hear probe` results (the readout's ridge probes scored on test): one row per
 model, seeds (names ending in -sN) gathered into one row.
 
-    python results/gpu/scripts/probe_table.py DIR_OF_PROBE_JSONS > table.md
+    python results/gpu/scripts/probe_table.py DIR_OF_PROBE_JSONS [--csv scores.csv] > table.md
 
 Per task: the mean test score over seeds. "mean": the mean over the scene tasks; its 95 % interval is a t
 interval over the seeds' means for n >= 2 seeds, else the one run's interval from the per-task bootstrap ones
 (training.eval.intervals.combine_half_widths). Every number is read from the files; nothing is typed in.
+--csv also writes the numbers in the columns of the tables' scores.csv (model, kind, metric, mean, ci95, n;
+metric "probe/<task>" per task and "probe/mean"; ci95 is the half-width; n the seeds), kind "baseline" for
+log-mel and random init.
 """
 from __future__ import annotations
 
+import csv
 import json
 import re
 import sys
@@ -23,9 +27,19 @@ def family(name: str) -> tuple[str, int | None]:
     return (m.group(1), int(m.group(2))) if m else (name, None)
 
 
-def main(folder: str) -> None:
+BASELINES = ("logmel", "random_init")
+
+
+def t_half(values: list[float]) -> float | None:
+    if len(values) < 2:
+        return None
+    return float(stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / np.sqrt(len(values)))
+
+
+def main(folder: str, csv_path: str | None = None) -> None:
     docs = {p.stem: json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json"))}
     rows: dict[str, list[dict]] = {}
+    out: list[list] = []
     for name, doc in docs.items():
         rows.setdefault(family(name)[0], []).append(doc)
     tasks = sorted({t for doc in docs.values() for t in doc["tasks"]})
@@ -39,17 +53,32 @@ def main(folder: str) -> None:
             cells.append(f"{np.mean(vals):.3f}" if vals else "-")
         means = [r["mean"] for r in runs if r["mean"] is not None and set(r["tasks"]) == set(tasks)]
         if len(means) >= 2:
-            half = stats.t.ppf(0.975, len(means) - 1) * np.std(means, ddof=1) / np.sqrt(len(means))
-            mean = f"{np.mean(means):.3f} +- {half:.3f} (t, seeds)"
+            mean = f"{np.mean(means):.3f} +- {t_half(means):.3f} (t, seeds)"
         elif means:
             one = next(r for r in runs if r["mean"] == means[0])
             mean = f"{means[0]:.3f} +- {one['mean_half_width']:.3f} (bootstrap)"
         else:
             mean = "-"
         print(f"| {fam} | {len(runs)} | " + " | ".join(cells) + f" | {mean} |")
+        kind = "baseline" if fam.startswith(BASELINES) else "pretrained"
+        for t in tasks:
+            vals = [r["tasks"][t]["score"] for r in runs if t in r["tasks"]]
+            if vals:
+                half = t_half(vals) if len(vals) >= 2 else next(
+                    r["tasks"][t]["ci95"]["half_width"] for r in runs if t in r["tasks"])
+                out.append([fam, kind, f"probe/{t}", float(np.mean(vals)), half, len(vals)])
+        if means:
+            half = t_half(means) if len(means) >= 2 else one["mean_half_width"]
+            out.append([fam, kind, "probe/mean", float(np.mean(means)), half, len(means)])
+    if csv_path:
+        with open(csv_path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["model", "kind", "metric", "mean", "ci95", "n"])
+            w.writerows([[m, k, x, f"{v:.6f}", "" if h is None else f"{h:.6f}", n] for m, k, x, v, h, n in out])
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit(__doc__.splitlines()[2].strip())
-    main(sys.argv[1])
+    args = sys.argv[1:]
+    if len(args) not in (1, 3) or (len(args) == 3 and args[1] != "--csv"):
+        sys.exit("usage: " + __doc__.splitlines()[2].strip())
+    main(args[0], args[2] if len(args) == 3 else None)

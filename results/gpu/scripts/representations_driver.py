@@ -98,7 +98,11 @@ def jobs() -> list[Job]:
                                             "--seed", str(seed), "--export-every", str(max(1, SNAPSHOT_EVERY)),
                                             *RECIPE, "--out-dir", str(W / "runs" / name)],
                        ["precompute"], units=1, gpu=True))
-    hear_jobs, superb_jobs = [], []
+    # Priority (the graph starts jobs in list order as cores free up): every model's readout and probe first,
+    # then SUPERB, then heareval. In the second call set heareval (default grid, 2 points) ran > 30 min per
+    # model on the medium kit, and its jobs, listed first, held the cores while the final encoders' readouts
+    # waited: cheap jobs of every model must not queue behind it.
+    hear_jobs, superb_jobs, heareval_jobs = [], [], []
     for name, module, weights, deps, options in models():
         model_args = ["--module", module, "--model-options", json.dumps(options)]
         if weights is not None:
@@ -112,7 +116,7 @@ def jobs() -> list[Job]:
                              kit_dep + deps + [f"readout_{name}"], units=2, gpu=True,
                              out=str(RES / "probe" / f"{name}.json")))
         result = RES / "hear" / f"{name}.json"
-        hear_jobs.append(Job(f"hear_{name}", [*M, "hear", "eval", *model_args, "--readout", str(choice),
+        heareval_jobs.append(Job(f"hear_{name}", [*M, "hear", "eval", *model_args, "--readout", str(choice),
                                               "--tasks-dir", str(KIT / "hear"), "--name", name, "--out", str(result),
                                               "--work-dir", str(W / "hear" / name), "--grid", "default",
                                               "--grid-points", HEAR_GRID_POINTS, "--jobs", "3",
@@ -141,7 +145,10 @@ def jobs() -> list[Job]:
                 "--name", name, "--out", str(res), "--steps", SUPERB_STEPS, "--overwrite",
                 "--expdir", str(W / "superb" / name / task), "-o", "config.downstream_expert.datarc.num_workers=2"],
                 kit_dep + deps, units=2, gpu=True, out=str(res)))
-    out += hear_jobs + superb_jobs
+    probes = [j.name for j in hear_jobs if j.name.startswith("probe_")]
+    for job in heareval_jobs:  # started only once every probe is done, so none waits behind heareval
+        job.deps = list(job.deps) + probes
+    out += hear_jobs + superb_jobs + heareval_jobs
     finals = [f"hear_{name}" for name in RUNS]
     out.append(Job("release", [PY, str(Path(__file__).resolve()), "release"], finals))
     return out
