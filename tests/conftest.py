@@ -44,6 +44,18 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped under MAMCLAP_STRICT_SKIPS=1 (make test must run every test): {report.longrepr}"
 
 
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Each test leaves os.environ as it found it. A test that applies a compatibility fix in this process
+    (prepare_s3prl sets TORCH_FORCE_WEIGHTS_ONLY_LOAD) would otherwise hand it to the fresh interpreters of
+    the tests that run after it in the same process, whose order depends on how pytest-xdist deals them."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 # ------------------------------------------------------------------------------ data shared by test files
 
 
