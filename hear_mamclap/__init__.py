@@ -116,10 +116,14 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[tor
     return out.features, times.to(out.features.device)
 
 
-def get_scene_embeddings(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
-    """(n_sounds, n_samples) -> (n_sounds, D): patch features pooled over the clip."""
-    features = model.embed(audio).features  # (B, P, D)
+def pool_scene(features: torch.Tensor, scene_pooling: str) -> torch.Tensor:
+    """Patch features (B, P, D) -> clip features: their mean (B, D), or mean and max (B, 2D) for "meanmax"."""
     pooled = features.mean(1)
-    if model.scene_pooling == "meanmax":
+    if scene_pooling == "meanmax":
         pooled = torch.cat([pooled, features.amax(1)], dim=1)
     return pooled
+
+
+def get_scene_embeddings(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
+    """(n_sounds, n_samples) -> (n_sounds, D): patch features pooled over the clip."""
+    return pool_scene(model.embed(audio).features, model.scene_pooling)  # features (B, P, D)

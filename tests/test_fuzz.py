@@ -153,7 +153,8 @@ class Accepted(Exception):
 HEAVY = [("training.pretrain.train", "train"), ("training.pretrain.clap_train", "train"),
          ("training.pretrain.clap_train", "open_corpus"), ("training.pretrain.teacher", "init_laion_checkpoint"),
          ("training.eval.superb", "evaluate_task"), ("training.eval.hear", "evaluate"),
-         ("training.eval.hear", "predict"), ("training.eval.tables", "make_tables"), ("training.demo", "run_stages"),
+         ("training.eval.hear", "predict"), ("training.eval.readout", "choose_readouts"),
+         ("training.eval.tables", "make_tables"), ("training.demo", "run_stages"),
          ("training.kit.build", "build_kit"), ("training.kit.build", "check_kit"),
          ("training.kit.bank", "build_bank"), ("training.kit.debian", "setup")]
 

@@ -95,6 +95,23 @@ def test_random_init_is_seeded_and_follows_the_checkpoint(tiny_export):
         random_init.load_model(preset="huge")
 
 
+def test_logmel_scene_pooling_is_an_option():
+    """The log-mel baseline pools mean + std by default (as results before the option), and the mean alone
+    under scene_pooling "mean", the pooling of hear_mamclap's encoders."""
+    from hear_mamclap.baselines import logmel
+
+    x = 0.1 * torch.randn(3, 16000, generator=torch.Generator().manual_seed(0))
+    frames, _ = logmel.get_timestamp_embeddings(x, logmel.load_model())
+    default, mean = logmel.load_model(), logmel.load_model(scene_pooling="mean")
+    assert default.scene_embedding_size == 2 * logmel.N_MELS and mean.scene_embedding_size == logmel.N_MELS
+    torch.testing.assert_close(logmel.get_scene_embeddings(x, default),
+                               torch.cat([frames.mean(1), frames.std(1, unbiased=False)], dim=1))
+    torch.testing.assert_close(logmel.get_scene_embeddings(x, mean), frames.mean(1))
+    assert logmel.get_scene_embeddings(x, mean).shape == (3, mean.scene_embedding_size)
+    with pytest.raises(ValueError, match="scene_pooling must be one of"):
+        logmel.load_model(scene_pooling="meanmax")
+
+
 def test_crepe_matches_torchcrepe_embed_in_batches_and_chunks():
     torchcrepe = pytest.importorskip("torchcrepe")
     from hear_mamclap.baselines import crepe
@@ -161,6 +178,10 @@ def test_hear_eval_writes_results_with_scores_and_the_failed_task(tiny_tasks, ti
         n_test = len(json.loads((tiny_tasks / f"{task}-v1.0-full" / "test.json").read_text()))
         assert entry["n_test"] == n_test
         assert entry["extra"]["embedding_seconds"] > 0 and entry["extra"]["prediction_seconds"] > 0
+        # heareval leaves its test predictions: the interval is a bootstrap around the score they reproduce
+        assert entry["ci95"]["method"] == "bootstrap", entry["ci95"]
+        assert entry["ci95"]["low"] <= entry["score"] <= entry["ci95"]["high"]
+    assert "ci95" not in kws  # a failed task has no interval
     assert kws["score"] is None and kws["group"] == "speech"
     assert kws["error"].startswith("embeddings: RuntimeError") and "LibsndfileError" in kws["error"].splitlines()[0]
     assert "mini_drum_stroke: top1_acc =" in printed and "mini_speech_commands: FAILED" in printed
@@ -387,6 +408,40 @@ def test_scores_follow_heareval_for_every_split_mode(tmp_path, folder):
         scores_entry(task_dir, scores)
 
 
+def test_scores_carry_a_bootstrap_interval_from_heareval_s_predictions(tmp_path):
+    """A k-fold task whose <fold>.predictions.pkl heareval left: the interval is the bootstrap of the mean over
+    folds; without those files, an accuracy gets Wilson's interval from the score and n_test."""
+    import pickle
+
+    import numpy as np
+    from training.eval import intervals
+    from training.eval.hear import scores_entry
+
+    task_dir = hear_task(tmp_path, "esc50-v2.0.0-full")
+    meta = json.loads((task_dir / "task_metadata.json").read_text())
+    wilson = scores_entry(task_dir, heareval_scores(task_dir, 0.6))["ci95"]
+    n_test = sum(len(json.loads((task_dir / f"{s}.json").read_text())) for s in meta["splits"])
+    assert wilson["method"] == "wilson" and wilson["n"] == n_test
+    assert wilson["low"] == pytest.approx(intervals.wilson(0.62, n_test)["low"])  # 0.6 + 0.01 * fold, averaged
+
+    rng = np.random.default_rng(0)
+    folds, per_fold = {}, {}
+    for split in sorted(meta["splits"]):
+        target = np.eye(4, dtype=np.float32)[rng.integers(0, 4, 30)]
+        prediction = (rng.random((30, 4)) + target).astype(np.float32)
+        folds[split] = (prediction, target)
+        per_fold[split] = float((prediction.argmax(1) == target.argmax(1)).mean())
+        with open(task_dir / f"{split}.predictions.pkl", "wb") as f:
+            pickle.dump({"target": torch.from_numpy(target), "prediction": torch.from_numpy(prediction)}, f)
+    scores = heareval_scores(task_dir, 0.0)
+    for split, acc in per_fold.items():
+        scores[split]["test_top1_acc"] = acc
+    scores["aggregated_scores"]["test_top1_acc_mean"] = statistics.fmean(per_fold.values())
+    entry = scores_entry(task_dir, scores)
+    assert entry["ci95"] == intervals.bootstrap_scene("top1_acc", list(folds.values()))[1]
+    assert entry["ci95"]["low"] <= entry["score"] <= entry["ci95"]["high"]
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda m: m.update(split_mode="random_kfold"), "'split_mode' must be one of heareval's"),
     (lambda m: m.pop("splits"), "'splits' must be a list"),
@@ -564,3 +619,55 @@ def test_heareval_embeddings_runner_runs_a_torch_module_without_tensorflow(tiny_
     assert done.exists()
     assert list((done.parent / "test").glob("*.embedding.npy"))
 
+
+
+def test_eval_runs_each_task_with_its_readout(tmp_path, tiny_export, heareval_steps, monkeypatch, capsys):
+    """--readout: each task embedded with its chosen options over --model-options (tasks of the same options
+    in one heareval run, in a folder named for them), the options recorded per task; a file made for
+    another model, or without a choice for a task, is refused before any work."""
+    from training import cli
+    from training.eval import hear, readout
+    from training.eval.results import load_results
+
+    tasks = tmp_path / "tasks"
+    for folder in ("speech_commands-v0.0.2-5h", "esc50-v2.0.0-full", "beijing_opera-v1.0-hear2021-full"):
+        hear_task(tasks, folder)
+    runs = []
+    fake_embed = hear.embed
+    monkeypatch.setattr(hear, "embed", lambda *a, **k: runs.append((sorted(k["tasks"]), k["model_options"]))
+                        or fake_embed(*a, **k))
+    chosen = {"speech_commands-5h": {"layers": "mean", "last_k": 2, "freq_reduce": "mean"},
+              "esc50": {"layers": "last", "last_k": 1, "freq_reduce": "concat"},
+              "beijing_opera": {"layers": "mean", "last_k": 2, "freq_reduce": "mean"}}
+    choice = tmp_path / "choice.json"
+    base = {"scene_pooling": "meanmax"}
+    choice.write_text(json.dumps({"format": readout.FORMAT, "module": "hear_mamclap",
+                                  "model": str(tiny_export.resolve()), "model_options": base,
+                                  "tasks": {k: {"options": o} for k, o in chosen.items()}}))
+    out = tmp_path / "x.json"
+    args = ["hear", "eval", "--model", str(tiny_export), "--tasks-dir", str(tasks), "--name", "x", "--out", str(out),
+            "--work-dir", str(tmp_path / "work"), "--grid", "faster", "--model-options", json.dumps(base)]
+    assert cli.main([*args, "--readout", str(choice)]) == 0
+    assert sorted(runs) == sorted([(["beijing_opera-v1.0-hear2021-full", "speech_commands-v0.0.2-5h"],
+                                    {**base, **chosen["beijing_opera"]}),
+                                   (["esc50-v2.0.0-full"], {**base, **chosen["esc50"]})])
+    doc = load_results(out)
+    for key, options in chosen.items():
+        extra = doc["tasks"][key]["extra"]
+        assert extra["model_options"] == {**base, **options} and extra["readout"] == options
+        folder = hear.embedding_folder_name("hear_mamclap", {**base, **options})
+        assert (tmp_path / "work" / "embeddings" / folder / extra["task_folder"] / "test.predicted-scores.json").is_file()
+    assert doc["settings"]["readout"] == chosen and doc["command"].endswith(f"--readout {choice}")
+    assert "overall (mean of the group means) = " in capsys.readouterr().out
+
+    # the work dir holds this readout's embeddings: a run without it (or with another) is refused there
+    with pytest.raises(SystemExit, match="holds embeddings of another run"):
+        cli.main(args)
+    del chosen["esc50"]
+    choice.write_text(json.dumps({**json.loads(choice.read_text()), "tasks": {k: {"options": o}
+                                                                             for k, o in chosen.items()}}))
+    with pytest.raises(SystemExit, match=r"no choice for the tasks \['esc50'\]"):
+        cli.main([*args, "--readout", str(choice), "--work-dir", str(tmp_path / "work2")])
+    with pytest.raises(SystemExit, match="chosen for model options"):
+        cli.main([*args[:-2], "--readout", str(choice), "--work-dir", str(tmp_path / "work2")])
+    assert not (tmp_path / "work2").exists()

@@ -5,6 +5,7 @@ Needs the source bank (``mamclap data bank``; $MAMCLAP_DATA/bank, default <repo>
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from pathlib import Path
 
@@ -159,6 +160,48 @@ def test_unreadable_clip_is_skipped_and_counted(records, bank_dir, tmp_path):
                                 tasks=["mini_drum_stroke"])
     assert list(manifest["skipped_bank_clips"]) == ["drum/broken-file"]
     assert (tmp_path / "tasks" / "mini_drum_stroke-v1.0-full" / "task_metadata.json").is_file()
+
+
+def file_digests(root: Path) -> dict[str, str]:
+    """relative path -> sha256 of every file under root."""
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def without_timings(manifest: dict) -> dict:
+    return {k: {kk: vv for kk, vv in v.items() if kk != "build_seconds"} if isinstance(v, dict) else v
+            for k, v in manifest.items()}
+
+
+def test_workers_render_the_same_files_as_the_serial_build(suite, records, bank_dir, tmp_path):
+    """Tasks rendered side by side in 2 processes: byte for byte the session's suite, built in this one."""
+    out, manifest = suite
+    par = build_hear_suite(records, tmp_path / "tasks", "tiny", seed=0, bank_dir=bank_dir, workers=2)
+    serial, parallel = file_digests(out), file_digests(tmp_path / "tasks")
+    assert len(serial) > 100 and serial == parallel
+    assert without_timings(par) == without_timings(manifest)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") or p.name.endswith(".tmp")]
+
+
+def test_workers_skip_an_unreadable_clip_and_count_it(records, bank_dir, tmp_path):
+    drums = [r for r in records if r["kind"] == "drum"]
+    broken = dict(drums[0], id="drum/broken-file", path=str(tmp_path / "broken.flac"))
+    (tmp_path / "broken.flac").write_bytes(b"not a flac file")
+    manifest = build_hear_suite(records + [broken], tmp_path / "tasks", "tiny", seed=0, bank_dir=bank_dir,
+                                tasks=["mini_esc", "mini_drum_stroke"], workers=2)
+    assert list(manifest["skipped_bank_clips"]) == ["drum/broken-file"]
+    assert "broken-file" not in json.dumps(manifest["mini_drum_stroke"])
+    for task in ("mini_esc", "mini_drum_stroke"):
+        assert (tmp_path / "tasks" / f"{task}-v1.0-full" / "task_metadata.json").is_file()
+
+
+def test_a_failed_task_in_a_worker_is_raised_and_leaves_no_half_written_folder(records, bank_dir, tmp_path):
+    speech_only = [r for r in records if r["kind"] == "speech"]
+    with pytest.raises(ValueError, match="at least 2"):
+        build_hear_suite(speech_only, tmp_path / "tasks", "tiny", seed=0, bank_dir=bank_dir,
+                         tasks=["mini_speaker_id", "mini_drum_stroke"], workers=2)
+    assert not (tmp_path / "tasks" / "mini_drum_stroke-v1.0-full").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") or p.name.endswith(".tmp")]
 
 
 def test_same_seed_same_suite_other_seed_other_suite(records, bank_dir, tmp_path):

@@ -112,7 +112,7 @@ def test_interrupted_build_reruns_to_the_same_files_as_an_uninterrupted_one(kits
 
     real = superb_layouts.build_superb
 
-    def half_then_fail(records, out_dir, size, seed, bank_dir=None):
+    def half_then_fail(records, out_dir, size, seed, bank_dir=None, **pool):
         (Path(out_dir) / "speech_commands").mkdir()
         (Path(out_dir) / "speech_commands" / "half.wav").write_bytes(b"RIFF")
         raise KeyboardInterrupt
@@ -128,6 +128,76 @@ def test_interrupted_build_reruns_to_the_same_files_as_an_uninterrupted_one(kits
     assert m["timings_s"]["hear"] == "cached" and m["timings_s"]["superb"] != "cached"
     assert (kit / "files.sha256").read_text() == (kits["a"] / "files.sha256").read_text()
     assert labels(kit) == labels(kits["a"])
+
+
+def test_corpus_sources_by_category_match_the_shards(kits, bank):
+    """The manifest and the corpus card count each bank clip the shards mix once, with its hours, per kind."""
+    kit = kits["a"]
+    by_id = {r["id"]: r for r in build.load_records(bank)}
+    used = set()
+    for stats in (kit / "corpus").glob("*.stats.json"):
+        used |= set(json.loads(stats.read_text())["bank_ids"])
+    got = json.loads((kit / "manifest.json").read_text())["datasets"]["corpus"]["sources_by_category"]
+    assert set(got) == {"speech", "music", "drum", "env", "noise"}
+    for kind, c in got.items():
+        mine = [by_id[i] for i in used if by_id[i]["kind"] == kind]
+        assert c["recordings"] == len(mine)
+        assert c["hours"] == pytest.approx(sum(r["duration"] for r in mine) / 3600, abs=1e-4)
+        assert c["groups"] == len({r["group"] for r in mine})
+    assert sum(c["recordings"] for c in got.values()) == len(used)
+    assert got["speech"]["recordings"] > 0 and got["speech"]["hours"] > 0
+    card = (kit / "cards" / "corpus.md").read_text()
+    assert "## Distinct source recordings" in card
+    assert f"| speech | {got['speech']['recordings']} | {got['speech']['hours']} |" in card
+
+
+def test_sources_by_category_counts_each_recording_once():
+    by_id = {"a": {"kind": "speech", "duration": 1800.0, "group": "v1"},
+             "b": {"kind": "speech", "duration": 1800.0, "group": "v1"},
+             "c": {"kind": "env", "duration": 36.0, "group": "f1"}}
+    got = build.sources_by_category(["a", "b", "a", "c", "not-in-bank"], by_id)
+    assert got["speech"] == {"recordings": 2, "hours": 1.0, "groups": 1}
+    assert got["env"] == {"recordings": 1, "hours": 0.01, "groups": 1}
+    assert got["music"] == got["drum"] == got["noise"] == {"recordings": 0, "hours": 0.0, "groups": 0}
+
+
+def test_kit_with_more_or_fewer_corpus_clips(kits, bank, tmp_path, capsys):
+    """--corpus-clips: its own folder name; the standard kit's HEAR suite and SUPERB layouts, byte for byte;
+    the corpus begins with the standard corpus's shards; manifest, cards and the CLI say so."""
+    standard = build.SIZES["tiny"].corpus
+    n = 2 * standard.shard_clips + 4  # two whole shards and a part of a third
+    data = tmp_path / "data"
+    assert build.kit_dir("tiny", 0, data, standard.clips) == build.kit_dir("tiny", 0, data) == data / "kit-tiny-s0"
+    args = ["data", "--data-dir", str(data)]
+    assert main(args + ["build", "--size", "tiny", "--seed", "0", "--bank-dir", str(bank), "--workers", "2",
+                        "--corpus-clips", str(n)]) == 0
+    kit = data / f"kit-tiny-s0-c{n}"
+    assert build.kit_dir("tiny", 0, data, n) == kit and not (data / "kit-tiny-s0").exists()
+    m = json.loads((kit / "manifest.json").read_text())
+    assert m["kit"] == kit.name and m["corpus_clips"] == n and m["standard_corpus_clips"] == standard.clips
+    assert m["datasets"]["corpus"]["clips"] == n and m["datasets"]["corpus"]["shards"] == 3
+
+    def listing(k: Path) -> dict[str, str]:
+        lines = (k / "files.sha256").read_text().splitlines()
+        return {rel: digest for digest, rel in (line.split("  ", 1) for line in lines)}
+
+    mine, theirs = listing(kit), listing(kits["a"])
+    evaluation = {rel for rel in theirs if rel.startswith(("hear/", "superb/"))}
+    assert evaluation and {rel: mine.get(rel) for rel in evaluation} == {rel: theirs[rel] for rel in evaluation}
+    assert sorted(rel for rel in mine if rel.startswith(("hear/", "superb/"))) == sorted(evaluation)
+    for shard in ("corpus/shard-000000.tar", "corpus/shard-000001.tar"):
+        assert mine[shard] == theirs[shard]
+    assert mine["corpus/shard-000002.tar"] != theirs["corpus/shard-000002.tar"]  # 4 clips of its 8
+    assert m["no_overlap"]["excluded_bank_ids"] == json.loads((kits["a"] / "manifest.json").read_text())[
+        "no_overlap"]["excluded_bank_ids"]
+    card = (kit / "cards" / "corpus.md").read_text()
+    assert f"--corpus-clips {n}" in card and f"{n} clips instead of {standard.clips}" in card
+    assert f"--corpus-clips {n}" in (kit / "cards" / "hear-mini_esc.md").read_text()
+    capsys.readouterr()
+    assert main(args + ["show", "--size", "tiny", "--seed", "0", "--corpus-clips", str(n)]) == 0
+    assert kit.name in capsys.readouterr().out
+    assert main(args + ["check", "--size", "tiny", "--seed", "0", "--corpus-clips", str(n)]) == 0
+    assert main(args + ["show", "--size", "tiny", "--seed", "0"]) == 1  # the standard kit is not there
 
 
 def test_cli_build_show_check(kits, bank, tmp_path, capsys):

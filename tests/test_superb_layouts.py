@@ -4,6 +4,7 @@ Needs the source bank (``mamclap data bank``; $MAMCLAP_DATA/bank, default <repo>
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 import soundfile as sf
 
 from training.kit.hear_suite import KWS_WORDS, SAMPLE_RATE
-from training.kit.superb_layouts import s3prl_dev_percentage
+from training.kit.superb_layouts import build_superb, s3prl_dev_percentage
 
 CLASSES_12 = set(KWS_WORDS) | {"_unknown_", "_silence_"}
 
@@ -69,6 +70,26 @@ def test_superb_test_material_is_held_out(superb, bank_records):
     texts = {s: {(by_id[i]["labels"]["speaker"], by_id[i]["labels"]["text"]) for i in vox[s]}
              for s in ("train", "test")}
     assert texts["test"] and not texts["test"] & texts["train"]
+
+
+def test_workers_write_the_same_layouts_as_the_serial_build(superb, bank_records, bank_dir, tmp_path):
+    """The two layouts written side by side in 2 processes: byte for byte the session's, built in this one."""
+    out, manifest = superb
+
+    def digests(root: Path) -> dict[str, str]:
+        return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(root.rglob("*")) if p.is_file()}
+
+    par = build_superb(bank_records, tmp_path / "superb", "tiny", seed=0, bank_dir=bank_dir, workers=2)
+    serial = digests(out)
+    assert {k.split("/")[0] for k in serial} == {"speech_commands", "voxceleb1"} and len(serial) > 50
+    assert digests(tmp_path / "superb") == serial
+
+    def drop_timing(m: dict) -> dict:
+        return {k: {kk: vv for kk, vv in v.items() if kk != "build_seconds"} if isinstance(v, dict) else v
+                for k, v in m.items()}
+
+    assert drop_timing(par) == drop_timing(manifest)
 
 
 def test_s3prl_speech_commands_reads_the_layout(superb):

@@ -65,8 +65,8 @@ def tables(tmp_path_factory) -> Path:
 def test_writes_every_format_atomically(tables, capsys):
     names = sorted(p.name for p in tables.iterdir())
     assert names == sorted([f"{s}.{e}" for s in STEMS for e in ("md", "csv", "tidy.csv", "tex")]
-                           + ["leaderboard.html", "group_scores.png", "group_scores.svg", "group_scores.pdf",
-                              "pretrain_losses.png"])  # no temp files left
+                           + ["leaderboard.html", "scores.csv", "group_scores.png", "group_scores.svg",
+                              "group_scores.pdf", "pretrain_losses.png"])  # no temp files left
 
 
 def test_leaderboard_cells_in_every_format(tables):
@@ -189,7 +189,7 @@ def test_folder_notes_other_json_and_pools_only_same_config(tmp_path, capsys):
     assert captured.err.startswith("note: ignored 7 JSON file(s)")
     printed = captured.out.split()
     tables = [str(out / f"{s}.{e}") for s in STEMS for e in ("md", "csv", "tidy.csv", "tex")]
-    assert printed == [*tables, str(out / "leaderboard.html"),
+    assert printed == [*tables, str(out / "scores.csv"), str(out / "leaderboard.html"),
                        *(str(out / f"group_scores.{e}") for e in ("png", "svg", "pdf"))]
     note = (f"ignored 7 JSON file(s) that are not mamclap-results files: {data / 'bench.json'} (format None), "
             f"{data / 'work' / '0.json'} (not a JSON object), ")
@@ -441,3 +441,81 @@ def test_finetune_results_leave_the_leaderboard_as_it_was(tmp_path, tables):
     for stem in ("leaderboard", "ablation"):
         assert (out / f"{stem}.csv").read_text() == (tables / f"{stem}.csv").read_text()
     assert (out / "finetune_tidy.csv").is_file()
+
+
+def synthetic_doc(model: str, harness: str, tasks: dict, seed: int | None, module: str = "hear_mamclap",
+                  variant: str | None = "mam") -> dict:
+    """A results document of hand-written task entries {key: (group, metric, score, n_test, half-width)}."""
+    from training.eval.results import new_results, task_entry
+
+    entries = {}
+    for key, (group, metric, score, n_test, half) in tasks.items():
+        ci95 = None if half is None else {"method": "bootstrap", "low": score - half, "high": score + half,
+                                          "half_width": half, "resamples": 1000, "seed": 0}
+        entries[key] = task_entry(group, metric, score, {metric: score}, n_test, seed=seed, ci95=ci95)
+    provenance = {} if variant is None else {"variant": variant, "seed": seed, "size": "small"}
+    return new_results(model, harness, entries, checkpoint=None if variant is None else f"/ckpt/{model}",
+                       command="x", created=f"2026-12-01T00:0{seed or 0}:00+00:00",
+                       settings={"module": module}, pretraining=provenance)
+
+
+def test_scores_csv_numbers_by_hand(tmp_path):
+    """scores.csv: n >= 2 runs pooled -> the t interval over seeds; one run -> its own interval (the task's
+    ci95, Wilson's from n_test for an entry without one, the tasks' half-widths combined for the means)."""
+    data = tmp_path / "in"
+    data.mkdir()
+    mam = {0: (0.60, 0.50, 0.70, 0.80, 0.90), 1: (0.64, 0.56, 0.74, 0.82, 0.94)}
+    for seed, (a1, a2, b, c, ks) in mam.items():
+        hear_tasks = {"mini_esc": ("environmental", "top1_acc", a1, 100, 0.05),
+                      "mini_mixtures": ("environmental", "mAP", a2, 100, 0.04),
+                      "mini_nsynth_pitch": ("music", "pitch_acc", b, 100, 0.03),
+                      "mini_speech_commands": ("speech", "top1_acc", c, 100, 0.02)}
+        (data / f"mam-s{seed}.hear.json").write_text(json.dumps(synthetic_doc(f"mam-s{seed}", "hear", hear_tasks, seed)))
+        superb = {"speech_commands": ("speech", "top1_acc", ks, 500, None)}
+        (data / f"mam-s{seed}.superb.json").write_text(json.dumps(synthetic_doc(f"mam-s{seed}", "superb", superb, seed)))
+    logmel = {"mini_esc": ("environmental", "top1_acc", 0.40, 100, 0.06),
+              "mini_mixtures": ("environmental", "mAP", 0.30, 100, 0.08),
+              "mini_nsynth_pitch": ("music", "pitch_acc", 0.50, 100, 0.07),
+              "mini_speech_commands": ("speech", "top1_acc", 0.75, 200, None)}  # an old file's entry: no ci95
+    (data / "logmel.hear.json").write_text(json.dumps(synthetic_doc(
+        "logmel", "hear", logmel, None, module="hear_mamclap.baselines.logmel", variant=None)))
+    out = tmp_path / "out"
+    assert main(["tables", str(data), "--out", str(out)]) == 0
+    header, rows = read_csv(out / "scores.csv")
+    assert header == ["model", "kind", "metric", "mean", "ci95", "n"]
+    got = {(r[0], r[2]): r for r in rows}
+    assert {r[0]: r[1] for r in rows} == {"mam": "pretrained", "logmel": "baseline"}
+
+    def check(model, metric, mean, ci95, n):
+        row = got.pop((model, metric))
+        assert float(row[3]) == pytest.approx(mean, rel=1e-5), (model, metric)
+        assert float(row[4]) == pytest.approx(ci95, rel=1e-5), (model, metric)
+        assert int(row[5]) == n
+
+    def t_half(x, y):  # two runs: t(0.975, 1) * sample std / sqrt(2)
+        return stats.t.ppf(0.975, 1) * statistics.stdev([x, y]) / math.sqrt(2)
+
+    names = ["mini_esc", "mini_mixtures", "mini_nsynth_pitch", "mini_speech_commands", "SUPERB KS"]
+    for i, name in enumerate(names):
+        x, y = mam[0][i], mam[1][i]
+        check("mam", name, (x + y) / 2, t_half(x, y), 2)
+    per_run = {s: {"environmental mean": (v[0] + v[1]) / 2, "music mean": v[2], "speech mean": v[3]}
+               for s, v in mam.items()}
+    for s in per_run.values():
+        s["overall"] = (s["environmental mean"] + s["music mean"] + s["speech mean"]) / 3
+    for metric in ("environmental mean", "music mean", "speech mean", "overall"):
+        x, y = per_run[0][metric], per_run[1][metric]
+        check("mam", metric, (x + y) / 2, t_half(x, y), 2)
+
+    z = 1.959963984540054  # Wilson's interval of 0.75 on 200 clips, by its formula
+    wilson = z / (1 + z * z / 200) * math.sqrt(0.75 * 0.25 / 200 + z * z / (4 * 200 * 200))
+    check("logmel", "mini_esc", 0.40, 0.06, 1)
+    check("logmel", "mini_mixtures", 0.30, 0.08, 1)
+    check("logmel", "mini_nsynth_pitch", 0.50, 0.07, 1)
+    check("logmel", "mini_speech_commands", 0.75, wilson, 1)
+    env_half = math.sqrt(0.06 ** 2 + 0.08 ** 2) / 2
+    check("logmel", "environmental mean", 0.35, env_half, 1)
+    check("logmel", "music mean", 0.50, 0.07, 1)
+    check("logmel", "speech mean", 0.75, wilson, 1)
+    check("logmel", "overall", (0.35 + 0.50 + 0.75) / 3, math.sqrt(env_half ** 2 + 0.07 ** 2 + wilson ** 2) / 3, 1)
+    assert not got, got  # no other row (logmel has no SUPERB score)

@@ -2,8 +2,13 @@
 hear_mamclap.baselines.logmel`).
 
 No learned weights: timestamp embeddings are 128-bin log-mel frames (25 ms window) pooled to a 40 ms hop;
-scene embeddings are the mean and standard deviation of those frames over the clip. It tells how much of a
-task a frozen spectrogram already solves, so any learned model should sit well above it.
+scene embeddings are those frames pooled over the clip: their mean and standard deviation concatenated
+(option scene_pooling "meanstd", the default, kept so that results files written before the option mean what
+they say), or their mean alone ("mean", the default pooling of hear_mamclap's encoders, so the two compare
+under the same pooling). It tells how much of a task a frozen spectrogram already solves, so any learned model
+should sit well above it.
+
+    python -m heareval.embeddings.runner hear_mamclap.baselines.logmel --model-options '{"scene_pooling": "mean"}'
 """
 from __future__ import annotations
 
@@ -18,15 +23,19 @@ WIN_LENGTH = 400  # 25 ms
 FRAME_HOP = 160  # 10 ms analysis hop
 POOL = 4  # frames per embedding -> 40 ms timestamp hop (HEAR asks for <= 50 ms)
 HOP_MS = 1000.0 * FRAME_HOP * POOL / SAMPLE_RATE
+SCENE_POOLINGS = ("mean", "meanstd")
 
 
 class LogMel(nn.Module):
     sample_rate = SAMPLE_RATE
     timestamp_embedding_size = N_MELS
-    scene_embedding_size = 2 * N_MELS
 
-    def __init__(self) -> None:
+    def __init__(self, scene_pooling: str = "meanstd") -> None:
         super().__init__()
+        if scene_pooling not in SCENE_POOLINGS:
+            raise ValueError(f"scene_pooling must be one of {SCENE_POOLINGS}, got {scene_pooling!r}")
+        self.scene_pooling = scene_pooling
+        self.scene_embedding_size = N_MELS * (2 if scene_pooling == "meanstd" else 1)
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=SAMPLE_RATE, n_fft=1024, win_length=WIN_LENGTH, hop_length=FRAME_HOP,
             n_mels=N_MELS, center=True, power=2.0)
@@ -40,9 +49,9 @@ class LogMel(nn.Module):
         return logmel.reshape(logmel.shape[0], -1, POOL, N_MELS).mean(2)  # (B, T, n_mels)
 
 
-def load_model(model_file_path: str = "") -> LogMel:
+def load_model(model_file_path: str = "", scene_pooling: str = "meanstd") -> LogMel:
     """The baseline has no weights; a model path is accepted and ignored for API compatibility."""
-    return LogMel().eval()
+    return LogMel(scene_pooling).eval()
 
 
 @torch.no_grad()
@@ -58,4 +67,6 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: LogMel) -> tuple[torch.
 @torch.no_grad()
 def get_scene_embeddings(audio: torch.Tensor, model: LogMel) -> torch.Tensor:
     emb, _ = get_timestamp_embeddings(audio, model)
+    if model.scene_pooling == "mean":
+        return emb.mean(1)
     return torch.cat([emb.mean(1), emb.std(1, unbiased=False)], dim=1)

@@ -16,6 +16,8 @@ hearpreprocess's folders <task_name>-<version>-<mode> hold speech_commands 5h an
 task of its own. Command line:
 
     mamclap hear eval --module hear_mamclap --model CKPT --tasks-dir DIR --name NAME --out results/NAME.json
+                      [--readout choice.json]
+    mamclap hear readout --module hear_mamclap --model CKPT --tasks-dir DIR --out choice.json
     mamclap hear predict EMB_DIR... [--grid faster|default]
 """
 from __future__ import annotations
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Callable
 
 from training import compat
-from training.eval import results
+from training.eval import intervals, results
 
 # The subprocess for predictions: apply our compatibility fixes, then hand argv to heareval's click command.
 PREDICT_LAUNCHER = (
@@ -219,7 +221,8 @@ def scores_entry(task_dir: Path, scores: dict, seed: int | None = None, extra: d
 
     Primary metric: the first of task_metadata's "evaluation" (heareval selects models by it). Scores are
     heareval's test_* values without the prefix: the test split's, or for k-fold tasks heareval's own mean
-    over folds, "aggregated_scores" (each fold's scores and the standard deviations go to extra)."""
+    over folds, "aggregated_scores" (each fold's scores and the standard deviations go to extra). "ci95": the
+    primary score's 95 % interval from the test predictions heareval leaves beside it (training.eval.intervals)."""
     task_dir = Path(task_dir)
     metadata = json.loads((task_dir / "task_metadata.json").read_text())
     metric = metadata["evaluation"][0]
@@ -254,8 +257,11 @@ def scores_entry(task_dir: Path, scores: dict, seed: int | None = None, extra: d
     more.update(extra or {})
     task, variant = task_variant(task_dir, metadata)
     group = group or results.task_group(task, metadata, default=results.OTHER)
-    return results.task_entry(group, metric, values[metric], values,
-                              n_test_clips(task_dir, metadata), seed=seed, extra=more, variant=variant)
+    n_test = n_test_clips(task_dir, metadata)
+    ci95 = None if values[metric] is None else intervals.task_interval(task_dir, metadata, splits, values[metric],
+                                                                       n_test)
+    return results.task_entry(group, metric, values[metric], values, n_test, seed=seed, extra=more, variant=variant,
+                              ci95=ci95)
 
 
 # ---------------------------------------------------------------------------------------------- evaluate
@@ -310,15 +316,16 @@ def _batch_then_singly(items: list[str], run: Callable[[list[str]], object], don
     return errors
 
 
-def _predict_in_parallel(names: list[str], emb_module: Path, jobs: int, **kwargs) -> dict[str, str]:
-    """predict() for each task in its own heareval process, `jobs` at a time; {task: error} of the failed."""
+def _predict_in_parallel(names: list[str], emb_dir: dict[str, Path], jobs: int, **kwargs) -> dict[str, str]:
+    """predict() for each task (embedded in emb_dir[task]) in its own heareval process, `jobs` at a time;
+    {task: error} of the failed."""
     threads = max(1, (os.cpu_count() or 1) // min(jobs, len(names)))
 
     def one(name: str) -> str | None:
-        if (emb_module / name / "prediction-done.json").exists():
+        if (emb_dir[name] / "prediction-done.json").exists():
             return None
         try:
-            predict([emb_module / name], threads=threads, **kwargs)
+            predict([emb_dir[name]], threads=threads, **kwargs)
             return None
         except Exception as err:  # this task fails alone
             return f"predictions: {type(err).__name__}: {err}"
@@ -393,7 +400,7 @@ def evaluate(module: str, model: str | Path | None, tasks_dir: Path, work_dir: P
              tasks: list[str] | None = None, model_options: dict | None = None, grid: str = "faster",
              grid_points: int = 8, seed: int | None = None, gpus: list[int] | None = None,
              command: str | None = None, log: Callable[[str], None] = print, jobs: int = 1,
-             groups: dict[str, str] | None = None) -> dict:
+             groups: dict[str, str] | None = None, readout: dict[str, dict] | None = None) -> dict:
     """Embeddings and predictions for the tasks of tasks_dir (or those named in tasks), and a results document
     (training.eval.results, harness "hear") with every task's test scores.
 
@@ -407,7 +414,11 @@ def evaluate(module: str, model: str | Path | None, tasks_dir: Path, work_dir: P
     same as with jobs=1.
 
     groups: {task: group} for tasks whose group is not known or should be another (task: a folder name,
-    results key or task name); a task of no known group is scored in results.OTHER."""
+    results key or task name); a task of no known group is scored in results.OTHER.
+
+    readout: {results key: load_model options} chosen per task on validation data (training.eval.readout,
+    load_choice), each merged over model_options for its task; tasks of the same options share a heareval
+    embeddings run. Every task's options are recorded in its entry's extra["model_options"]."""
     tasks_dir, work_dir = Path(tasks_dir).resolve(), Path(work_dir).resolve()
     folders = task_folders(tasks_dir) if tasks_dir.is_dir() else []
     if tasks is not None:
@@ -431,37 +442,57 @@ def evaluate(module: str, model: str | Path | None, tasks_dir: Path, work_dir: P
                              "keep one, or choose with --tasks")
     group_of = _groups(folders, metadata, groups or {}, log)
     model_path = str(Path(model).resolve()) if model is not None else None
+    # Each task's load_model options: --model-options, with the readout chosen for the task over them.
+    options_of = {f.name: dict(model_options or {}) for f in folders}
+    if readout is not None:
+        missing = sorted(keys[f.name] for f in folders if keys[f.name] not in readout)
+        if missing:
+            raise ValueError(f"the readout file has no choice for the tasks {missing}: run `mamclap hear readout` "
+                             "on them too")
+        for f in folders:
+            options_of[f.name].update(readout[keys[f.name]])
+    stamp = {"module": module, "model": model_path, "model_options": model_options or {}, "grid": grid,
+             "grid_points": grid_points}
+    if readout is not None:
+        stamp["readout"] = options_of
     work_dir.mkdir(parents=True, exist_ok=True)
-    _stamp_or_refuse(work_dir, {"module": module, "model": model_path, "model_options": model_options or {},
-                                "grid": grid, "grid_points": grid_points})
+    _stamp_or_refuse(work_dir, stamp)
     emb_root = work_dir / "embeddings"
-    emb_module = emb_root / embedding_folder_name(module, model_options)
+    emb_dir = {n: emb_root / embedding_folder_name(module, o) / n for n, o in options_of.items()}
 
     names = [f.name for f in folders]
-    log(f"embedding {len(names)} tasks with {module} ...")
-    errors = _batch_then_singly(
-        names, lambda ns: embed(module, model, tasks_dir, emb_root, tasks=ns, model_options=model_options),
-        lambda n: (emb_module / n / ".done.embeddings").exists(), "embeddings", log,
-        started=lambda n: (emb_module / n).is_dir())
+    errors: dict[str, str] = {}
+    by_options: dict[str, list[str]] = {}  # one heareval embeddings run per set of options
+    for n in names:
+        by_options.setdefault(json.dumps(options_of[n], sort_keys=True), []).append(n)
+    for same in by_options.values():
+        options = options_of[same[0]]
+        log(f"embedding {len(same)} tasks with {module}" + (f" {json.dumps(options)}" if options else "") + " ...")
+        errors |= _batch_then_singly(
+            same, lambda ns, options=options: embed(module, model, tasks_dir, emb_root, tasks=ns,
+                                                    model_options=options),
+            lambda n: (emb_dir[n] / ".done.embeddings").exists(), "embeddings", log,
+            started=lambda n: emb_dir[n].is_dir())
     embedded = [n for n in names if n not in errors]
     if embedded:
         log(f"training heareval's predictors on {len(embedded)} tasks (grid {grid}, {grid_points} points"
             + (f", {min(jobs, len(embedded))} at a time" if jobs > 1 else "") + ") ...")
         if jobs > 1 and len(embedded) > 1:
-            errors |= _predict_in_parallel(embedded, emb_module, jobs, grid=grid, grid_points=grid_points,
+            errors |= _predict_in_parallel(embedded, emb_dir, jobs, grid=grid, grid_points=grid_points,
                                            work_dir=work_dir, gpus=gpus)
         else:
             errors |= _batch_then_singly(
-                embedded, lambda ns: predict([emb_module / n for n in ns], grid=grid, grid_points=grid_points,
+                embedded, lambda ns: predict([emb_dir[n] for n in ns], grid=grid, grid_points=grid_points,
                                              work_dir=work_dir, gpus=gpus),
-                lambda n: (emb_module / n / "prediction-done.json").exists(), "predictions", log)
+                lambda n: (emb_dir[n] / "prediction-done.json").exists(), "predictions", log)
 
     entries = {}
     for i, folder in enumerate(folders, 1):
         meta, key = metadata[folder.name], keys[folder.name]
         variant, metric = task_variant(folder, meta)[1], meta["evaluation"][0]
-        task_dir = emb_module / folder.name
-        times = {"task_folder": folder.name,
+        task_dir = emb_dir[folder.name]
+        times = {"task_folder": folder.name, "model_options": options_of[folder.name],
+                 **({"readout": readout[key]} if readout is not None else {}),
                  "embedding_seconds": _seconds(task_dir / "profile.embeddings.json", "time_elapsed"),
                  "prediction_seconds": _seconds(task_dir / "prediction-done.json", "time")}
         group = group_of[folder.name]
@@ -484,6 +515,8 @@ def evaluate(module: str, model: str | Path | None, tasks_dir: Path, work_dir: P
                 "work_dir": str(work_dir), "grid": grid, "grid_points": grid_points}
     if groups:
         settings["groups"] = dict(groups)
+    if readout is not None:
+        settings["readout"] = {keys[f.name]: readout[keys[f.name]] for f in folders}
     return results.new_results(name, "hear", entries, checkpoint=model_path, command=command, settings=settings,
                                pretraining=_provenance(model))
 
@@ -548,13 +581,19 @@ def _predict_command(args) -> int:
     return 1 if failed else 0
 
 
-def _eval_command(args) -> int:
+def parse_model_options(text: str) -> dict:
+    """--model-options: a JSON object of load_model keyword arguments, or one line saying what is wrong."""
     try:
-        options = json.loads(args.model_options)
+        options = json.loads(text)
     except json.JSONDecodeError as err:
-        raise SystemExit(f"--model-options must be a JSON object, got {args.model_options!r} ({err})")
+        raise SystemExit(f"--model-options must be a JSON object, got {text!r} ({err})")
     if not isinstance(options, dict):
-        raise SystemExit(f"--model-options must be a JSON object, got {args.model_options!r}")
+        raise SystemExit(f"--model-options must be a JSON object, got {text!r}")
+    return options
+
+
+def _eval_command(args) -> int:
+    options = parse_model_options(args.model_options)
     if args.model is not None and not args.model.exists():
         raise SystemExit(f"--model {args.model} does not exist")
     groups = {}
@@ -566,6 +605,13 @@ def _eval_command(args) -> int:
     out = args.out or Path("results") / f"{args.name}.json"
     work_dir = args.work_dir or Path("runs") / "hear" / args.name
     seed = args.seed if args.seed is not None else _seed_of_export(args.model)
+    readout = None
+    if args.readout is not None:
+        from training.eval.readout import load_choice
+        try:
+            readout = load_choice(args.readout, args.module, args.model, options)
+        except ValueError as err:
+            raise SystemExit(f"mamclap hear eval: {err}") from None
     # The command as it ran, every setting explicit (defaults included), so the results file says how to redo it.
     command = ["mamclap", "hear", "eval", "--module", args.module, "--tasks-dir", str(args.tasks_dir),
                "--name", args.name, "--out", str(out), "--work-dir", str(work_dir), "--grid", args.grid,
@@ -576,17 +622,25 @@ def _eval_command(args) -> int:
     command += ["--seed", str(seed)] if seed is not None else []
     command += ["--jobs", str(args.jobs)] if args.jobs != 1 else []
     command += ["--group", *(f"{t}={g}" for t, g in groups.items())] if groups else []
+    command += ["--readout", str(args.readout)] if args.readout is not None else []
     try:
         doc = evaluate(args.module, args.model, args.tasks_dir, work_dir, args.name, tasks=args.tasks,
                        model_options=options, grid=args.grid, grid_points=args.grid_points, seed=seed,
                        command=shlex.join(command), log=lambda line: print(line, flush=True), jobs=args.jobs,
-                       groups=groups)
+                       groups=groups, readout=readout)
     except ValueError as err:  # bad arguments, found before any work: a message, not a traceback
         raise SystemExit(f"mamclap hear eval: {err}") from None
     results.save_results(doc, out)
     failed = [t for t, e in doc["tasks"].items() if "error" in e]
     print(f"wrote {out}: {len(doc['tasks']) - len(failed)} tasks scored"
           + (f", {len(failed)} failed: {failed}" if failed else ""))
+    overall = None if failed else intervals.mean_of_group_means(
+        [(e["group"], e["score"], (e.get("ci95") or {}).get("half_width")) for e in doc["tasks"].values()],
+        results.GROUPS)
+    if overall is not None:
+        print(f"overall (mean of the group means) = {overall[0]:.4f}"
+              + (f" ± {overall[1]:.4f} (95 %, tasks' intervals combined as independent)" if overall[1] is not None
+                 else ""))
     return 1 if failed else 0
 
 
@@ -604,6 +658,9 @@ def register(subparsers) -> None:
     s.add_argument("--grid-points", type=positive_int, default=8, help="grid points tried per task")
     s.add_argument("--work-dir", type=out_dir, default=None, help="where Lightning writes logs/ (default: here)")
     s.set_defaults(func=_predict_command)
+
+    from training.eval import readout
+    readout.register(sub)
 
     s = sub.add_parser("eval", help="embeddings + predictions for every task, test scores into one results JSON")
     s.add_argument("--module", default="hear_mamclap",
@@ -625,4 +682,7 @@ def register(subparsers) -> None:
     s.add_argument("--group", nargs="+", default=None, metavar="TASK=GROUP",
                    help=f"the group of a task ({', '.join(results.ALL_GROUPS)}); a task of no known group is "
                         f"scored as {results.OTHER!r}, outside the group means")
+    s.add_argument("--readout", type=existing_path, default=None, metavar="CHOICE_JSON",
+                   help="per-task readout options chosen on validation data by `mamclap hear readout` (merged "
+                        "over --model-options)")
     s.set_defaults(func=_eval_command)

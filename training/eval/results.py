@@ -9,7 +9,8 @@
                     checkpoint's provenance, hear_mamclap.checkpoint.read_metadata),
      "tasks": {"mini_esc": {"group": "environmental", "metric": "top1_acc", "score": 0.61,
                             "scores": {"top1_acc": 0.61, "mAP": 0.66}, "seed": 0, "n_test": 80,
-                            "variant": "full", "extra": {...}},
+                            "variant": "full", "extra": {...},
+                            "ci95": {"method": "bootstrap", "low": 0.52, "high": 0.70, "half_width": 0.09, ...}},
                "speech_commands-5h": {..., "variant": "5h"},
                "mini_dcase": {..., "score": null, "error": "RuntimeError: ..."}}}
 
@@ -17,6 +18,8 @@ A task that failed keeps its entry with "score": null and an "error" message, so
 could. HEAR tasks come in variants (hearpreprocess's modes: speech_commands 5h and full, nsynth_pitch 5h and
 50h), each a task of its own: the key is the task name for the full variant and `<task>-<variant>` for the
 others (`task_key`), and "variant" (optional: files written before it, and SUPERB's, have none) says which.
+"ci95" (optional, files written before it have none) is the 95 % interval of the test score from that one run
+(training.eval.intervals: a bootstrap over test clips, or Wilson's for an accuracy); null when none is known.
 `merge_results` gathers several such files of the same model (other seeds, other harnesses) into one
 list of runs per task, which is what the tables need for a mean and a 95% confidence interval over seeds
 (`summarize`).
@@ -205,9 +208,10 @@ def json_safe(obj: Any) -> Any:
 
 def task_entry(group: str, metric: str, score: float | None, scores: dict[str, Any], n_test: int,
                seed: int | None = None, extra: dict | None = None, error: str | None = None,
-               variant: str | None = None) -> dict:
+               variant: str | None = None, ci95: dict | None = None) -> dict:
     """One task's entry. score is the primary metric's test score; with error given, score may be None.
-    variant: the HEAR task's variant (hearpreprocess's mode), None for tasks without variants."""
+    variant: the HEAR task's variant (hearpreprocess's mode), None for tasks without variants. ci95: the
+    score's 95 % interval from this run ({"method", "low", "high", "half_width", ...}), when known."""
     entry = {"group": group, "metric": metric, "score": _finite_or_none(score),
              "scores": {k: _finite_or_none(v) for k, v in scores.items()}, "seed": seed, "n_test": int(n_test),
              "extra": json_safe(dict(extra or {}))}
@@ -215,6 +219,8 @@ def task_entry(group: str, metric: str, score: float | None, scores: dict[str, A
         entry["variant"] = variant
     if error is not None:
         entry["error"] = str(error)
+    if ci95 is not None:
+        entry["ci95"] = json_safe(dict(ci95))
     _check_task(entry, "<task entry>")
     return entry
 
@@ -284,6 +290,13 @@ def _check_task(entry: Any, where: str) -> None:
     variant = entry.get("variant")
     _require(variant is None or (isinstance(variant, str) and variant and "-" not in variant), where,
              f"variant, when present, must be a mode name such as {MODES}, got {variant!r}")
+    ci95 = entry.get("ci95")
+    if ci95 is not None:
+        _require(isinstance(ci95, dict) and isinstance(ci95.get("method"), str), where,
+                 "ci95, when present, must be an object with a 'method'")
+        bounds = [ci95.get(k) for k in ("low", "high", "half_width")]
+        _require(all(_is_number(b) and math.isfinite(b) for b in bounds) and bounds[0] <= bounds[1]
+                 and bounds[2] >= 0, where, f"ci95 needs finite low <= high and half_width >= 0, got {ci95!r}")
 
 
 def validate_results(doc: Any, source: str = "<results>") -> dict:
@@ -353,7 +366,8 @@ def merge_results(docs: Iterable[dict | str | Path]) -> dict:
         {"format": "mamclap-results-merged", "version": 1, "model": name,
          "sources": [{"harness", "checkpoint", "created", "command", "path"}, ...],
          "tasks": {task: {"group", "metric", "variant", "runs": [{"score", "scores", "seed", "n_test", "extra",
-                                                                 "harness", "checkpoint", "source", ("error")}]}}}
+                                                                 "ci95", "harness", "checkpoint", "source",
+                                                                 ("error")}]}}}
 
     A task's variant is the one its entries record (None when none does). Refuses documents of different
     models, a task whose group, primary metric or variant differ between documents,
@@ -391,7 +405,7 @@ def merge_results(docs: Iterable[dict | str | Path]) -> dict:
                     raise ResultsError(f"merge_results: task {name!r} has {field} {merged[field]!r} in one "
                                        f"document and {entry[field]!r} in {path or f'document {i}'}")
             run = {k: entry[k] for k in ("score", "scores", "seed", "n_test", "extra")}
-            run.update(harness=doc["harness"], checkpoint=doc["checkpoint"], source=i)
+            run.update(ci95=entry.get("ci95"), harness=doc["harness"], checkpoint=doc["checkpoint"], source=i)
             if "error" in entry:
                 run["error"] = entry["error"]
             merged["runs"].append(run)

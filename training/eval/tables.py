@@ -13,6 +13,12 @@ same way; the overall mean is the mean of a run's group means. Each variant of a
 5h and full) is a column, and a task of its own in the means; a task of group "other" is in none. The
 ablation picks its rows from each run's "pretraining" provenance (loss weights), never from model names, and
 pools runs of one configuration.
+`scores.csv` holds the leaderboard's numbers in six columns (training.eval.tidy.to_scores_csv): model, kind
+(pretrained | baseline), metric (a task, "<group> mean" or "overall"), mean, ci95 and n (the runs pooled);
+its ci95 is the t interval's half-width over runs when n >= 2, and for one run that run's own interval: the
+task's (training.eval.intervals: a bootstrap over test clips, else Wilson's for an accuracy, from n_test),
+and for a group or overall mean the tasks' half-widths combined as independent, sqrt(sum_t (w_t h_t)^2) for
+the mean's weights w_t.
 Fine-tuning results (harness "finetune") make their own table instead (finetune.md, and finetune_tidy.csv with
 one numeric row per model, kind and task): a row per model and kind, a cell per task over fine-tuning seeds.
 Every number written comes from the input files, except the separate "reported" table, which copies the
@@ -36,9 +42,10 @@ from training.pretrain.mam import VARIANTS, PretrainConfig
 from training.eval.html import to_html
 from training.eval.latex import to_latex
 from training.eval.plots import plot_losses, plot_scores, read_log, score_panels
+from training.eval.intervals import ACCURACY_METRICS, mean_of_group_means, wilson
 from training.eval.results import (ALL_GROUPS, FORMAT, FULL, GROUPS, HARNESSES, MODES, OTHER, ResultsError, key_parts,
                                    merge_results, summarize, task_key, validate_results)
-from training.eval.tidy import to_tidy_csv
+from training.eval.tidy import to_scores_csv, to_tidy_csv
 
 Column = tuple[str, str]  # (harness, results key: the task and its variant, results.task_key)
 
@@ -97,6 +104,7 @@ class Run:
     pretraining: dict
     scores: dict[Column, list[float]] = field(default_factory=dict)
     errors: dict[Column, list[str]] = field(default_factory=dict)
+    half_widths: dict[Column, list[float | None]] = field(default_factory=dict)  # per score: its own 95 % interval's
     sources: set[str] = field(default_factory=set)
     baseline_module: bool = False  # a document of it ran a baseline module (which may borrow a checkpoint)
 
@@ -113,10 +121,34 @@ class Run:
         """This run's result for col in summarize()'s run form (the mean when several documents scored it),
         its error when it only failed, None when it was not evaluated."""
         if col in self.scores:
-            return {"score": sum(self.scores[col]) / len(self.scores[col]), "seed": self.seed}
+            return {"score": sum(self.scores[col]) / len(self.scores[col]), "seed": self.seed,
+                    "half_width": self.half_width(col)}
         if col in self.errors:
             return {"score": None, "error": self.errors[col][0], "seed": self.seed}
         return None
+
+    def half_width(self, col: Column) -> float | None:
+        """The 95 % interval half-width of this run's score of col, from its results entry; None when it has
+        none or several documents scored col."""
+        halves = self.half_widths.get(col, [])
+        return halves[0] if len(halves) == 1 else None
+
+    def _hear_items(self, columns: dict[Column, ColumnInfo], groups: list[str]) -> list[tuple[str, float, float | None]]:
+        return [(info.group, self.entry(c)["score"], self.half_width(c)) for c, info in columns.items()
+                if c[0] == "hear" and info.group in groups and c in self.scores]
+
+    def group_half_width(self, group: str, columns: dict[Column, ColumnInfo]) -> float | None:
+        """The half-width of group_score from the tasks' (intervals.mean_of_group_means)."""
+        if self.group_score(group, columns) is None:
+            return None
+        return mean_of_group_means(self._hear_items(columns, [group]), (group,))[1]
+
+    def overall_half_width(self, columns: dict[Column, ColumnInfo]) -> float | None:
+        """The half-width of overall from the tasks' (intervals.mean_of_group_means)."""
+        if self.overall(columns) is None:
+            return None
+        groups = hear_groups(columns)
+        return mean_of_group_means(self._hear_items(columns, groups), tuple(groups))[1]
 
     def group_score(self, group: str, columns: dict[Column, ColumnInfo]) -> float | None:
         """Mean of this run's scores over the group's HEAR columns; None unless it has all of them."""
@@ -265,9 +297,21 @@ def collect_runs(docs: list[tuple[dict, str]]) -> tuple[dict[Column, ColumnInfo]
                     run.baseline_module |= is_baseline_module(doc)
                     if r.get("error") is None:
                         run.scores.setdefault(col, []).append(r["score"])
+                        run.half_widths.setdefault(col, []).append(_run_half_width(r, info.metric))
                     else:
                         run.errors.setdefault(col, []).append(r["error"])
     return _ordered(columns), list(runs.values())
+
+
+def _run_half_width(run: dict, metric: str) -> float | None:
+    """A merged run's own 95 % half-width: its entry's ci95, else Wilson's for an accuracy of known n_test
+    (SUPERB's entries, and HEAR files written before intervals), else None."""
+    ci95 = run.get("ci95")
+    if ci95 is not None:
+        return ci95["half_width"]
+    if metric in ACCURACY_METRICS and run.get("n_test", 0) > 0 and 0.0 <= run["score"] <= 1.0:
+        return wilson(run["score"], run["n_test"])["half_width"]
+    return None
 
 
 # ------------------------------------------------------------------------------------------- cells
@@ -283,13 +327,19 @@ def fmt(summary: dict) -> str:
 
 
 def _summary(entries: list[dict]) -> dict:
-    """summarize()'s dict, plus "points": the seed and score of each scored run (the plots' markers)."""
-    return {**summarize(entries), "points": [{"seed": e.get("seed"), "score": e["score"]} for e in entries
-                                             if e.get("error") is None and e.get("score") is not None]}
+    """summarize()'s dict, plus "points": the seed and score of each scored run (the plots' markers), and
+    for one scored run "ci95_run": that run's own 95 % half-width (None when unknown)."""
+    scored = [e for e in entries if e.get("error") is None and e.get("score") is not None]
+    out = {**summarize(entries), "points": [{"seed": e.get("seed"), "score": e["score"]} for e in scored]}
+    if len(scored) == 1:
+        out["ci95_run"] = scored[0].get("half_width")
+    return out
 
 
-def _values(runs: list[Run], values: list[float | None]) -> dict:
-    return _summary([{"score": v, "seed": r.seed} for r, v in zip(runs, values) if v is not None])
+def _values(runs: list[Run], values: list[float | None], halves: list[float | None] | None = None) -> dict:
+    halves = halves if halves is not None else [None] * len(runs)
+    return _summary([{"score": v, "seed": r.seed, "half_width": h} for r, v, h in zip(runs, values, halves)
+                     if v is not None])
 
 
 def _task_summary(runs: list[Run], col: Column) -> dict:
@@ -299,9 +349,11 @@ def _task_summary(runs: list[Run], col: Column) -> dict:
 def _cells_for(runs: list[Run], columns: dict[Column, ColumnInfo], groups: list[str],
                extra_columns: list[Column]) -> tuple[list[str], list[dict]]:
     """Cells of the group means, the overall mean, then extra_columns; and their summaries."""
-    summaries = [_values(runs, [r.group_score(g, columns) for r in runs]) for g in groups]
+    summaries = [_values(runs, [r.group_score(g, columns) for r in runs],
+                         [r.group_half_width(g, columns) for r in runs]) for g in groups]
     if groups:
-        summaries.append(_values(runs, [r.overall(columns) for r in runs]))
+        summaries.append(_values(runs, [r.overall(columns) for r in runs],
+                                 [r.overall_half_width(columns) for r in runs]))
     summaries += [_task_summary(runs, col) for col in extra_columns]
     return [fmt(s) for s in summaries], summaries
 
@@ -773,6 +825,8 @@ def make_tables(inputs: list[Path], out: Path, run_dirs: list[Path] = ()) -> lis
         written.append(atomic.write_text(out / f"{stem}.csv", to_csv(tables)))
         written.append(atomic.write_text(out / f"{stem}.tidy.csv", to_tidy_csv(tables)))
         written.append(atomic.write_text(out / f"{stem}.tex", to_latex(tables)))
+    if docs:
+        written.append(atomic.write_text(out / "scores.csv", to_scores_csv(board)))
     if finetune_docs:
         written += write_finetune_tables(finetune_docs, out)
     if docs:

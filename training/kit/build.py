@@ -1,6 +1,7 @@
 """Build a whole kit: source bank -> mini HEAR suite + SUPERB layouts -> pretraining corpus -> manifest, cards.
 
-``build_kit("medium", seed=0, data_dir, cache_dir)`` writes ``<data_dir>/kit-medium-s0/``::
+``build_kit("medium", seed=0, data_dir, cache_dir)`` writes ``<data_dir>/kit-medium-s0/`` (with
+``corpus_clips=8000``, ``kit-medium-s0-c8000/``: the same but for a corpus of 8000 clips)::
 
     hear/<task>-v1.0-full/      the mini HEAR suite (training.kit.hear_suite), + stage.json (its manifest)
     superb/speech_commands/     SUPERB layouts (training.kit.superb_layouts), + stage.json
@@ -19,7 +20,11 @@ out). The build then checks that the corpus's bank ids and the test bank ids do 
 loudly if they do.
 
 Each stage writes into a temporary folder and renames it when complete (the corpus resumes shard by
-shard), so an interrupted build leaves no half-written stage, and a rerun skips complete stages.
+shard), so an interrupted build leaves no half-written stage, and a rerun skips complete stages. The HEAR
+tasks and SUPERB layouts render side by side on the workers, then the corpus shards do; the files do not
+depend on the number of workers. The corpus cannot start earlier: which bank clips it must leave out is
+known only once the evaluation clips are rendered (their draws depend on the rendered audio's lengths, and
+mini_dcase keeps an event only where it is audible).
 """
 from __future__ import annotations
 
@@ -29,7 +34,9 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -37,6 +44,7 @@ import soundfile as sf
 
 from hear_mamclap import atomic
 from training.kit import corpus as corpus_mod
+from training.kit import pool
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +83,22 @@ def cache_root() -> Path:
     return Path(os.environ.get("MAMCLAP_CACHE") or "cache").absolute()
 
 
-def kit_dir(size: str, seed: int, data_dir: Path) -> Path:
-    return Path(data_dir) / f"kit-{size}-s{seed}"
+def kit_dir(size: str, seed: int, data_dir: Path, corpus_clips: int | None = None) -> Path:
+    """data_dir/kit-<size>-s<seed>, or kit-<size>-s<seed>-c<N> for a corpus of N clips other than the size's."""
+    standard = corpus_clips is None or (size in SIZES and corpus_clips == SIZES[size].corpus.clips)
+    suffix = "" if standard else f"-c{corpus_clips}"
+    return Path(data_dir) / f"kit-{size}-s{seed}{suffix}"
+
+
+def corpus_config(size: str, corpus_clips: int | None = None) -> corpus_mod.CorpusConfig:
+    """The size's corpus recipe, with corpus_clips clips when given (the shards keep their size and seeds,
+    so such a corpus begins with the same clips as the standard one)."""
+    cfg = SIZES[size].corpus
+    if corpus_clips is None:
+        return cfg
+    if corpus_clips < 1:
+        raise ValueError(f"corpus_clips must be >= 1, got {corpus_clips}")
+    return replace(cfg, clips=corpus_clips)
 
 
 def load_records(bank_dir: Path) -> list[dict]:
@@ -188,6 +210,21 @@ def packages(records: list[dict]) -> list[dict]:
     return [dict(v, synth=sorted(v["synth"])) for _, v in sorted(by.items())]
 
 
+CATEGORIES = ("speech", "music", "drum", "env", "noise")  # the bank's kinds
+
+
+def sources_by_category(ids: set[str] | list[str], by_id: dict[str, dict]) -> dict[str, dict]:
+    """Per bank kind: the distinct source recordings (bank clips) among ids, their hours (each counted
+    once, however many clips mix it) and their groups (voices, soundfonts, kits or source files)."""
+    out = {}
+    for kind in CATEGORIES:
+        recs = [by_id[i] for i in sorted(set(ids)) if i in by_id and by_id[i]["kind"] == kind]
+        seconds = sum(float(r.get("duration") or 0.0) for r in recs)
+        out[kind] = {"recordings": len(recs), "hours": round(seconds / 3600, 4),
+                     "groups": len({r.get("group") for r in recs})}
+    return out
+
+
 def _wav_seconds(folder: Path) -> tuple[int, float, int]:
     """(files, seconds, bytes) of the audio files under folder."""
     n, seconds, size = 0, 0.0, 0
@@ -233,21 +270,26 @@ def _ids_of(entry: dict) -> set[str]:
 
 def build_kit(size: str, seed: int, data_dir: Path | None = None, cache_dir: Path | None = None, workers: int = 2,
               audioset_layout: bool = False, bank_dir: Path | None = None, progress: bool = True,
-              finetune_layouts: bool = False) -> dict:
+              finetune_layouts: bool = False, corpus_clips: int | None = None) -> dict:
     """Build (or finish, or reuse) data_dir/kit-<size>-s<seed>/; returns the manifest.
 
+    workers: processes for the bank, the HEAR tasks and SUPERB layouts (rendered side by side) and the
+    corpus shards; the files are the same for any number.
     bank_dir: the source bank (default data_dir/bank; built there from cache_dir when missing).
     finetune_layouts: also write finetune/ (AudioSet, ESC-50 and Speech Commands V2 in their own layouts).
+    corpus_clips: a corpus of this many clips instead of the size's, in kit-<size>-s<seed>-c<N>/ (the same
+    HEAR suite, SUPERB layouts and held-out material as the standard kit).
     """
     if size not in SIZES:
         raise ValueError(f"size must be one of {list(SIZES)}, got {size!r}")
+    from training.kit import superb_layouts
     from training.kit.hear_suite import build_hear_suite
-    from training.kit.superb_layouts import build_superb
 
     data_dir = Path(data_dir) if data_dir is not None else data_root()
     cache_dir = Path(cache_dir) if cache_dir is not None else cache_root()
     bank_dir = Path(bank_dir) if bank_dir is not None else data_dir / "bank"
-    kit = kit_dir(size, seed, data_dir)
+    cfg = corpus_config(size, corpus_clips)
+    kit = kit_dir(size, seed, data_dir, corpus_clips)
     kit.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float | str] = {}
 
@@ -269,14 +311,32 @@ def build_kit(size: str, seed: int, data_dir: Path | None = None, cache_dir: Pat
         log.info("stage %s: %s", name, timings[name])
         return result
 
-    hear = timed("hear", lambda out: build_hear_suite(records, out, size, seed, bank_dir=bank_dir))
-    superb = timed("superb", lambda out: build_superb(records, out, size, seed, bank_dir=bank_dir))
+    # The HEAR tasks and the SUPERB layouts render side by side on one pool of workers; each stage still
+    # becomes complete (its folder renamed into place) on its own.
+    jobs = {"hear": 9, "superb": 2}
+    todo = sum(n for name, n in jobs.items() if not (kit / name / "stage.json").is_file())
+    t = time.time()
+    with pool.process_pool(min(workers, todo)) if workers > 1 and todo > 1 else nullcontext() as ex:
+        def hear_stage(out: Path) -> dict:
+            return build_hear_suite(records, out, size, seed, bank_dir=bank_dir, executor=ex)
+
+        def superb_stage(out: Path) -> dict:
+            return superb_layouts.build_superb(records, out, size, seed, bank_dir=bank_dir, executor=ex)
+
+        if ex is None:
+            hear, superb = timed("hear", hear_stage), timed("superb", superb_stage)
+        else:
+            with ThreadPoolExecutor(2) as stages:
+                superb_run = stages.submit(timed, "superb", superb_stage)
+                hear_run = stages.submit(timed, "hear", hear_stage)
+                hear, superb = hear_run.result(), superb_run.result()
+    if todo:
+        timings["hear+superb"] = round(time.time() - t, 2)
 
     holdout = evaluation_holdout(hear, superb, records)
     exclude = holdout["test_ids"] | holdout["heldout_ids"]
     t = time.time()
     corpus_dir = kit / "corpus"
-    cfg = SIZES[size].corpus
     if (corpus_dir / "corpus.json").is_file():
         corpus = json.loads((corpus_dir / "corpus.json").read_text())
         timings["corpus"] = "cached"
@@ -318,7 +378,8 @@ def build_kit(size: str, seed: int, data_dir: Path | None = None, cache_dir: Pat
     corpus_stats = {"path": str(corpus_dir), "clips": corpus["clips"], "hours": corpus["hours"],
                     "shards": corpus["shards"], "bytes": sum(p.stat().st_size for p in corpus_dir.glob("shard-*.tar")),
                     "clip_seconds": corpus["clip_seconds"], "labels": corpus["labels"],
-                    "parts_per_clip": corpus["parts_per_clip"], "bank_ids": len(corpus["bank_ids"])}
+                    "parts_per_clip": corpus["parts_per_clip"], "bank_ids": len(corpus["bank_ids"]),
+                    "sources_by_category": sources_by_category(corpus["bank_ids"], by_id)}
     datasets["corpus"] = (corpus_stats, set(corpus["bank_ids"]))
     if (kit / "audioset").is_dir():
         datasets["audioset"] = ({"path": str(kit / "audioset"), "clips": corpus["clips"],
@@ -333,6 +394,7 @@ def build_kit(size: str, seed: int, data_dir: Path | None = None, cache_dir: Pat
     bank_meta = json.loads((bank_dir / "bank.json").read_text()) if (bank_dir / "bank.json").is_file() else {}
     manifest = {
         "kit": kit.name, "size": size, "seed": seed, "purpose": SIZES[size].purpose, "digest": digest,
+        "corpus_clips": cfg.clips, "standard_corpus_clips": SIZES[size].corpus.clips,
         "bank": {"path": str(bank_dir), "clips": len(records), "version": bank_meta.get("version"),
                  "counts": dict(sorted(Counter(r["kind"] for r in records).items())),
                  "skipped": bank_meta.get("skipped", {})},
@@ -356,13 +418,20 @@ def build_kit(size: str, seed: int, data_dir: Path | None = None, cache_dir: Pat
 
 def write_cards(kit: Path, manifest: dict, by_id: dict[str, dict], datasets: dict[str, tuple[dict, set]]) -> None:
     """cards/<data set>.md: sources with licences, class counts, durations, splits."""
+    command = f"mamclap data build --size {manifest['size']} --seed {manifest['seed']}"
+    if manifest["corpus_clips"] != manifest["standard_corpus_clips"]:
+        command += f" --corpus-clips {manifest['corpus_clips']}"
     atomic.remove_stale(kit / "cards")
     with atomic.directory(kit / "cards") as tmp:
         for name, (stats, ids) in datasets.items():
             lines = [f"# {name} ({manifest['kit']})", "",
-                     f"Built by `mamclap data build --size {manifest['size']} --seed {manifest['seed']}` from the "
+                     f"Built by `{command}` from the "
                      "mamclap source bank (Debian data packages and synthesizers; no downloads from elsewhere).", "",
                      f"- path: `{stats.get('path')}`"]
+            if name == "corpus" and manifest["corpus_clips"] != manifest["standard_corpus_clips"]:
+                lines.append(f"- not the standard {manifest['size']} corpus: {manifest['corpus_clips']} clips instead "
+                             f"of {manifest['standard_corpus_clips']} (the same HEAR suite, SUPERB layouts and "
+                             "held-out material)")
             for key in ("clips", "files", "hours", "bytes", "shards", "clip_seconds", "sample_duration",
                         "prediction_type", "split_mode", "held_out_by", "bank_ids", "heldout_groups"):
                 if key in stats:
@@ -380,6 +449,13 @@ def write_cards(kit: Path, manifest: dict, by_id: dict[str, dict], datasets: dic
             if "labels" in stats:
                 lines += ["", "## Tags (clips per ontology class)", "",
                           ", ".join(f"{k}: {v}" for k, v in sorted(stats["labels"].items(), key=lambda kv: -kv[1]))]
+            if "sources_by_category" in stats:
+                lines += ["", "## Distinct source recordings", "",
+                          "Each bank clip counted once, however many corpus clips mix it; groups are voices, "
+                          "soundfonts, drum kits or source files.", "",
+                          "| category | source recordings | hours | groups |", "|---|---|---|---|"]
+                for kind, c in stats["sources_by_category"].items():
+                    lines.append(f"| {kind} | {c['recordings']} | {c['hours']} | {c['groups']} |")
             if name == "corpus":
                 ov = manifest["no_overlap"]
                 lines += ["", "## Held-out material", "",

@@ -4,6 +4,7 @@
     mamclap data bank                           build the source bank ($MAMCLAP_DATA/bank)
     mamclap data build --size tiny --seed 0     bank if missing, HEAR suite, SUPERB layouts, corpus, manifest
                        [--finetune]             ... and the fine-tuning sets in their real layouts
+                       [--corpus-clips N]       ... with a corpus of N clips, in kit-<size>-s<seed>-c<N>/
     mamclap data show --size tiny --seed 0      what a kit holds: counts, hours, sizes, paths
     mamclap data check --size tiny --seed 0     re-verify the no-overlap check and every file's sha256
 """
@@ -44,8 +45,12 @@ def register(subparsers) -> None:
         s = sub.add_parser(name, help=text)
         s.add_argument("--size", choices=list(build.SIZES), default="tiny", help="kit size")
         s.add_argument("--seed", type=seed, default=0, help="kit seed (which clips, splits and augmentations)")
+        s.add_argument("--corpus-clips", type=positive_int, default=None,
+                       help="a corpus of this many clips instead of the size's (kit folder kit-<size>-s<seed>-c<N>; "
+                            "the same HEAR suite, SUPERB layouts and held-out material)")
         if name == "build":
-            s.add_argument("--workers", type=positive_int, default=2, help="processes for the bank and corpus")
+            s.add_argument("--workers", type=positive_int, default=2,
+                           help="processes for the bank, the HEAR tasks and SUPERB layouts, and the corpus")
             s.add_argument("--audioset-layout", action="store_true",
                            help="also write the corpus in AudioSet's CSV + audio folder layout")
             s.add_argument("--finetune", action="store_true",
@@ -84,8 +89,8 @@ def _build(args) -> int:
     data, cache = _dirs(args)
     manifest = build.build_kit(args.size, args.seed, data, cache, workers=args.workers,
                                audioset_layout=args.audioset_layout, bank_dir=args.bank_dir,
-                               finetune_layouts=args.finetune)
-    print(f"built {build.kit_dir(args.size, args.seed, data)} in stages {manifest['timings_s']}")
+                               finetune_layouts=args.finetune, corpus_clips=args.corpus_clips)
+    print(f"built {build.kit_dir(args.size, args.seed, data, args.corpus_clips)} in stages {manifest['timings_s']}")
     return 0
 
 
@@ -98,10 +103,11 @@ def _human(n: float) -> str:
 
 
 def _show(args) -> int:
-    kit = build.kit_dir(args.size, args.seed, _dirs(args)[0])
+    kit = build.kit_dir(args.size, args.seed, _dirs(args)[0], args.corpus_clips)
     path = kit / "manifest.json"
     if not path.is_file():
-        print(f"no built kit at {kit}: run `mamclap data build --size {args.size} --seed {args.seed}`",
+        more = f" --corpus-clips {args.corpus_clips}" if args.corpus_clips else ""
+        print(f"no built kit at {kit}: run `mamclap data build --size {args.size} --seed {args.seed}{more}`",
               file=sys.stderr)
         return 1
     m = json.loads(path.read_text())
@@ -113,6 +119,10 @@ def _show(args) -> int:
         size = _human(d["bytes"]) if "bytes" in d else "-"
         hours = f"{d['hours']:.3f}" if "hours" in d else "-"
         print(f"{name:34s} {clips:>7} {hours:>8s} {size:>10s}  {d['path']}")
+    by_kind = m["datasets"].get("corpus", {}).get("sources_by_category")
+    if by_kind:  # kits built before the corpus reported it lack it
+        print("corpus source recordings: " + ", ".join(
+            f"{k} {c['recordings']} ({c['hours']:.3f} h, {c['groups']} groups)" for k, c in by_kind.items()))
     ov = m["no_overlap"]
     print(f"no overlap: corpus uses {ov['corpus_bank_ids']} bank clips, {ov['excluded_bank_ids']} held out, "
           f"shared {len(ov['intersection'])}")
@@ -123,7 +133,7 @@ def _show(args) -> int:
 
 
 def _check(args) -> int:
-    kit = build.kit_dir(args.size, args.seed, _dirs(args)[0])
+    kit = build.kit_dir(args.size, args.seed, _dirs(args)[0], args.corpus_clips)
     try:
         result = build.check_kit(kit)
     except (build.OverlapError, RuntimeError, FileNotFoundError) as err:

@@ -36,6 +36,7 @@ import json
 import logging
 import time
 from collections import Counter, defaultdict
+from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ import torch
 
 from hear_mamclap import atomic
 from training.kit import augment as aug
+from training.kit import pool
 from training.kit.augment import AugmentConfig
 
 log = logging.getLogger(__name__)
@@ -716,8 +718,39 @@ def manifest_entry(spec: TaskSpec, data: TaskData) -> dict:
     return entry
 
 
-def build_hear_suite(records: list[dict], out_dir: Path, size: str, seed: int,
-                     bank_dir: Path | None = None, tasks: list[str] | None = None) -> dict:
+# Longest first, so that fewer workers than tasks still finish together (the tasks rendering the most clips,
+# or the costliest clips: nsynth_pitch pitch-shifts every note).
+LONGEST_FIRST = ("mini_speech_commands", "mini_nsynth_pitch", "mini_mixtures", "mini_speaker_id", "mini_drum_stroke",
+                 "mini_language_id", "mini_instrument_family", "mini_dcase", "mini_esc")
+
+
+def render_task(builder: Builder, spec: TaskSpec, out_dir: Path) -> dict:
+    """Render one task with the builder and write its folder; returns its manifest entry."""
+    start = time.perf_counter()
+    with one_torch_thread():
+        data = RECIPES[spec.name](builder, spec)
+    extra = {"mamclap": {"size": builder.size, "seed": builder.seed, "held_out_by": data.held_out_by}}
+    write_task(spec, data, out_dir, extra)
+    entry = manifest_entry(spec, data)
+    entry["build_seconds"] = round(time.perf_counter() - start, 2)
+    return entry
+
+
+def _log_task(name: str, entry: dict) -> None:
+    log.info("%s: %s clips, %d classes (%.1f s)", name, entry["clips"], entry["classes"], entry["build_seconds"])
+
+
+def _task_job(records: list[dict], bank_dir: Path | None, size: str, seed: int, name: str,
+              out_dir: Path) -> tuple[dict, dict]:
+    """One task in a worker process, with a Builder of its own: the beds come from their own generator and
+    each task from its own (Builder.rng), and no recipe changes the bank audio it reads, so the files are
+    those of the serial build. Returns (manifest entry, skipped bank clips)."""
+    builder = Builder(records, bank_dir, size, seed)
+    return render_task(builder, specs(size)[name], out_dir), dict(builder.audio.skipped)
+
+
+def build_hear_suite(records: list[dict], out_dir: Path, size: str, seed: int, bank_dir: Path | None = None,
+                     tasks: list[str] | None = None, workers: int = 1, executor: Executor | None = None) -> dict:
     """Write out_dir/<task>-v1.0-full/ for every task; returns the manifest per task.
 
     The manifest maps each task to its bank ids per split (or fold), "units" per split, "heldout_groups",
@@ -725,24 +758,35 @@ def build_hear_suite(records: list[dict], out_dir: Path, size: str, seed: int,
 
     records: bank index records (load_bank); their paths are absolute or relative to bank_dir.
     tasks: a subset of task names (default: all nine).
+    workers: processes rendering tasks side by side (1: one after the other, in this process); the files are
+    the same for any number. executor: a pool (training.kit.pool) to render on instead of one of our own.
     """
+    if size not in COUNTS:
+        raise ValueError(f"size must be one of {SIZES}, got {size!r}")
     out_dir = Path(out_dir)
-    builder = Builder(records, bank_dir, size, seed)
     all_specs = specs(size)
     names = list(all_specs) if tasks is None else tasks
     unknown = sorted(set(names) - set(all_specs))
     if unknown:
         raise ValueError(f"unknown tasks {unknown}; expected some of {list(all_specs)}")
+    if executor is None and workers > 1 and len(names) > 1:
+        with pool.process_pool(min(workers, len(names))) as ex:
+            return build_hear_suite(records, out_dir, size, seed, bank_dir, names, executor=ex)
     manifest: dict = {}
-    for name in names:
-        spec = all_specs[name]
-        start = time.perf_counter()
-        with one_torch_thread():
-            data = RECIPES[name](builder, spec)
-        extra = {"mamclap": {"size": size, "seed": seed, "held_out_by": data.held_out_by}}
-        write_task(spec, data, out_dir, extra)
-        manifest[name] = manifest_entry(spec, data)
-        manifest[name]["build_seconds"] = round(time.perf_counter() - start, 2)
-        log.info("%s: %s clips, %d classes", name, manifest[name]["clips"], manifest[name]["classes"])
-    manifest["skipped_bank_clips"] = dict(builder.audio.skipped)
+    if executor is None:
+        builder = Builder(records, bank_dir, size, seed)
+        for name in names:
+            manifest[name] = render_task(builder, all_specs[name], out_dir)
+            _log_task(name, manifest[name])
+        skipped = dict(builder.audio.skipped)
+    else:
+        order = sorted(names, key=LONGEST_FIRST.index)
+        jobs = [(records, bank_dir, size, seed, n, out_dir) for n in order]
+        results = dict(zip(order, pool.run_all(executor, _task_job, jobs,
+                                               lambda i, result: _log_task(order[i], result[0]))))
+        skipped = {}
+        for name in names:
+            manifest[name] = results[name][0]
+            skipped.update(results[name][1])
+    manifest["skipped_bank_clips"] = dict(sorted(skipped.items()))
     return manifest

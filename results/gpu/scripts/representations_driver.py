@@ -11,11 +11,11 @@ Job graph (jobgraph.py runs it in a daemon across calls, with done-markers):
     readout_<model>  the readout of each task chosen on validation data (`mamclap hear readout`)
     hear_<model>     heareval on every task with that readout, seeded grid points (`mamclap hear eval`)
     superb_<model>_<task>  s3prl speech_commands (KS) and voxceleb1 (SID)
-    release          the final encoder with the best mean validation score, exported in bf16 shards
+    release          picks the final encoder with the best mean validation score; `pack` brings it back in bf16 shards
 
     python results/gpu/scripts/representations_driver.py plan | start | wait SECONDS | pack | daemon
 
-Environment: EXP_WORK (default $TMPDIR/mamclap-representations), MAMCLAP_DATA, OUT, PRE_STEPS (1300),
+Environment: EXP_WORK (default $TMPDIR/mamclap-representations), MAMCLAP_DATA, OUT, PRE_STEPS (1000),
 CORPUS_CLIPS (unset: the medium kit's), HEAR_GRID_POINTS (3), SUPERB_STEPS (1000). LOCAL=1 is a dry run
 on a CPU machine (tiny kit, tiny encoder, a few steps).
 """
@@ -39,7 +39,7 @@ SIZE_KIT = "tiny" if LOCAL else "medium"
 CORPUS_CLIPS = os.environ.get("CORPUS_CLIPS")
 KIT = DATA / (f"kit-{SIZE_KIT}-s0" + (f"-c{CORPUS_CLIPS}" if CORPUS_CLIPS else ""))
 SIZE = "tiny" if LOCAL else "small"
-PRE_STEPS = int(os.environ.get("PRE_STEPS", 8 if LOCAL else 1300))
+PRE_STEPS = int(os.environ.get("PRE_STEPS", 8 if LOCAL else 1000))
 SNAPSHOT_EVERY = PRE_STEPS // 4
 HEAR_GRID_POINTS = os.environ.get("HEAR_GRID_POINTS", "1" if LOCAL else "3")
 SUPERB_STEPS = os.environ.get("SUPERB_STEPS", "20" if LOCAL else "1000")
@@ -86,7 +86,7 @@ def jobs() -> list[Job]:
     kit_dep = [j.name for j in out]
     cache = W / "cache"
     out.append(Job("precompute", [*M, "precompute", "--data", str(KIT / "corpus"), "--variant", "mam", "--size", SIZE,
-                                  "--out", str(cache), "--workers", "4", "--batch-size", "64"], kit_dep, units=4,
+                                  "--out", str(cache), "--workers", str(max(1, NCPU - 4)), "--batch-size", "64"], kit_dep, units=NCPU,
                    gpu=True))
     out.append(Job("floors", [*M, "diagnose", "floors", "--cache", str(cache), "--size", SIZE,
                               "--out", str(RES / "floors.json")], ["precompute"]))
@@ -138,8 +138,8 @@ def jobs() -> list[Job]:
 
 
 def release() -> None:
-    """Export the final encoder whose mean heareval validation score over the tasks is highest (the choice
-    never looks at test scores)."""
+    """Choose the final encoder whose mean heareval validation score over the tasks is highest (the choice
+    never looks at test scores); `pack` brings its weights back as bf16 shards."""
     best, best_score = None, None
     for name in RUNS:
         path = RES / "hear" / f"{name}.json"
@@ -154,8 +154,6 @@ def release() -> None:
         sys.exit("no final run has HEAR results")
     GRAPH.log(f"release: {best} (mean validation score {best_score:.4f})")
     (RES / "release_choice.json").write_text(json.dumps({"run": best, "mean_validation_score": best_score}))
-    os.execv(PY, [PY, "-m", "training.cli", "export", "--release", "--name", os.environ.get("RELEASE_NAME", "release"),
-                  "--out", str(W / "release"), str(W / "runs" / best / "encoder")])
 
 
 def pack() -> None:
@@ -177,16 +175,35 @@ def pack() -> None:
             tar.add(KIT / "manifest.json", arcname=f"kits/{KIT.name}.manifest.json")
         for card in sorted((KIT / "cards").glob("*.md")) if (KIT / "cards").exists() else []:
             tar.add(card, arcname=f"kits/cards/{card.name}")
-        release_dir = W / "release"
-        for f in sorted(release_dir.rglob("*")) if release_dir.exists() else []:
-            if f.is_file() and f.stat().st_size < 1 << 20:
-                tar.add(f, arcname=f"release/{f.relative_to(release_dir)}")
-    big = [f for f in sorted((W / "release").rglob("*")) if f.is_file() and f.stat().st_size >= 1 << 20] \
-        if (W / "release").exists() else []
+    choice = RES / "release_choice.json"  # the chosen encoder's weights in bf16 shards beside the tarball
+    big = bf16_shards(W / "runs" / json.loads(choice.read_text())["run"] / "encoder", W / "shards") \
+        if choice.exists() else []
     for f in big[:7]:  # the weight shards, each under 16 MiB, beside the tarball
         (out / f.name).write_bytes(f.read_bytes())
     print(f"packed {out / 'representations.tar.gz'} ({(out / 'representations.tar.gz').stat().st_size / 1e6:.2f} MB)"
           f" and {len(big[:7])} weight files")
+
+
+def bf16_shards(export: Path, out: Path, limit: int = 15 << 20) -> list[Path]:
+    """An encoder export's weights as bf16 safetensors files of at most `limit` bytes (with its encoder.json)."""
+    import torch
+    from safetensors.torch import save_file
+    from hear_mamclap.checkpoint import load_encoder
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in load_encoder(export).state_dict().items()}
+    shards, current, size = [], {}, 0
+    for k, v in state.items():
+        n = v.numel() * 2
+        if current and size + n > limit:
+            shards.append(current)
+            current, size = {}, 0
+        current[k], size = v, size + n
+    shards.append(current)
+    files = []
+    for i, shard in enumerate(shards):
+        files.append(out / f"{export.parent.name}.bf16-{i + 1:05d}-of-{len(shards):05d}.safetensors")
+        save_file(shard, str(files[-1]))
+    return files
 
 
 def plan() -> None:
