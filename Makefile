@@ -22,7 +22,8 @@ bank: setup
 test: bank
 	MAMCLAP_STRICT_SKIPS=1 $(PYTEST) tests/
 
-# Day-to-day: every test but those marked slow (end-to-end runs of about 20 s or more).
+# Day-to-day: every test but those marked slow (end-to-end runs of about 20 s or more); under 5 minutes on
+# 2 cores once set up and the bank is built.
 test-fast: bank
 	MAMCLAP_STRICT_SKIPS=1 $(PYTEST) -m "not slow" tests/
 
