@@ -620,6 +620,7 @@ def test_scored_splits_are_heareval_s_test_splits():
         assert scored_splits(meta) == ["|".join(s["test"]) for s in heareval_splits(meta)], folder
 
 
+@pytest.mark.slow
 def test_heareval_embeddings_runner_runs_a_torch_module_without_tensorflow(tiny_tasks, tmp_path):
     """The GPU machines have no TensorFlow: with compat's stand-in registered, heareval's own embeddings
     runner embeds a tiny task with a torch module and never imports TensorFlow."""
