@@ -22,8 +22,8 @@ bank: setup
 test: bank
 	MAMCLAP_STRICT_SKIPS=1 $(PYTEST) tests/
 
-# Day-to-day: every test but those marked slow (end-to-end runs of about 20 s or more); under 5 minutes on
-# 2 cores once set up and the bank is built.
+# Day-to-day: every test but those marked slow (end-to-end runs of about 20 s or more); about 5 minutes on
+# 2 idle cores once set up and the bank is built (~460 CPU-seconds).
 test-fast: bank
 	MAMCLAP_STRICT_SKIPS=1 $(PYTEST) -m "not slow" tests/
 
