@@ -3,8 +3,10 @@ import this checkout's packages, and the data fixtures several test files share 
 kit's HEAR suite, SUPERB layouts and corpus), each built once per session."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,18 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped under MAMCLAP_STRICT_SKIPS=1 (make test must run every test): {report.longrepr}"
 
 
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Each test leaves os.environ as it found it. A test that applies a compatibility fix in this process
+    (prepare_s3prl sets TORCH_FORCE_WEIGHTS_ONLY_LOAD) would otherwise hand it to the fresh interpreters of
+    the tests that run after it in the same process, whose order depends on how pytest-xdist deals them."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 # ------------------------------------------------------------------------------ data shared by test files
 
 
@@ -61,14 +75,47 @@ def bank_records(bank_dir) -> list[dict]:
     return [json.loads(line) for line in lines if line.strip()]
 
 
+def _run_dir(tmp_path_factory) -> Path:
+    """A folder every pytest-xdist worker of this run shares (the parent of the workers' own base folders);
+    without xdist, the session's base folder."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@contextmanager
+def _exclusive(lock: Path):
+    """Hold an exclusive lock on the file `lock`: two workers that need the same shared data build it once,
+    the second waits and then reads what the first built."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _build_once(tmp_path_factory, name: str, build) -> tuple[Path, dict]:
+    """build(folder) -> manifest, run once per test run whatever the number of workers: the first worker
+    builds <run dir>/<name>/ and writes its manifest beside it; the others read that manifest."""
+    shared = _run_dir(tmp_path_factory)
+    folder, done = shared / name, shared / f"{name}.manifest.json"
+    with _exclusive(shared / f"{name}.lock"):
+        if not done.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            done.write_text(json.dumps(build(folder)))
+    return folder, json.loads(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def tiny_hear_suite(bank_dir, bank_records, tmp_path_factory) -> tuple[Path, dict]:
     """The tiny mini HEAR suite of seed 0 and its manifest: test_hear_suite checks it, the HEAR harness
     tests embed copies of some of its tasks. Read-only: copy a task before changing it."""
     from training.kit.hear_suite import build_hear_suite
 
-    out = tmp_path_factory.mktemp("hear") / "tasks"
-    return out, build_hear_suite(bank_records, out, "tiny", seed=0, bank_dir=bank_dir)
+    folder, manifest = _build_once(tmp_path_factory, "hear", lambda out: build_hear_suite(
+        bank_records, out / "tasks", "tiny", seed=0, bank_dir=bank_dir))
+    return folder / "tasks", manifest
 
 
 @pytest.fixture(scope="session")
@@ -76,17 +123,23 @@ def tiny_superb(bank_dir, bank_records, tmp_path_factory) -> tuple[Path, dict]:
     """The tiny SUPERB layouts of seed 0 (speech_commands/, voxceleb1/) and their manifest. Read-only."""
     from training.kit.superb_layouts import build_superb
 
-    out = tmp_path_factory.mktemp("superb")
-    return out, build_superb(bank_records, out, "tiny", seed=0, bank_dir=bank_dir)
+    return _build_once(tmp_path_factory, "superb", lambda out: build_superb(
+        bank_records, out, "tiny", seed=0, bank_dir=bank_dir))
 
 
 @pytest.fixture(scope="session")
-def tiny_corpus(bank_dir) -> Path:
+def tiny_corpus(bank_dir, tmp_path_factory) -> Path:
     """The tiny kit's pretraining shards in $MAMCLAP_DATA (built once there, then reused across sessions,
-    as `mamclap demo` reuses it)."""
+    as `mamclap demo` reuses it). build_kit runs once per test run, under a lock in the data folder, so
+    two workers (or two test runs) never write the kit at once."""
     from training.kit.build import build_kit, kit_dir
 
-    build_kit("tiny", seed=0, data_dir=DATA, bank_dir=bank_dir, progress=False)
-    shards = kit_dir("tiny", 0, DATA) / "corpus"
+    kit = kit_dir("tiny", 0, DATA)
+    checked = _run_dir(tmp_path_factory) / "kit-tiny-s0.checked"
+    with _exclusive(DATA / ".kit-tiny-s0.lock"):
+        if not checked.is_file():
+            build_kit("tiny", seed=0, data_dir=DATA, bank_dir=bank_dir, progress=False)
+            checked.write_text(str(kit))
+    shards = kit / "corpus"
     assert any(shards.glob("*.tar")) and (shards / "class_labels_indices.csv").exists()
     return shards

@@ -70,6 +70,7 @@ def test_s3prl_cache_is_under_the_cache_variable_or_the_current_directory(tmp_pa
     assert s3prl_compat.s3prl_cache_dir() == tmp_path.resolve() / "elsewhere" / "s3prl_voxceleb1"
 
 
+@pytest.mark.slow
 def test_prepare_heareval_restores_current_epoch_setter_and_full_checkpoint_load(tmp_path):
     ckpt = tmp_path / "lightning-like.ckpt"
     out = run_python(f"""

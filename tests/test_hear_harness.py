@@ -29,40 +29,75 @@ def tiny_export(tmp_path_factory) -> Path:
                           metadata={"seed": 7})
 
 
-def validate(module: str, model: Path | None = None, pythonpath: Path | None = None) -> str:
-    """Run the hear-validator command on module; return its output, failing the test when it fails."""
+# hear-validator's command is hearvalidator.validate:main; VALIDATE_SEVERAL runs it (argv and all) once per
+# module in one process, so the validations share one start-up (torch and TensorFlow imports, ~20 s each on a
+# 2-core machine). Each run's output sits between marker lines, with the exception that ended it, if any.
+VALIDATE_SEVERAL = r"""
+import contextlib, io, json, sys, traceback
+from hearvalidator.validate import main
+for argv in json.loads(sys.argv[1]):
+    sys.argv, out, status = ["hear-validator", *argv], io.StringIO(), "ok"
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        try:
+            main()
+        except BaseException:  # ModelError is a BaseException, argparse raises SystemExit
+            status = "failed"
+            traceback.print_exc()
+    print("=== " + json.dumps([argv[0], status]), out.getvalue(), "=== end", sep="\n", flush=True)
+"""
+
+
+def validate_several(runs: list[tuple[str, Path | None]], pythonpath: Path | None = None) -> dict[str, str]:
+    """hear-validator on each (module, model) of runs, in one process; {module: its output}, failing the test
+    when any of them fails (no "Looks good!")."""
     pytest.importorskip("hearvalidator")
     env = {**os.environ, **compat.runtime_env()}
     env["PYTHONPATH"] = os.pathsep.join(str(p) for p in (pythonpath, REPO) if p is not None)
-    exe = Path(sys.executable).parent / "hear-validator"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "hearvalidator.validate"]
-    cmd += [module] + (["--model", str(model)] if model is not None else []) + ["--device", "cpu"]
-    proc = subprocess.run(cmd, env=env, text=True, capture_output=True, cwd=REPO)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0 and "Looks good!" in proc.stdout, output[-4000:]
-    return output
+    argvs = [[module, *(["--model", str(model)] if model is not None else []), "--device", "cpu"]
+             for module, model in runs]
+    proc = subprocess.run([sys.executable, "-c", VALIDATE_SEVERAL, json.dumps(argvs)], env=env, text=True,
+                          capture_output=True, cwd=REPO)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    outputs = {}
+    for block in proc.stdout.split("=== end\n"):
+        if block.strip():
+            header, _, body = block.partition("\n")
+            module, status = json.loads(header.removeprefix("=== "))
+            assert status == "ok" and "Looks good!" in body, body[-4000:]
+            outputs[module] = body
+    assert sorted(outputs) == sorted(module for module, _ in runs), proc.stdout[-4000:]
+    return outputs
+
+
+@pytest.fixture(scope="module")
+def validated(tiny_export, tmp_path_factory) -> dict[str, str]:
+    """hear-validator's output on hear_mamclap (the tiny export) and on the baselines, one validator process
+    for all four. The validator passes no options; a module fixing crepe's small capacity keeps crepe's
+    validation short on a CPU."""
+    shim = tmp_path_factory.mktemp("crepe_shim")
+    (shim / "crepe_tiny_capacity.py").write_text(
+        "from functools import partial\n"
+        "from hear_mamclap.baselines.crepe import get_scene_embeddings, get_timestamp_embeddings, load_model\n"
+        "load_model = partial(load_model, capacity='tiny')\n")
+    return validate_several([("hear_mamclap", tiny_export), ("hear_mamclap.baselines.logmel", None),
+                             # the export's architecture, random weights
+                             ("hear_mamclap.baselines.random_init", tiny_export), ("crepe_tiny_capacity", None)],
+                            pythonpath=shim)
 
 
 # --------------------------------------------------------------------------------------------- validator
 
 
 @pytest.mark.slow
-def test_hear_validator_passes_on_a_tiny_export(tiny_export):
-    out = validate("hear_mamclap", tiny_export)
-    assert "Interval between timestamps is 40.0ms" in out
+def test_hear_validator_passes_on_a_tiny_export(validated):
+    assert "Interval between timestamps is 40.0ms" in validated["hear_mamclap"]
 
 
 @pytest.mark.slow
-def test_hear_validator_passes_on_the_baselines(tiny_export, tmp_path):
-    validate("hear_mamclap.baselines.logmel")
-    validate("hear_mamclap.baselines.random_init", tiny_export)  # the export's architecture, random weights
-    # The validator passes no options; a module fixing crepe's small capacity keeps this test short on a CPU.
-    (tmp_path / "crepe_tiny_capacity.py").write_text(
-        "from functools import partial\n"
-        "from hear_mamclap.baselines.crepe import get_scene_embeddings, get_timestamp_embeddings, load_model\n"
-        "load_model = partial(load_model, capacity='tiny')\n")
-    out = validate("crepe_tiny_capacity", pythonpath=tmp_path)
-    assert "Interval between timestamps is 50.0ms" in out
+def test_hear_validator_passes_on_the_baselines(validated):
+    for module in ("hear_mamclap.baselines.logmel", "hear_mamclap.baselines.random_init", "crepe_tiny_capacity"):
+        assert "Looks good!" in validated[module], module
+    assert "Interval between timestamps is 50.0ms" in validated["crepe_tiny_capacity"]
 
 
 # --------------------------------------------------------------------------------------------- baselines
@@ -585,6 +620,7 @@ def test_scored_splits_are_heareval_s_test_splits():
         assert scored_splits(meta) == ["|".join(s["test"]) for s in heareval_splits(meta)], folder
 
 
+@pytest.mark.slow
 def test_heareval_embeddings_runner_runs_a_torch_module_without_tensorflow(tiny_tasks, tmp_path):
     """The GPU machines have no TensorFlow: with compat's stand-in registered, heareval's own embeddings
     runner embeds a tiny task with a torch module and never imports TensorFlow."""

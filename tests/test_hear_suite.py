@@ -173,6 +173,7 @@ def without_timings(manifest: dict) -> dict:
             for k, v in manifest.items()}
 
 
+@pytest.mark.slow
 def test_workers_render_the_same_files_as_the_serial_build(suite, records, bank_dir, tmp_path):
     """Tasks rendered side by side in 2 processes: byte for byte the session's suite, built in this one."""
     out, manifest = suite
@@ -183,6 +184,7 @@ def test_workers_render_the_same_files_as_the_serial_build(suite, records, bank_
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") or p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_workers_skip_an_unreadable_clip_and_count_it(records, bank_dir, tmp_path):
     drums = [r for r in records if r["kind"] == "drum"]
     broken = dict(drums[0], id="drum/broken-file", path=str(tmp_path / "broken.flac"))
@@ -195,6 +197,7 @@ def test_workers_skip_an_unreadable_clip_and_count_it(records, bank_dir, tmp_pat
         assert (tmp_path / "tasks" / f"{task}-v1.0-full" / "task_metadata.json").is_file()
 
 
+@pytest.mark.slow
 def test_a_failed_task_in_a_worker_is_raised_and_leaves_no_half_written_folder(records, bank_dir, tmp_path):
     speech_only = [r for r in records if r["kind"] == "speech"]
     with pytest.raises(ValueError, match="at least 2"):

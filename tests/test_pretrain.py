@@ -43,6 +43,15 @@ def run_cli(*args: str, env_extra: dict | None = None, check: bool = True, **pop
                           capture_output=True, text=True, timeout=600, **popen)
 
 
+def train(*args: str) -> None:
+    """`mamclap ARGS` through the CLI's entry point in this process: a run whose output the test does not
+    read, spared a Python start-up (imports and all, most of a tiny run's time). Runs that are killed, run
+    under torchrun or whose stderr is read stay subprocesses (run_cli)."""
+    from training import cli
+
+    assert cli.main(list(args)) == 0, args
+
+
 def losses(out_dir: Path) -> dict[int, float]:
     """Last logged loss per step (a resumed run re-logs the steps after its checkpoint)."""
     by_step = {}
@@ -55,12 +64,17 @@ def losses(out_dir: Path) -> dict[int, float]:
 COMMON = ("--size", "tiny", "--batch-size", "4", "--warmup-steps", "2", "--log-every", "1", "--workers", "0")
 
 
-@pytest.mark.parametrize("preset", ["mam", "mam_clap", "supmam", "supmam_clap"])
-def test_every_preset_trains_from_the_cli(preset, corpus, tmp_path, request):
+# One preset runs as `python -m training.cli` would from a shell; the others go through the same CLI entry
+# point in this process, which spares each a Python start-up (the demo's test runs pretraining as a
+# subprocess again).
+@pytest.mark.parametrize("preset, subprocess_run", [("mam", False), ("mam_clap", False), ("supmam", False),
+                                                    ("supmam_clap", True)])
+def test_every_preset_trains_from_the_cli(preset, subprocess_run, corpus, tmp_path, request):
     out = tmp_path / preset
     extra = ("--teacher", str(request.getfixturevalue("teacher_ckpt"))) if preset.endswith("_clap") else ()
-    run_cli("pretrain", "--preset", preset, "--data", str(corpus), "--out-dir", str(out), "--steps", "3",
+    args = ("pretrain", "--preset", preset, "--data", str(corpus), "--out-dir", str(out), "--steps", "3",
             *COMMON, *extra)
+    (run_cli if subprocess_run else train)(*args)
     logged = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
     expected_terms = {"recon"} | ({"distill_visible", "distill_masked"} if preset.endswith("_clap") else set()) \
         | ({"cls"} if preset.startswith("sup") else set())
@@ -86,29 +100,46 @@ def test_clap_preset_without_teacher_is_a_clear_error(corpus, tmp_path):
 
 
 def test_loss_falls(corpus, tmp_path):
-    run_cli("pretrain", "--preset", "supmam", "--data", str(corpus), "--out-dir", str(tmp_path), "--steps", "60",
-            "--base-lr", "0.05", *COMMON)
+    train("pretrain", "--preset", "supmam", "--data", str(corpus), "--out-dir", str(tmp_path), "--steps", "60",
+          "--base-lr", "0.05", *COMMON)
     by_step = losses(tmp_path)
     first = sum(by_step[s] for s in range(1, 6)) / 5
     last = sum(by_step[s] for s in range(56, 61)) / 5
     assert last < 0.8 * first, (first, last)
 
 
-def test_two_process_ddp_matches_one_process(corpus, tmp_path):
-    args = ("--preset", "supmam", "--data", str(corpus), "--steps", "6", "--size", "tiny", "--warmup-steps", "2",
-            "--log-every", "1", "--workers", "0", "--base-lr", "0.01")
-    run_cli("pretrain", *args, "--out-dir", str(tmp_path / "one"), "--batch-size", "8")
+# The settings of the world-size tests: 6 steps of the tiny supmam, a checkpoint every 3 steps.
+WORLD_ARGS = ("--preset", "supmam", "--size", "tiny", "--warmup-steps", "2", "--log-every", "1", "--workers", "0",
+              "--base-lr", "0.01", "--ckpt-every", "3", "--steps", "6")
+
+
+def torchrun(*args: str) -> None:
+    """`mamclap pretrain ARGS` in 2 gloo processes on the CPU (torch.distributed.run)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                    "-m", "training.cli", "pretrain", *args, "--out-dir", str(tmp_path / "two"),
-                    "--batch-size", "4", "--device", "cpu"],
+                    "-m", "training.cli", "pretrain", *args, "--device", "cpu"],
                    cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=600)
-    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+
+
+@pytest.fixture(scope="module")
+def one_process_losses(tiny_corpus, tmp_path_factory) -> dict[int, float]:
+    """The reference of the world-size tests: one process, global batch 8, 6 steps uninterrupted."""
+    out = tmp_path_factory.mktemp("one_process")
+    train("pretrain", *WORLD_ARGS, "--data", str(tiny_corpus), "--batch-size", "8", "--out-dir", str(out))
+    one = losses(out)
+    assert sorted(one) == list(range(1, 7))
+    return one
+
+
+def test_two_process_ddp_matches_one_process(corpus, one_process_losses, tmp_path):
+    torchrun(*WORLD_ARGS, "--data", str(corpus), "--out-dir", str(tmp_path / "two"), "--batch-size", "4")
+    one, two = one_process_losses, losses(tmp_path / "two")
     assert sorted(one) == sorted(two) == list(range(1, 7))
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-4, abs=1e-5), step
     # Gradient accumulation is the same global batch again.
-    run_cli("pretrain", *args, "--out-dir", str(tmp_path / "accum"), "--batch-size", "4", "--accum", "2")
+    train("pretrain", *WORLD_ARGS, "--data", str(corpus), "--out-dir", str(tmp_path / "accum"), "--batch-size", "4",
+          "--accum", "2")
     accum = losses(tmp_path / "accum")
     for step in one:
         assert accum[step] == pytest.approx(one[step], rel=1e-4, abs=1e-5), step
@@ -117,7 +148,7 @@ def test_two_process_ddp_matches_one_process(corpus, tmp_path):
 def test_kill_9_then_resume_equals_uninterrupted(corpus, tmp_path):
     args = ("pretrain", "--preset", "supmam", "--data", str(corpus), "--steps", "16", "--ckpt-every", "4",
             *COMMON)
-    run_cli(*args, "--out-dir", str(tmp_path / "full"))
+    train(*args, "--out-dir", str(tmp_path / "full"))
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "training.cli", *args, "--out-dir", str(out)], cwd=REPO,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL,
@@ -132,7 +163,7 @@ def test_kill_9_then_resume_equals_uninterrupted(corpus, tmp_path):
     saved = checkpointing.load(out / "checkpoint.pt")["step"]
     assert 4 <= saved < 16 and saved % 4 == 0
     assert not list(out.glob("checkpoint.pt.*.tmp"))  # nothing half written is left as the checkpoint
-    run_cli(*args, "--out-dir", str(out), "--resume")
+    train(*args, "--out-dir", str(out), "--resume")
     full, resumed = losses(tmp_path / "full"), losses(out)
     assert sorted(resumed) == sorted(full)
     for step in full:
@@ -168,26 +199,20 @@ def test_unreadable_clips_are_skipped_and_counted(corpus, tmp_path):
     assert summary["step"] == 6 and summary["skipped"] >= 3
 
 
-def test_checkpoint_moves_between_world_sizes(corpus, tmp_path):
+def test_checkpoint_moves_between_world_sizes(corpus, one_process_losses, tmp_path):
     """A checkpoint of a 2-process run resumes on 1 process (and the reverse) with the same global batch,
     giving the losses of an uninterrupted run."""
-    args = ("--preset", "supmam", "--data", str(corpus), "--size", "tiny", "--warmup-steps", "2",
-            "--log-every", "1", "--workers", "0", "--base-lr", "0.01", "--ckpt-every", "3")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                "-m", "training.cli", "pretrain", *args, "--device", "cpu"]
-    run_cli("pretrain", *args, "--steps", "6", "--batch-size", "8", "--out-dir", str(tmp_path / "one"))
+    args = (*WORLD_ARGS, "--data", str(corpus))
     # 2 processes to step 3, then 1 process to step 6.
-    subprocess.run([*torchrun, "--steps", "6", "--stop-at", "3", "--batch-size", "4", "--out-dir", str(tmp_path / "two_one")],
-                   cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=600)
+    torchrun(*args, "--stop-at", "3", "--batch-size", "4", "--out-dir", str(tmp_path / "two_one"))
     saved = checkpointing.load(tmp_path / "two_one" / "checkpoint.pt")
     assert saved["world_size"] == 2 and saved["step"] == 3
-    run_cli("pretrain", *args, "--steps", "6", "--out-dir", str(tmp_path / "two_one"), "--resume")
+    train("pretrain", *args, "--out-dir", str(tmp_path / "two_one"), "--resume")
     # 1 process to step 3, then 2 processes to step 6.
-    run_cli("pretrain", *args, "--steps", "6", "--stop-at", "3", "--batch-size", "8", "--out-dir", str(tmp_path / "one_two"))
-    subprocess.run([*torchrun, "--steps", "6", "--out-dir", str(tmp_path / "one_two"), "--resume"],
-                   cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=600)
-    one = losses(tmp_path / "one")
+    train("pretrain", *args, "--stop-at", "3", "--batch-size", "8", "--out-dir", str(tmp_path / "one_two"))
+    assert checkpointing.load(tmp_path / "one_two" / "checkpoint.pt")["world_size"] == 1
+    torchrun(*args, "--out-dir", str(tmp_path / "one_two"), "--resume")
+    one = one_process_losses
     for moved in (losses(tmp_path / "two_one"), losses(tmp_path / "one_two")):
         assert sorted(moved) == sorted(one)
         for step in one:
@@ -204,6 +229,6 @@ def test_audioset_layout_trains_with_the_same_labels(corpus, tmp_path):
     assert audioset.vocabulary == shards.vocabulary and len(audioset) == len(shards)
     by_key = {item.key: item.labels for item in shards.items}
     assert all(by_key[item.key] == item.labels and item.labels for item in audioset.items)
-    run_cli("pretrain", "--preset", "supmam", "--data", str(csv_path), "--out-dir", str(tmp_path / "run"),
-            "--steps", "2", *COMMON)
+    train("pretrain", "--preset", "supmam", "--data", str(csv_path), "--out-dir", str(tmp_path / "run"),
+          "--steps", "2", *COMMON)
     assert checkpointing.load(tmp_path / "run" / "checkpoint.pt")["step"] == 2

@@ -124,6 +124,7 @@ def test_choice_is_the_best_valid_candidate_and_the_first_on_a_tie():
     assert readout.selection_metric({"evaluation": ["x"], "prediction_type": "multilabel"}) == "mAP"
 
 
+@pytest.mark.slow
 def test_readout_of_a_kit_reads_no_test_clip(kit, export, tmp_path, capsys):
     """End to end on the tiny kit: the event task is passed through with its reason; the scene task is
     chosen from train and valid while every test file is broken (the readout must never read one)."""

@@ -9,6 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 REPO = Path.cwd()
 
 # A checkpoint whose unpickling runs code: it creates the file named by MARKER.
@@ -34,6 +36,7 @@ def _crafted(tmp_path: Path) -> tuple[Path, Path]:
     return ckpt, marker
 
 
+@pytest.mark.slow
 def test_heareval_process_loads_only_its_own_checkpoints(tmp_path):
     ckpt, marker = _crafted(tmp_path)
     code = textwrap.dedent(f"""

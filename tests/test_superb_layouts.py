@@ -72,6 +72,7 @@ def test_superb_test_material_is_held_out(superb, bank_records):
     assert texts["test"] and not texts["test"] & texts["train"]
 
 
+@pytest.mark.slow
 def test_workers_write_the_same_layouts_as_the_serial_build(superb, bank_records, bank_dir, tmp_path):
     """The two layouts written side by side in 2 processes: byte for byte the session's, built in this one."""
     out, manifest = superb
