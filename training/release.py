@@ -403,8 +403,10 @@ def register(subparsers) -> None:
     p.add_argument("--release", action="store_true",
                    help=f"write the release: MODELS_DIR/NAME in bfloat16, files <= {MAX_SHARD_BYTES // 2**20} MiB, "
                         f"<= {MAX_RELEASE_BYTES // 2**20} MiB in all")
-    p.add_argument("--name", default=RELEASE_NAME, help="the release's folder name (with --release)")
-    p.add_argument("--models-dir", type=Path, default=MODELS_DIR, help="where releases live (with --release)")
+    p.add_argument("--name", default=RELEASE_NAME,
+                   help="the release's folder name (with --release; default: %(default)s)")
+    p.add_argument("--models-dir", type=Path, default=MODELS_DIR,
+                   help="where releases live (with --release; default: %(default)s)")
     p.add_argument("--replace", action="store_true", help="remove the release already there (with --release)")
     scores = p.add_mutually_exclusive_group()
     scores.add_argument("--scores", nargs="+", metavar="FILE",

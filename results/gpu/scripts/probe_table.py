@@ -1,5 +1,6 @@
-"""The markdown table of `mamclap hear probe` results (the readout's ridge probes scored on test): one row per
-model, seeds (names ending in -sN) gathered into one row.
+"""The markdown table of `mamclap hear probe` results (the readout's ridge probes scored on test), or of
+`mamclap hear readout` files (each task's chosen candidate's validation score): one row per model, seeds
+(names ending in -sN) gathered into one row.
 
     python results/gpu/scripts/probe_table.py DIR_OF_PROBE_JSONS [--csv scores.csv] > table.md
 
@@ -36,8 +37,19 @@ def t_half(values: list[float]) -> float | None:
     return float(stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / np.sqrt(len(values)))
 
 
+def as_probe(doc: dict) -> dict:
+    """A `mamclap hear readout` file in the shape of a probe file: each scene task's score is the validation
+    score of its chosen candidate (optimistic: the best of the candidates x weight decays tried; no interval)."""
+    if doc.get("format") != "mamclap-readout":
+        return doc
+    tasks = {k: {"score": e["valid"][e["candidate"]], "ci95": {"half_width": None}}
+             for k, e in doc["tasks"].items() if e.get("candidate")}
+    return {"tasks": tasks, "mean": float(np.mean([t["score"] for t in tasks.values()])) if tasks else None,
+            "mean_half_width": None}
+
+
 def main(folder: str, csv_path: str | None = None) -> None:
-    docs = {p.stem: json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json"))}
+    docs = {p.stem: as_probe(json.loads(p.read_text())) for p in sorted(Path(folder).glob("*.json"))}
     rows: dict[str, list[dict]] = {}
     out: list[list] = []
     for name, doc in docs.items():
@@ -56,7 +68,8 @@ def main(folder: str, csv_path: str | None = None) -> None:
             mean = f"{np.mean(means):.3f} +- {t_half(means):.3f} (t, seeds)"
         elif means:
             one = next(r for r in runs if r["mean"] == means[0])
-            mean = f"{means[0]:.3f} +- {one['mean_half_width']:.3f} (bootstrap)"
+            mean = (f"{means[0]:.3f}" if one["mean_half_width"] is None
+                    else f"{means[0]:.3f} +- {one['mean_half_width']:.3f} (bootstrap)")
         else:
             mean = "-"
         print(f"| {fam} | {len(runs)} | " + " | ".join(cells) + f" | {mean} |")
