@@ -11,6 +11,7 @@ results and kits from the rest of a group that shares them.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import shutil
@@ -126,3 +127,12 @@ def remove_stale(path: str | Path, temp_parent: str | Path | None = None) -> lis
     for p in stale:
         _remove(p)
     return stale
+
+
+def sha256_file(path: str | Path) -> str:
+    """The SHA-256 hex digest of a file's bytes, read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()

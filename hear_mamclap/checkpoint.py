@@ -22,7 +22,6 @@ torch.load(weights_only=True).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -72,14 +71,6 @@ def plan_shards(state: dict[str, torch.Tensor], max_shard_bytes: int) -> list[li
     return groups
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def export_encoder(encoder: MAMCLAPEncoder, out_dir: str | Path, metadata: dict | None = None,
                    dtype: torch.dtype | None = None, max_shard_bytes: int | None = None) -> Path:
     """Write out_dir/encoder.safetensors and out_dir/encoder.json, each to a temp name renamed into place.
@@ -113,7 +104,7 @@ def export_encoder(encoder: MAMCLAPEncoder, out_dir: str | Path, metadata: dict 
             size = path.stat().st_size
             if max_shard_bytes is not None and size > max_shard_bytes:  # the header bound above failed
                 raise RuntimeError(f"{path}: {size} bytes, over the shard limit of {max_shard_bytes}")
-            files.append({"name": path.name, "bytes": size, "sha256": _sha256(path)})
+            files.append({"name": path.name, "bytes": size, "sha256": atomic.sha256_file(path)})
         manifest.update(version=SHARDED_VERSION, weights={"dtype": names[dtype], "files": files})
     atomic.write_text(out_dir / CONFIG_NAME, json.dumps(manifest, indent=2) + "\n")
     return out_dir
@@ -193,7 +184,7 @@ def _weight_files(manifest: dict, manifest_path: Path) -> list[Path]:
         if size != f["bytes"]:
             raise UserError(f"{path}: {size} bytes, {manifest_path} says {f['bytes']} (a Git LFS pointer or a "
                             "partial copy?); fetch the file again")
-        if _sha256(path) != f["sha256"]:
+        if atomic.sha256_file(path) != f["sha256"]:
             raise UserError(f"{path}: its SHA-256 differs from the one in {manifest_path} (a corrupt or "
                             "replaced file); fetch the file again")
         paths.append(path)

@@ -168,14 +168,6 @@ def check_no_overlap(corpus_ids: set[str] | list[str], test_ids: set[str] | list
     return {"corpus_bank_ids": len(set(corpus_ids)), "test_bank_ids": len(set(test_ids)), "intersection": []}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 DATA_DIRS = ("hear", "superb", "corpus", "audioset", "finetune")
 
 
@@ -190,7 +182,7 @@ def data_files(kit: Path) -> list[Path]:
 
 def write_checksums(kit: Path) -> str:
     """Write kit/files.sha256 (sha256sum format); returns the sha256 of that listing (the kit digest)."""
-    lines = [f"{_sha256(p)}  {p.relative_to(kit).as_posix()}\n" for p in data_files(kit)]
+    lines = [f"{atomic.sha256_file(p)}  {p.relative_to(kit).as_posix()}\n" for p in data_files(kit)]
     text = "".join(lines)
     atomic.write_text(kit / "files.sha256", text)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -489,7 +481,7 @@ def check_kit(kit: Path) -> dict:
         digest, rel = line.split("  ", 1)
         expected[rel] = digest
     present = {p.relative_to(kit).as_posix() for p in data_files(kit)}
-    bad = sorted(rel for rel in expected if rel not in present or _sha256(kit / rel) != expected[rel])
+    bad = sorted(rel for rel in expected if rel not in present or atomic.sha256_file(kit / rel) != expected[rel])
     extra = sorted(present - set(expected))
     if bad or extra:
         raise RuntimeError(f"{kit}: {len(bad)} data files missing or changed (e.g. {bad[:5]}), "
