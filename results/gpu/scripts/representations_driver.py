@@ -8,11 +8,13 @@ Job graph (jobgraph.py runs it in a daemon across calls, with done-markers):
     precompute       the corpus's log-mel and labels once, held on the GPU by every run (`mamclap precompute`)
     floors           the losses' trivial floors on that cache (`mamclap diagnose floors`)
     pretrain_<run>   the runs side by side on the GPU (RUNS below; snapshots for the scaling curve)
+    import_release   the release encoder (SupMAM seed 0 of this recipe) from the repository, checked
     readout_<model>  the readout of each task chosen on validation data (`mamclap hear readout`)
     probe_<model>    that readout's ridge probes scored on test (`mamclap hear probe`: a diagnostic)
-    hear_<model>     heareval on every task with that readout, seeded grid points (`mamclap hear eval`)
     superb_<model>_<task>  s3prl speech_commands (KS) and voxceleb1 (SID)
-    release          picks the final encoder with the best mean validation score; `pack` brings it back in bf16 shards
+    hear_<model>_<task>    heareval on one task with that readout, seeded grid points (`mamclap hear eval`)
+
+`pack` brings back the results, and one finished run's weights per call in bf16 shards (the return limit).
 
     python results/gpu/scripts/representations_driver.py plan | start | wait SECONDS | pack | daemon
 
@@ -57,10 +59,19 @@ RECIPE = ["--batch-size", "4" if LOCAL else "128", "--accum", "2", "--base-lr", 
           "--ckpt-every", str(max(1, SNAPSHOT_EVERY)), "--log-every", "10", "--workers", "0"]
 if not LOCAL:
     RECIPE += ["--compile"]
-# SupMAM (the best variant of issue 15's check) with three seeds, MAM with one: four runs share the GPU.
-RUNS = {f"{v}-s{s}": (v, s) for v, seeds in (("supmam", (0, 1, 2)), ("mam", (0,))) for s in seeds}
-SNAPSHOT_RUN = "supmam-s0"  # its snapshots at 1/4 and 1/2 of the run are scored too (scaling curve)
+# SupMAM (the best variant of issue 15's check) with three seeds, MAM with one. Seed 0 of SupMAM is the
+# release encoder (results/models/mamclap-vits: this recipe on this kit's corpus, call set 2), scored as
+# shipped (bf16 weights) rather than trained again: RELEASE_RUN waits for it to reach the machine's copy of
+# the repository (a later call brings it when the first call's files, the source bank, leave no room).
+RUNS = {f"{v}-s{s}": (v, s) for v, seeds in (("supmam", (1, 2)), ("mam", (0,))) for s in seeds}
+RELEASE_RUN = "supmam-s0"
+RELEASE = Path(os.environ.get("RELEASE", "results/models/mamclap-vits")).resolve()
+SNAPSHOT_RUN = "supmam-s1"  # its snapshots at 1/4, 1/2 and 3/4 of the run are probed too (scaling curve)
 TASKS = ("speech_commands", "voxceleb1")
+# heareval's tasks in the order their (model, task) jobs start: every model's task before the next task, the
+# cheap ones first and the event task last, so whatever has finished when time runs out is a whole column.
+HEAR_TASK_ORDER = ("mini_drum_stroke", "mini_speaker_id", "mini_instrument_family", "mini_nsynth_pitch",
+                   "mini_language_id", "mini_speech_commands", "mini_mixtures", "mini_esc", "mini_dcase")
 
 
 def models() -> list[tuple[str, str, Path | None, list[str], dict]]:
@@ -69,13 +80,17 @@ def models() -> list[tuple[str, str, Path | None, list[str], dict]]:
            ("logmel_meanstd", "hear_mamclap.baselines.logmel", None, [], {"scene_pooling": "meanstd"})]
     out += [(f"random_init-s{s}", "hear_mamclap.baselines.random_init", None, [], {"preset": SIZE, "seed": s})
             for s in (0, 1, 2)]
+    out.append((RELEASE_RUN, "hear_mamclap", W / "runs" / RELEASE_RUN / "encoder", ["import_release"], {}))
     out += [(name, "hear_mamclap", W / "runs" / name / "encoder", [f"pretrain_{name}"], {})
             for name in RUNS]
-    for frac in (1, 2):
-        step = frac * SNAPSHOT_EVERY
-        out.append((f"{SNAPSHOT_RUN}-step{step}", "hear_mamclap",
-                    W / "runs" / SNAPSHOT_RUN / f"encoder-step{step:06d}", [f"pretrain_{SNAPSHOT_RUN}"], {}))
     return out
+
+
+def snapshots() -> list[tuple[str, str, Path | None, list[str], dict]]:
+    """The scaling curve's snapshots: readout and probe only."""
+    return [(f"{SNAPSHOT_RUN}-step{frac * SNAPSHOT_EVERY}", "hear_mamclap",
+             W / "runs" / SNAPSHOT_RUN / f"encoder-step{frac * SNAPSHOT_EVERY:06d}", [f"pretrain_{SNAPSHOT_RUN}"], {})
+            for frac in (1, 2, 3)]
 
 
 def jobs() -> list[Job]:
@@ -98,12 +113,14 @@ def jobs() -> list[Job]:
                                             "--seed", str(seed), "--export-every", str(max(1, SNAPSHOT_EVERY)),
                                             *RECIPE, "--out-dir", str(W / "runs" / name)],
                        ["precompute"], units=1, gpu=True))
+    out.append(Job("import_release", [PY, str(Path(__file__).resolve()), "import-release"], units=0))
     # Priority (the graph starts jobs in list order as cores free up): every model's readout and probe first,
-    # then SUPERB, then heareval. In the second call set heareval (default grid, 2 points) ran > 30 min per
-    # model on the medium kit, and its jobs, listed first, held the cores while the final encoders' readouts
-    # waited: cheap jobs of every model must not queue behind it.
-    hear_jobs, superb_jobs, heareval_jobs = [], [], []
-    for name, module, weights, deps, options in models():
+    # then SUPERB, then heareval one (model, task) at a time. In the second call set heareval (default grid,
+    # 2 points, every task in one job) ran > 30 min per model on the medium kit and held the cores while the
+    # final encoders' readouts waited: cheap jobs must not queue behind it, and a job cut by the deadline
+    # must not take a model's other tasks with it.
+    hear_jobs, superb_jobs, heareval_jobs = [], [], {t: [] for t in HEAR_TASK_ORDER}
+    for name, module, weights, deps, options in models() + snapshots():
         model_args = ["--module", module, "--model-options", json.dumps(options)]
         if weights is not None:
             model_args += ["--model", str(weights)]
@@ -115,16 +132,18 @@ def jobs() -> list[Job]:
                                                "--tasks-dir", str(KIT / "hear"), "--out", str(RES / "probe" / f"{name}.json")],
                              kit_dep + deps + [f"readout_{name}"], units=2, gpu=True,
                              out=str(RES / "probe" / f"{name}.json")))
-        result = RES / "hear" / f"{name}.json"
-        heareval_jobs.append(Job(f"hear_{name}", [*M, "hear", "eval", *model_args, "--readout", str(choice),
-                                              "--tasks-dir", str(KIT / "hear"), "--name", name, "--out", str(result),
-                                              "--work-dir", str(W / "hear" / name), "--grid", "default",
-                                              "--grid-points", HEAR_GRID_POINTS, "--jobs", "3",
-                                              # the run's seed (random init: its weights'; exports carry theirs),
-                                              # so that seeds pool into one row; heareval's grid points are
-                                              # drawn under its own fixed seed, the same for every model
-                                              *(["--seed", str(options["seed"])] if "seed" in options else [])],
-                             kit_dep + deps + [f"readout_{name}"], units=3, gpu=True, out=str(result)))
+        if "-step" in name:  # snapshots: readout and probe only
+            continue
+        for task in HEAR_TASK_ORDER if not LOCAL else HEAR_TASK_ORDER[:2]:
+            result = RES / "hear" / f"{name}.{task}.json"
+            heareval_jobs[task].append(Job(f"hear_{name}_{task}", [
+                *M, "hear", "eval", *model_args, "--readout", str(choice), "--tasks-dir", str(KIT / "hear"),
+                "--tasks", task, "--name", name, "--out", str(result), "--work-dir", str(W / "hear" / name / task),
+                "--grid", "default", "--grid-points", HEAR_GRID_POINTS,
+                # the run's seed (random init: its weights'; exports carry theirs), so that seeds pool into
+                # one row; heareval's grid points are drawn under its own fixed seed, the same for every model
+                *(["--seed", str(options["seed"])] if "seed" in options else [])],
+                kit_dep + deps + [f"readout_{name}"], units=1, gpu=True, out=str(result)))
         if module.startswith("hear_mamclap.baselines.logmel"):
             continue
         export = weights
@@ -145,13 +164,33 @@ def jobs() -> list[Job]:
                 "--name", name, "--out", str(res), "--steps", SUPERB_STEPS, "--overwrite",
                 "--expdir", str(W / "superb" / name / task), "-o", "config.downstream_expert.datarc.num_workers=2"],
                 kit_dep + deps, units=2, gpu=True, out=str(res)))
-    probes = [j.name for j in hear_jobs if j.name.startswith("probe_")]
-    for job in heareval_jobs:  # started only once every probe is done, so none waits behind heareval
-        job.deps = list(job.deps) + probes
-    out += hear_jobs + superb_jobs + heareval_jobs
-    finals = [f"hear_{name}" for name in RUNS]
-    out.append(Job("release", [PY, str(Path(__file__).resolve()), "release"], finals))
+    superb_jobs.sort(key=lambda j: not j.name.endswith("speech_commands"))  # KS of every model before SID
+    out += hear_jobs + superb_jobs + [j for task in HEAR_TASK_ORDER for j in heareval_jobs[task]]
     return out
+
+
+def import_release() -> None:
+    """Wait (up to 25 minutes) for the release encoder in the repository's copy, check its files against the
+    sizes and SHA-256 its encoder.json lists, and copy it to runs/RELEASE_RUN/encoder."""
+    import shutil
+    import time
+    t0 = time.time()
+    while not (RELEASE / "encoder.json").exists():
+        if time.time() - t0 > 1500:
+            sys.exit(f"no release encoder at {RELEASE} after 25 minutes")
+        time.sleep(5)
+    files = json.loads((RELEASE / "encoder.json").read_text())["weights"]["files"]
+    while not all((RELEASE / f["name"]).exists() and (RELEASE / f["name"]).stat().st_size == f["bytes"]
+                  for f in files):  # the call that brings it may still be writing its files
+        if time.time() - t0 > 1500:
+            sys.exit(f"{RELEASE}: its weight files never reached the sizes encoder.json lists")
+        time.sleep(5)
+    from hear_mamclap.checkpoint import load_encoder
+    load_encoder(RELEASE)  # checks every file's SHA-256 against encoder.json
+    dst = W / "runs" / RELEASE_RUN / "encoder"
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(RELEASE, dst)
+    GRAPH.log(f"import_release: {RELEASE} -> {dst} ({len(files)} files checked)")
 
 
 def release() -> None:
@@ -259,5 +298,7 @@ if __name__ == "__main__":
         plan()
     elif what == "release":
         release()
+    elif what == "import-release":
+        import_release()
     else:
         sys.exit(f"unknown command {what!r}: plan, daemon, start, wait, pack or release")
