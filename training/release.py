@@ -156,7 +156,8 @@ def scores_section(rows: list[dict], model: str, sources: list[str | Path] = ())
     return ("\n## Scores\n\nMean over n runs, ± the half-width of its 95 % interval where the scores give one (over "
             "runs when n >= 2; for one run, that run's own interval: a bootstrap over the test clips, else "
             f"Wilson's), beside the baselines' scores{where}. results/PROTOCOL.md says how they were measured."
-            "\n\n" + "\n".join(lines) + "\n")
+            "\n\n" + "\n".join(lines) + "\n\nA task without a row was not scored: the group means and overall "
+            "are over the rows shown.\n")
 
 
 NO_SCORES = ("\n## Scores\n\nNone measured: this card was written without scores (no `--scores`, and no "

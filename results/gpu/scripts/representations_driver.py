@@ -68,6 +68,8 @@ RELEASE_RUN = "supmam-s0"
 RELEASE = Path(os.environ.get("RELEASE", "results/models/mamclap-vits")).resolve()
 SNAPSHOT_RUN = "supmam-s1"  # its snapshots at 1/4, 1/2 and 3/4 of the run are probed too (scaling curve)
 TASKS = ("speech_commands", "voxceleb1")
+RETURN_BYTES = 60 << 20  # what `pack` leaves in OUT, under the 64 MiB a call brings back (call set 3 lost a
+                         # run's last two shards to that limit)
 # heareval's tasks in the order their (model, task) jobs start: every model's task before the next task, the
 # cheap ones first and the event task last, so whatever has finished when time runs out is a whole column.
 HEAR_TASK_ORDER = ("mini_drum_stroke", "mini_speaker_id", "mini_instrument_family", "mini_nsynth_pitch",
@@ -193,23 +195,25 @@ def import_release() -> None:
     GRAPH.log(f"import_release: {RELEASE} -> {dst} ({len(files)} files checked)")
 
 
-def release() -> None:
-    """Choose the final encoder whose mean heareval validation score over the tasks is highest (the choice
-    never looks at test scores); `pack` brings its weights back as bf16 shards."""
+def release() -> str | None:
+    """Choose the final encoder whose mean heareval validation score over the tasks scored so far is highest
+    (the choice never looks at test scores); `pack` brings its weights back first, as bf16 shards."""
     best, best_score = None, None
-    for name in RUNS:
-        path = RES / "hear" / f"{name}.json"
-        if not path.exists():
-            continue
-        tasks = json.loads(path.read_text())["tasks"]
-        vals = [t.get("validation_score") for t in tasks.values()]
-        vals = [v if not isinstance(v, list) else sum(v) / len(v) for v in vals if v is not None]
+    for name in [RELEASE_RUN, *RUNS]:
+        vals = []
+        for path in sorted((RES / "hear").glob(f"{name}.*.json")):  # one file per (model, task)
+            for task in json.loads(path.read_text())["tasks"].values():
+                v = (task.get("extra") or {}).get("validation_score")
+                v = sum(v) / len(v) if isinstance(v, list) and v else v
+                if isinstance(v, (int, float)):
+                    vals.append(v)
         if vals and (best_score is None or sum(vals) / len(vals) > best_score):
             best, best_score = name, sum(vals) / len(vals)
     if best is None:
-        sys.exit("no final run has HEAR results")
-    GRAPH.log(f"release: {best} (mean validation score {best_score:.4f})")
+        return None
+    GRAPH.log(f"release: {best} (mean validation score {best_score:.4f} over the tasks heareval has scored)")
     (RES / "release_choice.json").write_text(json.dumps({"run": best, "mean_validation_score": best_score}))
+    return best
 
 
 def pack() -> None:
@@ -231,19 +235,20 @@ def pack() -> None:
             tar.add(KIT / "manifest.json", arcname=f"kits/{KIT.name}.manifest.json")
         for card in sorted((KIT / "cards").glob("*.md")) if (KIT / "cards").exists() else []:
             tar.add(card, arcname=f"kits/cards/{card.name}")
-    # The finished encoders' weights in bf16 shards beside the tarball, at most 7 files a call (8 come back),
-    # the release choice first, then the runs in order; shipped.json remembers what earlier calls took.
+    # The finished encoders' weights in bf16 shards beside the tarball, at most 7 files and RETURN_BYTES a call
+    # (a call brings back 8 files and 64 MiB in all: one ViT-S in bf16 is 41 MiB, so one run a call), the
+    # release choice first, then the runs in order; shipped.json remembers what earlier calls took.
     shipped_path = W / "shipped.json"
     shipped = json.loads(shipped_path.read_text()) if shipped_path.exists() else []
-    choice = RES / "release_choice.json"
-    order = ([json.loads(choice.read_text())["run"]] if choice.exists() else []) + list(RUNS)
+    order = [r for r in [release()] if r is not None and r != RELEASE_RUN] + list(RUNS)
     files: list[Path] = []
     for run in dict.fromkeys(order):
         export = W / "runs" / run / "encoder"
         if run in shipped or not (export / "encoder.json").exists():
             continue
         shards = bf16_shards(export, W / "shards")
-        if len(files) + len(shards) > 7:
+        room = RETURN_BYTES - (out / "representations.tar.gz").stat().st_size - sum(f.stat().st_size for f in files)
+        if len(files) + len(shards) > 7 or sum(f.stat().st_size for f in shards) > room:
             break
         files += shards
         shipped.append(run)
@@ -297,7 +302,8 @@ if __name__ == "__main__":
     elif what == "plan":
         plan()
     elif what == "release":
-        release()
+        if release() is None:
+            sys.exit("no final run has heareval results yet")
     elif what == "import-release":
         import_release()
     else:
