@@ -10,11 +10,12 @@ Embeddings come from `MAMCLAPEncoder.embed`: the encoder cuts a clip into non-ov
 frequency patches concatenated; long audio goes through in groups of windows, so memory stays bounded apart
 from the output itself. Timestamp embeddings are those patch features linearly interpolated (in time) to a
 regular hop of `timestamp_hop_ms` (40 ms by default; HEAR asks for at most 50 ms), timestamps in ms at the
-centre of each hop. Scene embeddings pool the patch features over the clip (mean, or mean and max concatenated).
+centre of each hop. Scene embeddings pool the patch features over the clip (their mean; or the mean with the
+standard deviation or the max concatenated).
 
 Options (keyword arguments of load_model, or `--model-options '{"layers": "mean", "last_k": 4}'` in
 heareval): layers "last" (the final, normalised layer) | "mean" | "concat" (of the last `last_k` blocks'
-outputs); freq_reduce "concat" | "mean"; scene_pooling "mean" | "meanmax"; timestamp_hop_ms;
+outputs); freq_reduce "concat" | "mean"; scene_pooling "mean" | "meanstd" | "meanmax"; timestamp_hop_ms;
 windows_per_forward (memory/speed trade-off); output_device "same" | "cpu" (timestamp embeddings built in
 host memory chunk by chunk, so an hour of audio on a GPU needs no GPU memory for its output).
 """
@@ -35,6 +36,9 @@ __all__ = ["SAMPLE_RATE", "TIMESTAMP_HOP_MS", "HearModel", "check_audio", "load_
            "get_timestamp_embeddings"]
 
 TIMESTAMP_HOP_MS = 40.0
+# Scene pooling over the clip's patch features: the mean; the mean and the standard deviation (what the log-mel
+# baseline pools by default, so an encoder can be scored under the same pooling); the mean and the max.
+SCENE_POOLINGS = ("mean", "meanstd", "meanmax")
 
 
 class HearModel(nn.Module):
@@ -44,7 +48,7 @@ class HearModel(nn.Module):
 
     def __init__(self, encoder: MAMCLAPEncoder, layers: Literal["last", "mean", "concat"] = "last",
                  last_k: int = 1, freq_reduce: Literal["concat", "mean"] = "concat",
-                 scene_pooling: Literal["mean", "meanmax"] = "mean",
+                 scene_pooling: Literal["mean", "meanstd", "meanmax"] = "mean",
                  timestamp_hop_ms: float = TIMESTAMP_HOP_MS, windows_per_forward: int = 8,
                  output_device: Literal["same", "cpu"] = "same") -> None:
         super().__init__()
@@ -54,8 +58,9 @@ class HearModel(nn.Module):
         self.options = dict(layers=layers, last_k=last_k, freq_reduce=freq_reduce,
                             windows_per_forward=windows_per_forward)
         encoder.check_embed_options(**self.options)
-        if scene_pooling not in ("mean", "meanmax"):
-            raise ValueError(f"scene_pooling must be 'mean' or 'meanmax', got {scene_pooling!r}")
+        if scene_pooling not in SCENE_POOLINGS:
+            raise ValueError(f"scene_pooling must be one of {', '.join(map(repr, SCENE_POOLINGS))}, "
+                             f"got {scene_pooling!r}")
         if output_device not in ("same", "cpu"):
             raise ValueError(f"output_device must be 'same' (the model's device) or 'cpu', got {output_device!r}")
         self.output_device = None if output_device == "same" else output_device
@@ -64,7 +69,7 @@ class HearModel(nn.Module):
         self.encoder = encoder.eval()
         self.scene_pooling, self.timestamp_hop_ms = scene_pooling, timestamp_hop_ms
         self.timestamp_embedding_size = encoder.embed_dim(layers, last_k, freq_reduce)
-        self.scene_embedding_size = self.timestamp_embedding_size * (2 if scene_pooling == "meanmax" else 1)
+        self.scene_embedding_size = self.timestamp_embedding_size * (1 if scene_pooling == "mean" else 2)
 
     @torch.no_grad()
     def embed(self, audio: torch.Tensor, hop_ms: float | None = None) -> Embeddings:
@@ -117,9 +122,12 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[tor
 
 
 def pool_scene(features: torch.Tensor, scene_pooling: str) -> torch.Tensor:
-    """Patch features (B, P, D) -> clip features: their mean (B, D), or mean and max (B, 2D) for "meanmax"."""
+    """Patch features (B, P, D) -> clip features: their mean (B, D); for "meanstd" the mean and the
+    (population) standard deviation over the P patches, for "meanmax" the mean and the max (B, 2D)."""
     pooled = features.mean(1)
-    if scene_pooling == "meanmax":
+    if scene_pooling == "meanstd":
+        pooled = torch.cat([pooled, features.std(1, correction=0)], dim=1)
+    elif scene_pooling == "meanmax":
         pooled = torch.cat([pooled, features.amax(1)], dim=1)
     return pooled
 

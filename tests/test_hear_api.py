@@ -138,6 +138,7 @@ def test_timestamp_interpolation_in_chunks_equals_the_linear_formula(model):
 
 @pytest.mark.parametrize("options", [dict(), dict(layers="mean", last_k=2, freq_reduce="mean"),
                                      dict(layers="concat", last_k=3, scene_pooling="meanmax", timestamp_hop_ms=25.0),
+                                     dict(scene_pooling="meanstd", freq_reduce="mean"),
                                      dict(windows_per_forward=1, timestamp_hop_ms=50.0)])
 def test_the_hear_api_is_embed_with_its_options(encoder, options):
     """Timestamp embeddings are embed() at the timestamp hop; scene embeddings pool embed()'s patches."""
@@ -154,7 +155,12 @@ def test_the_hear_api_is_embed_with_its_options(encoder, options):
     pooled = patches.mean(1)
     if options.get("scene_pooling") == "meanmax":
         pooled = torch.cat([pooled, patches.amax(1)], dim=1)
+    if options.get("scene_pooling") == "meanstd":  # population std over the clip's patches
+        std = ((patches - patches.mean(1, keepdim=True)) ** 2).mean(1).sqrt()
+        torch.testing.assert_close(scene[:, pooled.shape[1]:], std, atol=1e-6, rtol=1e-5)
+        scene = scene[:, :pooled.shape[1]]
     assert torch.equal(scene, pooled)
+    assert model.scene_embedding_size == (1 if options.get("scene_pooling", "mean") == "mean" else 2) * emb.shape[2]
 
 
 def test_timestamp_output_in_host_memory_is_the_same():

@@ -36,13 +36,18 @@ def kit() -> Path:
 
 def test_candidates_cover_last_mean_of_last_4_and_of_all_blocks():
     names = [c["name"] for c in readout.candidates(12)]
-    assert names == ["last/concat", "last/mean", "mean_last4/concat", "mean_last4/mean", "mean_all12/concat",
-                     "mean_all12/mean"]
+    mean_pooled = ["last/concat", "last/mean", "mean_last4/concat", "mean_last4/mean", "mean_all12/concat",
+                   "mean_all12/mean"]
+    assert names == mean_pooled + [f"{n}/meanstd" for n in mean_pooled]  # mean first: a tie keeps the mean
     for c in readout.candidates(12):
         assert sorted(c["options"]) == sorted(readout.READOUT_OPTIONS)  # complete: overrides any --model-options
-    assert readout.candidates(12)[3]["options"] == {"layers": "mean", "last_k": 4, "freq_reduce": "mean"}
-    assert [c["name"] for c in readout.candidates(3)] == ["last/concat", "last/mean", "mean_all3/concat",
-                                                           "mean_all3/mean"]
+    assert readout.candidates(12)[3]["options"] == {"layers": "mean", "last_k": 4, "freq_reduce": "mean",
+                                                    "scene_pooling": "mean"}
+    assert readout.candidates(12)[6]["options"] == {"layers": "last", "last_k": 1, "freq_reduce": "concat",
+                                                    "scene_pooling": "meanstd"}
+    assert [c["name"] for c in readout.candidates(3)][:4] == ["last/concat", "last/mean", "mean_all3/concat",
+                                                               "mean_all3/mean"]
+    assert len(readout.candidates(3)) == 8
 
 
 @pytest.mark.parametrize("scene_pooling", ["mean", "meanmax"])
@@ -53,12 +58,16 @@ def test_candidate_features_are_what_their_options_give(export, scene_pooling):
     specs = readout.candidates(model.encoder.cfg.depth)
     audio = 0.1 * torch.randn(3, 16000 * 3, generator=torch.Generator().manual_seed(0))  # 3 s: 2 encoder windows
     features = readout.candidate_features(model, audio, specs)
-    assert len(features) == len(specs) == 6
-    for spec in specs:
-        alone = hear_mamclap.load_model(str(export), scene_pooling=scene_pooling, **spec["options"])
+    assert len(features) == len(specs) == 12
+    for spec in specs:  # the candidate's scene_pooling overrides the model's
+        alone = hear_mamclap.load_model(str(export), **{"scene_pooling": scene_pooling, **spec["options"]})
         torch.testing.assert_close(features[spec["name"]], hear_mamclap.get_scene_embeddings(audio, alone),
                                    atol=1e-5, rtol=1e-5, msg=spec["name"])
     assert not torch.allclose(features["last/concat"][:, :64], features["mean_last4/concat"][:, :64])
+    with_std = features["last/concat/meanstd"]
+    assert with_std.shape[1] == 2 * features["last/concat"].shape[1]
+    torch.testing.assert_close(with_std[:, :features["last/concat"].shape[1]], features["last/concat"])
+    assert (with_std[:, features["last/concat"].shape[1]:] > 0).any()  # the std half is not a copy of the mean
 
 
 def blobs(n: int, classes: int, d: int, seed: int, informative: bool = True):

@@ -7,9 +7,11 @@ each task with its choice.
 For each scene task the module's model embeds the clips it may learn from once, keeping every layer's hidden
 states (MAMCLAPEncoder.embed(..., hidden_states=True)). From that one forward, each candidate readout
 (`candidates`: the last, normalised layer; the mean of the last 4 blocks' outputs; the mean of all blocks',
-each with the frequency patches concatenated or averaged) is pooled over the clip exactly as
-hear_mamclap.get_scene_embeddings pools it under the HearModel options the candidate names (layers, last_k,
-freq_reduce; the other options, scene_pooling included, stay those of --model-options). Each candidate's
+each with the frequency patches concatenated or averaged, each pooled over the clip by the mean or by the mean
+and standard deviation) is what hear_mamclap.get_scene_embeddings gives under the HearModel options the
+candidate names (layers, last_k, freq_reduce, scene_pooling; the other options stay those of
+--model-options). Mean+std is the log-mel baseline's pooling: with it among the candidates an encoder is
+scored under the pooling that helps log-mel most, and its mean-pooled readouts keep their old names. Each candidate's
 features are z-scored with the training clips' statistics, and a linear probe, ridge regression onto the
 one-hot (multiclass: the ridge classifier) or multi-hot targets, is solved in closed form for each L2 weight
 decay of WEIGHT_DECAYS (one eigendecomposition serves them all: the same inputs give the same probe, and a
@@ -58,21 +60,24 @@ READERS = 8  # threads reading wav files
 LAST_K = 4
 DEFAULT = "default"
 # The options a candidate sets: every one of them, so that a choice overrides whatever --model-options says.
-READOUT_OPTIONS = ("layers", "last_k", "freq_reduce")
+READOUT_OPTIONS = ("layers", "last_k", "freq_reduce", "scene_pooling")
+POOLINGS = ("mean", "meanstd")  # the candidates' scene poolings; mean first, so a tie keeps it
 
 
 # ------------------------------------------------------------------------------------------- candidates
 
 
 def candidates(depth: int) -> list[dict]:
-    """[{"name", "options"}] of the readouts tried for an encoder of `depth` blocks; the mean of the last 4
-    is left out when it is the mean of all (depth <= 4)."""
+    """[{"name", "options"}] of the readouts tried for an encoder of `depth` blocks: every layer choice x
+    frequency reduction, first mean-pooled ("last/concat", ...), then mean+std-pooled ("last/concat/meanstd",
+    ...); the mean of the last 4 is left out when it is the mean of all (depth <= 4)."""
     layers = [("last", {"layers": "last", "last_k": 1})]
     if depth > LAST_K:
         layers.append((f"mean_last{LAST_K}", {"layers": "mean", "last_k": LAST_K}))
     layers.append((f"mean_all{depth}", {"layers": "mean", "last_k": depth}))
-    return [{"name": f"{name}/{freq}", "options": {**options, "freq_reduce": freq}}
-            for name, options in layers for freq in ("concat", "mean")]
+    return [{"name": f"{name}/{freq}" + ("" if pooling == "mean" else f"/{pooling}"),
+             "options": {**options, "freq_reduce": freq, "scene_pooling": pooling}}
+            for pooling in POOLINGS for name, options in layers for freq in ("concat", "mean")]
 
 
 @torch.no_grad()
@@ -91,7 +96,7 @@ def candidate_features(model: HearModel, audio: torch.Tensor, specs: list[dict])
         x = out.features if o["layers"] == "last" else torch.stack(out.hidden_states[-o["last_k"]:]).mean(0)
         if o["freq_reduce"] == "mean":  # concat keeps frequency-major blocks of width values: average them
             x = x.reshape(*x.shape[:2], n_freq, -1).mean(2)  # (B, P, width)
-        features[spec["name"]] = pool_scene(x, model.scene_pooling).float().cpu()  # (B, D)
+        features[spec["name"]] = pool_scene(x, o.get("scene_pooling", model.scene_pooling)).float().cpu()  # (B, D)
     return features
 
 
