@@ -19,7 +19,8 @@ Job graph (jobgraph.py runs it in a daemon across calls, with done-markers):
     python results/gpu/scripts/representations_driver.py plan | start | wait SECONDS | pack | daemon
 
 Environment: EXP_WORK (default $TMPDIR/mamclap-representations), MAMCLAP_DATA, OUT, PRE_STEPS (1000),
-CORPUS_CLIPS (unset: the medium kit's), HEAR_GRID_POINTS (2), SUPERB_STEPS (500). LOCAL=1 is a dry run
+CORPUS_CLIPS (unset: the medium kit's), HEAR_GRID_POINTS (2), SUPERB_STEPS (500), RELEASE (the release
+encoder's folder), RELEASE_RUN (its run name, supmam-s1), MAM_SEEDS ("0"). LOCAL=1 is a dry run
 on a CPU machine (tiny kit, tiny encoder, a few steps).
 """
 from __future__ import annotations
@@ -59,14 +60,18 @@ RECIPE = ["--batch-size", "4" if LOCAL else "128", "--accum", "2", "--base-lr", 
           "--ckpt-every", str(max(1, SNAPSHOT_EVERY)), "--log-every", "10", "--workers", "0"]
 if not LOCAL:
     RECIPE += ["--compile"]
-# SupMAM (the best variant of issue 15's check) with three seeds, MAM with one. Seed 0 of SupMAM is the
-# release encoder (results/models/mamclap-vits: this recipe on this kit's corpus, call set 2), scored as
-# shipped (bf16 weights) rather than trained again: RELEASE_RUN waits for it to reach the machine's copy of
-# the repository (a later call brings it when the first call's files, the source bank, leave no room).
-RUNS = {f"{v}-s{s}": (v, s) for v, seeds in (("supmam", (1, 2)), ("mam", (0,))) for s in seeds}
-RELEASE_RUN = "supmam-s0"
+# SupMAM (the best variant of issue 15's check) with three seeds, MAM with MAM_SEEDS. One SupMAM seed is the
+# release encoder (results/models/mamclap-vits: this recipe on this kit's corpus), scored as shipped (bf16
+# weights) rather than trained again: RELEASE_RUN names it (call set 3: seed 0, the release then; since then
+# the release is seed 1, and import_release refuses a release whose metadata is another run). It waits for the
+# release to reach the machine's copy of the repository (a later call brings it when the first call's files,
+# the source bank, leave no room).
+RELEASE_RUN = os.environ.get("RELEASE_RUN", "supmam-s1")
+MAM_SEEDS = tuple(int(s) for s in os.environ.get("MAM_SEEDS", "0").split())
+RUNS = {f"{v}-s{s}": (v, s) for v, seeds in (("supmam", (0, 1, 2)), ("mam", MAM_SEEDS)) for s in seeds
+        if f"{v}-s{s}" != RELEASE_RUN}
 RELEASE = Path(os.environ.get("RELEASE", "results/models/mamclap-vits")).resolve()
-SNAPSHOT_RUN = "supmam-s1"  # its snapshots at 1/4, 1/2 and 3/4 of the run are probed too (scaling curve)
+SNAPSHOT_RUN = next(iter(RUNS))  # its snapshots at 1/4, 1/2 and 3/4 of the run are probed too (scaling curve)
 TASKS = ("speech_commands", "voxceleb1")
 RETURN_BYTES = 60 << 20  # what `pack` leaves in OUT, under the 64 MiB a call brings back (call set 3 lost a
                          # run's last two shards to that limit)
@@ -187,8 +192,12 @@ def import_release() -> None:
         if time.time() - t0 > 1500:
             sys.exit(f"{RELEASE}: its weight files never reached the sizes encoder.json lists")
         time.sleep(5)
-    from hear_mamclap.checkpoint import load_encoder
+    from hear_mamclap.checkpoint import load_encoder, read_metadata
     load_encoder(RELEASE)  # checks every file's SHA-256 against encoder.json
+    meta = read_metadata(RELEASE)
+    if f"{meta.get('variant')}-s{meta.get('seed')}" != RELEASE_RUN:
+        sys.exit(f"{RELEASE} is {meta.get('variant')} seed {meta.get('seed')}, not {RELEASE_RUN} "
+                 "(set RELEASE_RUN to the release's run)")
     dst = W / "runs" / RELEASE_RUN / "encoder"
     shutil.rmtree(dst, ignore_errors=True)
     shutil.copytree(RELEASE, dst)
