@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torchaudio
 
-from hear_mamclap import SAMPLE_RATE, check_audio
+from hear_mamclap import SAMPLE_RATE, check_audio, pool_scene
 
 N_MELS = 128
 WIN_LENGTH = 400  # 25 ms
@@ -67,6 +67,4 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: LogMel) -> tuple[torch.
 @torch.no_grad()
 def get_scene_embeddings(audio: torch.Tensor, model: LogMel) -> torch.Tensor:
     emb, _ = get_timestamp_embeddings(audio, model)
-    if model.scene_pooling == "mean":
-        return emb.mean(1)
-    return torch.cat([emb.mean(1), emb.std(1, unbiased=False)], dim=1)
+    return pool_scene(emb, model.scene_pooling)  # the encoders' pooling, so both pool alike
