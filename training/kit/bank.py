@@ -3,6 +3,7 @@ Debian packages (training/kit/debian.py) by the planners in training/kit/bank_so
 
     data/bank/index.jsonl           one record per clip, sorted by id (schema: validate_record)
     data/bank/audio/<kind>/<name>.flac   16 kHz mono 16-bit FLAC, silence trimmed, peak 0.8 full scale
+                                         (.opus: Ogg Opus, in the corpus bank of training/kit/corpus_bank.py)
     data/bank/bank.json             seed, counts, skipped sources with reasons, packages and versions
 
 Vocabularies (labels) are those of bank_sources.py:
@@ -134,6 +135,19 @@ def _run_synth(cmd: list[str], wav: Path) -> np.ndarray:
     return to_16k_mono(x, sr)
 
 
+def _synth(soundfont: str, synths: dict):
+    """(synth, soundfont id) for a batch, made once per batch (see _note)."""
+    import fluidsynth
+    if soundfont not in synths:
+        fs = fluidsynth.Synth(gain=0.5, samplerate=float(SR),
+                              **{"synth.reverb.active": 0, "synth.chorus.active": 0})  # dry notes
+        sfid = fs.sfload(soundfont)
+        if sfid < 0:
+            raise RenderError(f"fluidsynth cannot load {soundfont}")
+        synths[soundfont] = (fs, sfid)
+    return synths[soundfont]
+
+
 def _note(r: dict, synths: dict) -> tuple[np.ndarray, bool]:
     """One soundfont note, (samples, True: the release tail is cut).
 
@@ -141,15 +155,7 @@ def _note(r: dict, synths: dict) -> tuple[np.ndarray, bool]:
     rendered twice in one synth differs by about -53 dB), so the same note would differ with the order of
     the notes before it. A batch (one soundfont and instrument, fixed order) therefore gets a fresh synth.
     """
-    import fluidsynth
-    if r["soundfont"] not in synths:
-        fs = fluidsynth.Synth(gain=0.5, samplerate=float(SR),
-                              **{"synth.reverb.active": 0, "synth.chorus.active": 0})  # dry notes
-        sfid = fs.sfload(r["soundfont"])
-        if sfid < 0:
-            raise RenderError(f"fluidsynth cannot load {r['soundfont']}")
-        synths[r["soundfont"]] = (fs, sfid)
-    fs, sfid = synths[r["soundfont"]]
+    fs, sfid = _synth(r["soundfont"], synths)
     if fs.program_select(0, sfid, 0, r["program"]) != 0:
         raise RenderError(f"no program {r['program']} in {r['soundfont']}")
     fs.noteon(0, r["pitch"], r["velocity"])
@@ -158,6 +164,26 @@ def _note(r: dict, synths: dict) -> tuple[np.ndarray, bool]:
     tail = fs.get_samples(int(bank_sources.NOTE_RELEASE_S * SR))
     fs.all_sounds_off(0)
     x = np.concatenate([held, tail]).reshape(-1, 2).astype(np.float32) / 32768.0  # interleaved stereo
+    return x.mean(axis=1), True
+
+
+def _phrase(r: dict, synths: dict) -> tuple[np.ndarray, bool]:
+    """A played phrase: r["notes"] = [[onset s, length s, MIDI pitch, velocity], ...] on one program, then a
+    release tail. The same fresh-synth-per-batch rule as _note (_batches groups phrases by program)."""
+    fs, sfid = _synth(r["soundfont"], synths)
+    if fs.program_select(0, sfid, 0, r["program"]) != 0:
+        raise RenderError(f"no program {r['program']} in {r['soundfont']}")
+    events = sorted([(on, 1, p, v) for on, _, p, v in r["notes"]] + [(on + d, 0, p, 0) for on, d, p, _ in r["notes"]])
+    chunks, t = [], 0
+    for when, is_on, pitch, velocity in events:  # offs (0) sort before ons (1) at the same instant
+        n = int(round(when * SR)) - t
+        if n > 0:
+            chunks.append(fs.get_samples(n))
+            t += n
+        fs.noteon(0, pitch, velocity) if is_on else fs.noteoff(0, pitch)
+    chunks.append(fs.get_samples(int(bank_sources.NOTE_RELEASE_S * SR)))
+    fs.all_sounds_off(0)
+    x = np.concatenate(chunks).reshape(-1, 2).astype(np.float32) / 32768.0
     return x.mean(axis=1), True
 
 
@@ -182,6 +208,8 @@ def render(job: dict, synths: dict | None = None) -> np.ndarray:
         cut = False
     elif r["op"] == "note":
         x, cut = _note(r, {} if synths is None else synths)
+    elif r["op"] == "phrase":
+        x, cut = _phrase(r, {} if synths is None else synths)
     else:
         raise ValueError(f"unknown render op {r['op']!r}")
     return finish(x, cut)
@@ -192,7 +220,14 @@ def _worker_init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _render_batch(jobs: list[dict], tmp_dir: str) -> list[tuple[str, dict | None, str | None]]:
+# How a bank stores its clips: the evaluation bank in lossless FLAC; the corpus bank (pretraining only) in Ogg
+# Opus at about 30 kbit/s with container overhead (measured on bank clips: FLAC is ~160 kbit/s), so five times
+# the audio fits the GPU node's 64 MiB carry. AudioSet itself is lossy.
+CODECS = {"flac": {"format": "FLAC", "subtype": "PCM_16"},
+          "opus": {"format": "OGG", "subtype": "OPUS", "compression_level": 0.95}}
+
+
+def _render_batch(jobs: list[dict], tmp_dir: str, codec: str = "flac") -> list[tuple[str, dict | None, str | None]]:
     """Render and write a batch; (id, record, None) or (id, None, reason) per job."""
     out, synths = [], {}
     for job in jobs:
@@ -202,10 +237,10 @@ def _render_batch(jobs: list[dict], tmp_dir: str) -> list[tuple[str, dict | None
             out.append((job["id"], None, str(e)))
             continue
         rec = {k: job[k] for k in ("id", "kind", "group", "source", "labels")}
-        rec["path"] = f"audio/{job['id']}.flac"
+        rec["path"] = f"audio/{job['id']}.{codec}"
         rec["duration"] = round(len(x) / SR, 4)
         pcm = np.round(x * 32767).astype(np.int16)
-        sf.write(str(Path(tmp_dir) / rec["path"]), pcm, SR, format="FLAC", subtype="PCM_16")
+        sf.write(str(Path(tmp_dir) / rec["path"]), pcm, SR, **CODECS[codec])
         out.append((job["id"], rec, None))
     for fs, _ in synths.values():
         fs.delete()
@@ -242,7 +277,7 @@ def _batches(jobs: list[dict], size: int = 32) -> list[list[dict]]:
         groups[(r["op"], r.get("soundfont", ""), r.get("program", -1))].append(j)
     batches = []
     for (op, _, _), group in sorted(groups.items()):
-        if op == "note":
+        if op in ("note", "phrase"):
             batches.append(group)
         else:
             batches += [group[i: i + size] for i in range(0, len(group), size)]
@@ -287,7 +322,7 @@ def _check_tools(ops: set[str]) -> None:
     for op, exe in (("espeak", "espeak-ng"), ("flite", "flite")):
         if op in ops and shutil.which(exe) is None:
             raise SetupError(f"{exe} is not installed: {SETUP_HINT}")
-    if "note" in ops:
+    if ops & {"note", "phrase"}:
         try:
             import fluidsynth  # noqa: F401 - pyfluidsynth loads libfluidsynth at import
         except ImportError as e:
@@ -301,8 +336,18 @@ def build_bank(out_dir: Path, cache_dir: Path, seed: int = 0, workers: int = 2, 
     limit / sources restrict the plan (see plan()); the default is the whole bank.
     """
     t0 = time.time()
-    out_dir = Path(out_dir)
     jobs, skipped = plan(cache_dir, seed, limit, sources)
+    return write_bank(out_dir, jobs, skipped, cache_dir, workers=workers, progress=progress, t0=t0,
+                      meta={"version": BANK_VERSION, "seed": seed, "limit": limit,
+                            "sources": list(sources) if sources else None})
+
+
+def write_bank(out_dir: Path, jobs: list[dict], skipped: list[dict], cache_dir: Path, workers: int = 2,
+               progress: bool = True, codec: str = "flac", meta: dict | None = None, t0: float | None = None) -> dict:
+    """Render `jobs` into a bank at out_dir (index.jsonl, audio/, bank.json with `meta` first), atomically:
+    built in a hidden temporary folder and renamed into place; returns bank.json's content."""
+    t0 = time.time() if t0 is None else t0
+    out_dir = Path(out_dir)
     _check_tools({j["render"]["op"] for j in jobs})
     tmp = out_dir.parent / f".{out_dir.name}.partial"
     if tmp.exists():  # left by an interrupted build: start again
@@ -318,7 +363,7 @@ def build_bank(out_dir: Path, cache_dir: Path, seed: int = 0, workers: int = 2, 
     results = []
     if workers <= 1:
         for b in batches:
-            results += _render_batch(b, str(tmp))
+            results += _render_batch(b, str(tmp), codec)
             bar and bar.update(len(b))
     else:
         # spawn, not fork: a forked worker can inherit a lock held by torch's or OpenMP's threads in the
@@ -326,7 +371,8 @@ def build_bank(out_dir: Path, cache_dir: Path, seed: int = 0, workers: int = 2, 
         # `with` block on an exception (Ctrl-C; SIGTERM, which `mamclap` turns into one) terminates the
         # workers, where an executor would wait for every queued batch.
         with multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_init) as pool:
-            for b, res in zip(batches, pool.imap(functools.partial(_render_batch, tmp_dir=str(tmp)), batches)):
+            for b, res in zip(batches, pool.imap(functools.partial(_render_batch, tmp_dir=str(tmp), codec=codec),
+                                                 batches)):
                 results += res
                 bar and bar.update(len(b))
     bar and bar.close()
@@ -342,7 +388,7 @@ def build_bank(out_dir: Path, cache_dir: Path, seed: int = 0, workers: int = 2, 
             f.write(json.dumps(rec, sort_keys=True, ensure_ascii=False) + "\n")
     used = sorted({r["source"]["package"] for r in records if r["source"]["package"] in DATA_PACKAGES})
     summary = {
-        "version": BANK_VERSION, "seed": seed, "limit": limit, "sources": list(sources) if sources else None,
+        **(meta or {}), "codec": codec,
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "build_seconds": round(time.time() - t0, 1), "planned": len(jobs), **summarize(records),
         "skipped_count": dict(Counter(s["reason"].split(":")[0] for s in skipped)), "skipped": skipped,
@@ -375,8 +421,8 @@ def validate_record(rec: dict) -> None:
     for k in ("id", "path", "kind", "duration", "group", "source", "labels"):
         need(k in rec, f"missing key {k!r}")
     need(rec["kind"] in KINDS, f"kind {rec['kind']!r} is not one of {KINDS}")
-    need(rec["id"].startswith(rec["kind"] + "/") and rec["path"] == f"audio/{rec['id']}.flac",
-         f"id/path mismatch: id {rec['id']!r}, path {rec['path']!r} (expected audio/<kind>/<name>.flac)")
+    need(rec["id"].startswith(rec["kind"] + "/") and rec["path"] in (f"audio/{rec['id']}.{c}" for c in CODECS),
+         f"id/path mismatch: id {rec['id']!r}, path {rec['path']!r} (expected audio/<kind>/<name>.flac or .opus)")
     need(isinstance(rec["duration"], (int, float)) and rec["duration"] > 0, "duration must be > 0 seconds")
     need(isinstance(rec["group"], str) and rec["group"], "group must be a non-empty string")
     need(isinstance(rec["source"], dict) and all(k in rec["source"] for k in SOURCE_KEYS),

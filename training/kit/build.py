@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -83,10 +84,11 @@ def cache_root() -> Path:
     return Path(os.environ.get("MAMCLAP_CACHE") or "cache").absolute()
 
 
-def kit_dir(size: str, seed: int, data_dir: Path, corpus_clips: int | None = None) -> Path:
-    """data_dir/kit-<size>-s<seed>, or kit-<size>-s<seed>-c<N> for a corpus of N clips other than the size's."""
+def kit_dir(size: str, seed: int, data_dir: Path, corpus_clips: int | None = None, corpus_bank: bool = False) -> Path:
+    """data_dir/kit-<size>-s<seed>, or kit-<size>-s<seed>-c<N> for a corpus of N clips other than the size's;
+    a "-cb" suffix when the corpus comes from a corpus bank (training/kit/corpus_bank.py)."""
     standard = corpus_clips is None or (size in SIZES and corpus_clips == SIZES[size].corpus.clips)
-    suffix = "" if standard else f"-c{corpus_clips}"
+    suffix = ("" if standard else f"-c{corpus_clips}") + ("-cb" if corpus_bank else "")
     return Path(data_dir) / f"kit-{size}-s{seed}{suffix}"
 
 
@@ -262,7 +264,8 @@ def _ids_of(entry: dict) -> set[str]:
 
 def build_kit(size: str, seed: int, data_dir: Path | None = None, cache_dir: Path | None = None, workers: int = 2,
               audioset_layout: bool = False, bank_dir: Path | None = None, progress: bool = True,
-              finetune_layouts: bool = False, corpus_clips: int | None = None) -> dict:
+              finetune_layouts: bool = False, corpus_clips: int | None = None, corpus_bank: Path | None = None,
+              corpus_only: bool = False) -> dict:
     """Build (or finish, or reuse) data_dir/kit-<size>-s<seed>/; returns the manifest.
 
     workers: processes for the bank, the HEAR tasks and SUPERB layouts (rendered side by side) and the
@@ -271,6 +274,12 @@ def build_kit(size: str, seed: int, data_dir: Path | None = None, cache_dir: Pat
     finetune_layouts: also write finetune/ (AudioSet, ESC-50 and Speech Commands V2 in their own layouts).
     corpus_clips: a corpus of this many clips instead of the size's, in kit-<size>-s<seed>-c<N>/ (the same
     HEAR suite, SUPERB layouts and held-out material as the standard kit).
+    corpus_bank: mix the corpus from this corpus bank (training/kit/corpus_bank.py, made for this size and
+    seed) instead of the bank, in a folder ending "-cb"; the HEAR suite and SUPERB layouts still come from the
+    bank, and the no-overlap check covers the corpus bank's records too.
+    corpus_only: with corpus_bank, build the corpus alone (no bank needed; returns corpus.json's summary, writes
+    no manifest): a later full build reuses it and runs the checks (a GPU node that gets the corpus bank
+    before the bank).
     """
     if size not in SIZES:
         raise ValueError(f"size must be one of {list(SIZES)}, got {size!r}")
@@ -281,9 +290,26 @@ def build_kit(size: str, seed: int, data_dir: Path | None = None, cache_dir: Pat
     cache_dir = Path(cache_dir) if cache_dir is not None else cache_root()
     bank_dir = Path(bank_dir) if bank_dir is not None else data_dir / "bank"
     cfg = corpus_config(size, corpus_clips)
-    kit = kit_dir(size, seed, data_dir, corpus_clips)
+    kit = kit_dir(size, seed, data_dir, corpus_clips, corpus_bank is not None)
     kit.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float | str] = {}
+    cb_records: list[dict] = []
+    if corpus_bank is not None:
+        cb_records = load_records(Path(corpus_bank))
+        cb_meta = json.loads((Path(corpus_bank) / "bank.json").read_text())
+        # made for this size and seed (any corpus size: they share the holdout, which the digest checks below)
+        if cb_meta.get("kind") != "corpus bank" or not re.fullmatch(rf"kit-{size}-s{seed}(-c\d+)?",
+                                                                     str(cb_meta.get("kit"))):
+            raise ValueError(f"{corpus_bank}: expected a corpus bank made for kit-{size}-s{seed} "
+                             f"(`mamclap data corpus-bank --size {size} --seed {seed}`), got one for "
+                             f"{cb_meta.get('kit')!r}")
+    if corpus_only:
+        if corpus_bank is None:
+            raise ValueError("corpus_only needs a corpus bank (its records are the corpus's)")
+        if (kit / "corpus" / "corpus.json").is_file():
+            return json.loads((kit / "corpus" / "corpus.json").read_text())
+        return corpus_mod.build_corpus(cb_records, Path(corpus_bank), kit / "corpus", cfg, seed, set(), workers,
+                                       progress)
 
     t0 = time.time()
     if (bank_dir / "index.jsonl").is_file():
@@ -325,15 +351,23 @@ def build_kit(size: str, seed: int, data_dir: Path | None = None, cache_dir: Pat
     if todo:
         timings["hear+superb"] = round(time.time() - t, 2)
 
-    holdout = evaluation_holdout(hear, superb, records)
+    holdout = evaluation_holdout(hear, superb, records + cb_records)
     exclude = holdout["test_ids"] | holdout["heldout_ids"]
+    if corpus_bank is not None:
+        from training.kit.corpus_bank import holdout_digest
+        base_holdout = evaluation_holdout(hear, superb, records)
+        if holdout_digest(base_holdout) != cb_meta.get("holdout_digest"):
+            raise ValueError(f"{corpus_bank} was made for another holdout than this kit's (another bank or kit "
+                             "version): rebuild it with `mamclap data corpus-bank`")
+        by_id.update({r["id"]: r for r in cb_records})
     t = time.time()
     corpus_dir = kit / "corpus"
     if (corpus_dir / "corpus.json").is_file():
         corpus = json.loads((corpus_dir / "corpus.json").read_text())
         timings["corpus"] = "cached"
     else:
-        corpus = corpus_mod.build_corpus(records, bank_dir, corpus_dir, cfg, seed, exclude, workers, progress)
+        corpus = corpus_mod.build_corpus(cb_records or records, Path(corpus_bank or bank_dir), corpus_dir, cfg, seed,
+                                         exclude, workers, progress)
         timings["corpus"] = round(time.time() - t, 2)
     overlap = check_no_overlap(corpus["bank_ids"], holdout["test_ids"] | holdout["heldout_ids"])
 
@@ -356,7 +390,7 @@ def build_kit(size: str, seed: int, data_dir: Path | None = None, cache_dir: Pat
     digest = write_checksums(kit)
     timings["checksums"] = round(time.time() - t, 2)
 
-    available = Counter(r["kind"] for r in records if r["id"] not in exclude)
+    available = Counter(r["kind"] for r in (cb_records or records) if r["id"] not in exclude)
     datasets: dict[str, dict] = {}
     for task, entry in hear.items():
         if isinstance(entry, dict) and "held_out_by" in entry:
@@ -390,6 +424,10 @@ def build_kit(size: str, seed: int, data_dir: Path | None = None, cache_dir: Pat
         "bank": {"path": str(bank_dir), "clips": len(records), "version": bank_meta.get("version"),
                  "counts": dict(sorted(Counter(r["kind"] for r in records).items())),
                  "skipped": bank_meta.get("skipped", {})},
+        **({"corpus_bank": {"path": str(corpus_bank), "clips": len(cb_records), "version": cb_meta.get("version"),
+                            "counts": dict(sorted(Counter(r["kind"] for r in cb_records).items())),
+                            "plan": cb_meta.get("plan"), "holdout_digest": cb_meta.get("holdout_digest")}}
+           if corpus_bank is not None else {}),
         "sources": packages(records),
         "datasets": {name: dict(stats, sources=sorted({p["package"] for p in packages([by_id[i] for i in ids if i in by_id])}))
                      for name, (stats, ids) in datasets.items()},
@@ -467,6 +505,8 @@ def check_kit(kit: Path) -> dict:
             raise FileNotFoundError(f"{kit / need} missing: the kit is incomplete; rerun `mamclap data build`")
     manifest = json.loads((kit / "manifest.json").read_text())
     records = load_records(Path(manifest["bank"]["path"]))
+    if manifest.get("corpus_bank"):  # its records' held-out units count too
+        records += load_records(Path(manifest["corpus_bank"]["path"]))
     hear = json.loads((kit / "hear" / "stage.json").read_text())
     superb = json.loads((kit / "superb" / "stage.json").read_text())
     holdout = evaluation_holdout(hear, superb, records)

@@ -5,6 +5,10 @@
     mamclap data build --size tiny --seed 0     bank if missing, HEAR suite, SUPERB layouts, corpus, manifest
                        [--finetune]             ... and the fine-tuning sets in their real layouts
                        [--corpus-clips N]       ... with a corpus of N clips, in kit-<size>-s<seed>-c<N>/
+                       [--corpus-bank DIR]      ... with the corpus mixed from a corpus bank, in a "-cb" folder
+                       [--corpus-only]          ... only that corpus (the bank need not be there yet)
+    mamclap data corpus-bank --size medium      the corpus bank (pretraining-only sources, Ogg Opus) for a
+                                                built kit's holdout ($MAMCLAP_DATA/corpus-bank-<size>-s<seed>)
     mamclap data show --size tiny --seed 0      what a kit holds: counts, hours, sizes, paths
     mamclap data check --size tiny --seed 0     re-verify the no-overlap check and every file's sha256
 """
@@ -39,6 +43,14 @@ def register(subparsers) -> None:
     s.add_argument("--workers", type=positive_int, default=2, help="rendering processes (1: in this process)")
     s.set_defaults(func=_bank)
 
+    s = sub.add_parser("corpus-bank", help="build the corpus bank: pretraining-only source audio beside the bank")
+    s.add_argument("--size", choices=list(build.SIZES), default="medium", help="the kit whose holdout it respects")
+    s.add_argument("--seed", type=seed, default=0, help="that kit's seed (also the plan's)")
+    s.add_argument("--workers", type=positive_int, default=2, help="rendering processes")
+    s.add_argument("--limit", type=positive_int, default=None, help="at most this many clips per source (tests)")
+    s.add_argument("--out", type=out_dir, default=None, help="default <data-dir>/corpus-bank-<size>-s<seed>")
+    s.set_defaults(func=_corpus_bank)
+
     for name, func, text in (("build", _build, "build a kit (reuses complete stages)"),
                              ("show", _show, "print what a kit holds"),
                              ("check", _check, "re-verify a kit: no overlap with test splits, file checksums")):
@@ -48,7 +60,12 @@ def register(subparsers) -> None:
         s.add_argument("--corpus-clips", type=positive_int, default=None,
                        help="a corpus of this many clips instead of the size's (kit folder kit-<size>-s<seed>-c<N>; "
                             "the same HEAR suite, SUPERB layouts and held-out material)")
+        s.add_argument("--corpus-bank", type=Path, default=None,
+                       help="mix the corpus from this corpus bank (`mamclap data corpus-bank`); kit folder ends -cb")
         if name == "build":
+            s.add_argument("--corpus-only", action="store_true",
+                           help="with --corpus-bank: build the corpus alone (no bank needed); a later full build "
+                                "reuses it and checks it")
             s.add_argument("--workers", type=positive_int, default=2,
                            help="processes for the bank, the HEAR tasks and SUPERB layouts, and the corpus")
             s.add_argument("--audioset-layout", action="store_true",
@@ -84,13 +101,41 @@ def _bank(args) -> int:
     return 0
 
 
+def _corpus_bank(args) -> int:
+    from training.kit.corpus_bank import build_corpus_bank
+    _logging()
+    data, cache = _dirs(args)
+    kit = build.kit_dir(args.size, args.seed, data)
+    if not (kit / "hear" / "stage.json").is_file():  # a kit of another corpus size has the same holdout
+        kit = next((k for k in sorted(data.glob(f"{kit.name}-c*")) if (k / "hear" / "stage.json").is_file()
+                    and not k.name.endswith("-cb")), kit)
+    out = args.out or data / f"corpus-bank-{args.size}-s{args.seed}"
+    try:
+        summary = build_corpus_bank(out, kit, data / "bank", cache, seed=args.seed, workers=args.workers,
+                                    limit=args.limit)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"corpus-bank: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps({k: summary[k] for k in ("kit", "plan", "clips", "seconds", "total_bytes", "build_seconds")},
+                     indent=1))
+    return 0
+
+
 def _build(args) -> int:
     _logging()
     data, cache = _dirs(args)
+    if args.corpus_only and args.corpus_bank is None:
+        print("data build: --corpus-only needs --corpus-bank DIR", file=sys.stderr)
+        return 2
     manifest = build.build_kit(args.size, args.seed, data, cache, workers=args.workers,
                                audioset_layout=args.audioset_layout, bank_dir=args.bank_dir,
-                               finetune_layouts=args.finetune, corpus_clips=args.corpus_clips)
-    print(f"built {build.kit_dir(args.size, args.seed, data, args.corpus_clips)} in stages {manifest['timings_s']}")
+                               finetune_layouts=args.finetune, corpus_clips=args.corpus_clips,
+                               corpus_bank=args.corpus_bank, corpus_only=args.corpus_only)
+    kit = build.kit_dir(args.size, args.seed, data, args.corpus_clips, args.corpus_bank is not None)
+    if args.corpus_only:
+        print(f"built {kit / 'corpus'}: {manifest['clips']} clips, {manifest['hours']} hours")
+    else:
+        print(f"built {kit} in stages {manifest['timings_s']}")
     return 0
 
 
@@ -103,7 +148,7 @@ def _human(n: float) -> str:
 
 
 def _show(args) -> int:
-    kit = build.kit_dir(args.size, args.seed, _dirs(args)[0], args.corpus_clips)
+    kit = build.kit_dir(args.size, args.seed, _dirs(args)[0], args.corpus_clips, args.corpus_bank is not None)
     path = kit / "manifest.json"
     if not path.is_file():
         more = f" --corpus-clips {args.corpus_clips}" if args.corpus_clips else ""
@@ -133,7 +178,7 @@ def _show(args) -> int:
 
 
 def _check(args) -> int:
-    kit = build.kit_dir(args.size, args.seed, _dirs(args)[0], args.corpus_clips)
+    kit = build.kit_dir(args.size, args.seed, _dirs(args)[0], args.corpus_clips, args.corpus_bank is not None)
     try:
         result = build.check_kit(kit)
     except (build.OverlapError, RuntimeError, FileNotFoundError) as err:

@@ -5,7 +5,8 @@
 #   WORK          scratch folder for kits, runs and logs (default: ${TMPDIR:-/tmp}/mamclap-gpu)
 #   OUT           folder for the files to bring back (default: $WORK/out)
 #   MAMCLAP_DATA  data root (default: $WORK/data); the source bank is copied into it from BANK when missing
-#   BANK          the source bank to copy (default: data/bank, built by `mamclap data bank`)
+#   BANK          the source bank to copy (default: data/bank, built by `mamclap data bank`); may come in a
+#                 later call when CORPUS_BANK is set
 #   DEADLINE      seconds from the start after which long steps are stopped (optional: for a lent machine's
 #                 per-call limit; unset, nothing is stopped)
 #   WHEELS        space-separated folders of wheels to install with --no-deps into $WORK/site, once per
@@ -34,9 +35,14 @@ if [[ -d "$WORK/site" ]]; then export PYTHONPATH="$WORK/site:$PWD${PYTHONPATH:+:
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 USE_TF=0 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
 
+# A job that brings the corpus bank first (CORPUS_BANK, representations_driver.py) gets the bank in a later call.
 if [[ ! -f "$MAMCLAP_DATA/bank/index.jsonl" ]]; then
-  [[ -f "$BANK/index.jsonl" ]] || { echo "no source bank at $BANK (run: mamclap data bank)" >&2; exit 1; }
-  rm -rf "$MAMCLAP_DATA/bank" && cp -r "$BANK" "$MAMCLAP_DATA/bank"
+  if [[ -f "$BANK/index.jsonl" ]]; then
+    rm -rf "$MAMCLAP_DATA/bank.partial" && cp -r "$BANK" "$MAMCLAP_DATA/bank.partial" \
+      && mv "$MAMCLAP_DATA/bank.partial" "$MAMCLAP_DATA/bank"
+  elif [[ -z "${CORPUS_BANK:-}" ]]; then
+    echo "no source bank at $BANK (run: mamclap data bank)" >&2; exit 1
+  fi
 fi
 
 MAMCLAP=("$PYTHON" -m training.cli)

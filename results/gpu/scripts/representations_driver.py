@@ -20,7 +20,8 @@ Job graph (jobgraph.py runs it in a daemon across calls, with done-markers):
 
 Environment: EXP_WORK (default $TMPDIR/mamclap-representations), MAMCLAP_DATA, OUT, PRE_STEPS (1000),
 CORPUS_CLIPS (unset: the medium kit's), HEAR_GRID_POINTS (2), SUPERB_STEPS (500), RELEASE (the release
-encoder's folder), RELEASE_RUN (its run name, supmam-s1), MAM_SEEDS ("0"). LOCAL=1 is a dry run
+encoder's folder), RELEASE_RUN (its run name, supmam-s1), MAM_SEEDS ("0"), CORPUS_BANK (a corpus bank: the
+corpus is mixed from it, every seed trained, the release scored as "release"). LOCAL=1 is a dry run
 on a CPU machine (tiny kit, tiny encoder, a few steps).
 """
 from __future__ import annotations
@@ -41,7 +42,11 @@ DATA = Path(os.environ.get("MAMCLAP_DATA", "data")).resolve()
 os.environ["MAMCLAP_DATA"] = str(DATA)
 SIZE_KIT = "tiny" if LOCAL else "medium"
 CORPUS_CLIPS = os.environ.get("CORPUS_CLIPS")
-KIT = DATA / (f"kit-{SIZE_KIT}-s0" + (f"-c{CORPUS_CLIPS}" if CORPUS_CLIPS else ""))
+# CORPUS_BANK: the corpus is mixed from that corpus bank (training/kit/corpus_bank.py: pretraining-only sources,
+# Ogg Opus), built first ("corpus", no bank needed, so the first call can carry the corpus bank and start
+# training) while the HEAR suite and SUPERB layouts wait for the bank ("build_kit", a later call brings it).
+CORPUS_BANK = Path(os.environ["CORPUS_BANK"]).resolve() if os.environ.get("CORPUS_BANK") else None
+KIT = DATA / (f"kit-{SIZE_KIT}-s0" + (f"-c{CORPUS_CLIPS}" if CORPUS_CLIPS else "") + ("-cb" if CORPUS_BANK else ""))
 SIZE = "tiny" if LOCAL else "small"
 PRE_STEPS = int(os.environ.get("PRE_STEPS", 8 if LOCAL else 1000))
 SNAPSHOT_EVERY = PRE_STEPS // 4
@@ -68,8 +73,11 @@ if not LOCAL:
 # the source bank, leave no room).
 RELEASE_RUN = os.environ.get("RELEASE_RUN", "supmam-s1")
 MAM_SEEDS = tuple(int(s) for s in os.environ.get("MAM_SEEDS", "0").split())
+# With a corpus bank every seed is trained on the new corpus and the release (trained on the bank's corpus)
+# is scored beside them as "release".
 RUNS = {f"{v}-s{s}": (v, s) for v, seeds in (("supmam", (0, 1, 2)), ("mam", MAM_SEEDS)) for s in seeds
-        if f"{v}-s{s}" != RELEASE_RUN}
+        if f"{v}-s{s}" != RELEASE_RUN or CORPUS_BANK}
+RELEASE_NAME = "release" if CORPUS_BANK else RELEASE_RUN
 RELEASE = Path(os.environ.get("RELEASE", "results/models/mamclap-vits")).resolve()
 SNAPSHOT_RUN = next(iter(RUNS))  # its snapshots at 1/4, 1/2 and 3/4 of the run are probed too (scaling curve)
 TASKS = ("speech_commands", "voxceleb1")
@@ -87,7 +95,7 @@ def models() -> list[tuple[str, str, Path | None, list[str], dict]]:
            ("logmel_meanstd", "hear_mamclap.baselines.logmel", None, [], {"scene_pooling": "meanstd"})]
     out += [(f"random_init-s{s}", "hear_mamclap.baselines.random_init", None, [], {"preset": SIZE, "seed": s})
             for s in (0, 1, 2)]
-    out.append((RELEASE_RUN, "hear_mamclap", W / "runs" / RELEASE_RUN / "encoder", ["import_release"], {}))
+    out.append((RELEASE_NAME, "hear_mamclap", W / "runs" / RELEASE_NAME / "encoder", ["import_release"], {}))
     out += [(name, "hear_mamclap", W / "runs" / name / "encoder", [f"pretrain_{name}"], {})
             for name in RUNS]
     return out
@@ -105,13 +113,20 @@ def jobs() -> list[Job]:
     build = [*M, "data", "build", "--size", SIZE_KIT, "--workers", str(NCPU)]
     if CORPUS_CLIPS:
         build += ["--corpus-clips", CORPUS_CLIPS]
+    corpus_dep = []
+    if CORPUS_BANK:
+        build += ["--corpus-bank", str(CORPUS_BANK)]
+        if not (KIT / "corpus" / "corpus.json").exists():
+            out.append(Job("corpus", [*build, "--corpus-only"], units=NCPU))
+            corpus_dep = ["corpus"]
     if not (KIT / "manifest.json").exists():
-        out.append(Job("build_kit", build, units=NCPU))
-    kit_dep = [j.name for j in out]
+        cmd = build if not CORPUS_BANK else [PY, str(Path(__file__).resolve()), "wait-bank", *build]
+        out.append(Job("build_kit", cmd, corpus_dep, units=NCPU if not CORPUS_BANK else 1))
+    kit_dep = [j.name for j in out if j.name == "build_kit"]
     cache = W / "cache"
     out.append(Job("precompute", [*M, "precompute", "--data", str(KIT / "corpus"), "--variant", "mam", "--size", SIZE,
-                                  "--out", str(cache), "--workers", str(max(1, NCPU - 4)), "--batch-size", "64"], kit_dep, units=NCPU,
-                   gpu=True))
+                                  "--out", str(cache), "--workers", str(max(1, NCPU - 4)), "--batch-size", "64"],
+                   corpus_dep if CORPUS_BANK else kit_dep, units=NCPU, gpu=True))
     out.append(Job("floors", [*M, "diagnose", "floors", "--cache", str(cache), "--size", SIZE,
                               "--out", str(RES / "floors.json")], ["precompute"]))
     for name, (variant, seed) in RUNS.items():
@@ -198,17 +213,31 @@ def import_release() -> None:
     if f"{meta.get('variant')}-s{meta.get('seed')}" != RELEASE_RUN:
         sys.exit(f"{RELEASE} is {meta.get('variant')} seed {meta.get('seed')}, not {RELEASE_RUN} "
                  "(set RELEASE_RUN to the release's run)")
-    dst = W / "runs" / RELEASE_RUN / "encoder"
+    dst = W / "runs" / RELEASE_NAME / "encoder"
     shutil.rmtree(dst, ignore_errors=True)
     shutil.copytree(RELEASE, dst)
     GRAPH.log(f"import_release: {RELEASE} -> {dst} ({len(files)} files checked)")
+
+
+def wait_bank(cmd: list[str]) -> None:
+    """Wait (up to 25 minutes) for the bank in the data root (a later call's common.sh copies it there), then
+    run the kit build `cmd` (its corpus is already built from the corpus bank: the build checks it)."""
+    import subprocess
+    import time
+    t0 = time.time()
+    while not (DATA / "bank" / "index.jsonl").exists():
+        if time.time() - t0 > 1500:
+            sys.exit(f"no bank at {DATA / 'bank'} after 25 minutes")
+        time.sleep(5)
+    GRAPH.log(f"wait_bank: the bank is there after {time.time() - t0:.0f} s")
+    sys.exit(subprocess.run(cmd).returncode)
 
 
 def release() -> str | None:
     """Choose the final encoder whose mean heareval validation score over the tasks scored so far is highest
     (the choice never looks at test scores); `pack` brings its weights back first, as bf16 shards."""
     best, best_score = None, None
-    for name in [RELEASE_RUN, *RUNS]:
+    for name in [RELEASE_NAME, *RUNS]:
         vals = []
         for path in sorted((RES / "hear").glob(f"{name}.*.json")):  # one file per (model, task)
             for task in json.loads(path.read_text())["tasks"].values():
@@ -242,6 +271,13 @@ def pack() -> None:
                     tar.add(run / f, arcname=f"runs/{run.name}/{f}")
         if (KIT / "manifest.json").exists():
             tar.add(KIT / "manifest.json", arcname=f"kits/{KIT.name}.manifest.json")
+        if (KIT / "files.sha256").exists():  # the evaluation files' checksums: the same suite as another kit's?
+            tmp = W / "eval.sha256.tmp"
+            tmp.write_text("".join(line for line in (KIT / "files.sha256").read_text().splitlines(True)
+                                   if " hear/" in line or " superb/" in line))
+            tar.add(tmp, arcname=f"kits/{KIT.name}.eval.sha256")
+        if CORPUS_BANK and (CORPUS_BANK / "bank.json").exists():
+            tar.add(CORPUS_BANK / "bank.json", arcname="kits/corpus-bank.json")
         for card in sorted((KIT / "cards").glob("*.md")) if (KIT / "cards").exists() else []:
             tar.add(card, arcname=f"kits/cards/{card.name}")
     # The finished encoders' weights in bf16 shards beside the tarball, at most 7 files and RETURN_BYTES a call
@@ -249,7 +285,7 @@ def pack() -> None:
     # release choice first, then the runs in order; shipped.json remembers what earlier calls took.
     shipped_path = W / "shipped.json"
     shipped = json.loads(shipped_path.read_text()) if shipped_path.exists() else []
-    order = [r for r in [release()] if r is not None and r != RELEASE_RUN] + list(RUNS)
+    order = [r for r in [release()] if r is not None and r != RELEASE_NAME] + list(RUNS)
     files: list[Path] = []
     for run in dict.fromkeys(order):
         export = W / "runs" / run / "encoder"
@@ -315,5 +351,7 @@ if __name__ == "__main__":
             sys.exit("no final run has heareval results yet")
     elif what == "import-release":
         import_release()
+    elif what == "wait-bank":
+        wait_bank(sys.argv[2:])
     else:
         sys.exit(f"unknown command {what!r}: plan, daemon, start, wait, pack or release")
