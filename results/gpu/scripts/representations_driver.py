@@ -126,7 +126,7 @@ def jobs() -> list[Job]:
     cache = W / "cache"
     out.append(Job("precompute", [*M, "precompute", "--data", str(KIT / "corpus"), "--variant", "mam", "--size", SIZE,
                                   "--out", str(cache), "--workers", str(max(1, NCPU - 4)), "--batch-size", "64"],
-                   corpus_dep if CORPUS_BANK else kit_dep, units=NCPU, gpu=True))
+                   corpus_dep if CORPUS_BANK else kit_dep, units=max(1, NCPU - 1), gpu=True))
     out.append(Job("floors", [*M, "diagnose", "floors", "--cache", str(cache), "--size", SIZE,
                               "--out", str(RES / "floors.json")], ["precompute"]))
     for name, (variant, seed) in RUNS.items():

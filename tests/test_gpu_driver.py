@@ -1,0 +1,41 @@
+"""The representations driver's job plan (results/gpu/scripts/representations_driver.py), read through its own
+`plan` command. The driver's graph starts jobs in strict priority order, so a job that asks for more CPU units
+than are free while a long job holds some waits until that job ends: call set 4 lost a whole call to this (the
+log-mel cache asked for every unit while the kit job, waiting for a bank that the next call carries, held one)."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DRIVER = REPO / "results" / "gpu" / "scripts" / "representations_driver.py"
+
+
+def plan(tmp_path: Path, **env: str) -> dict[str, tuple[int, list[str]]]:
+    out = subprocess.run([sys.executable, str(DRIVER), "plan"], capture_output=True, text=True, check=True, cwd=REPO,
+                         env={**os.environ, "EXP_WORK": str(tmp_path / "work"),
+                              "MAMCLAP_DATA": str(tmp_path / "data"), **env}).stdout
+    jobs = {}
+    for name, units, deps in re.findall(r"^(\S+)  \[units=(\d+) gpu=\w+; after: ([^\]]*)\]", out, re.M):
+        jobs[name] = (int(units), [] if deps == "-" else deps.split(", "))
+    return jobs
+
+
+def test_with_a_corpus_bank_the_corpus_comes_first_and_training_never_waits_for_the_bank(tmp_path):
+    (tmp_path / "bank").mkdir()
+    jobs = plan(tmp_path, CORPUS_BANK=str(tmp_path / "bank"), CORPUS_CLIPS="8000")
+    assert jobs["build_kit"][1] == ["corpus"] and jobs["precompute"][1] == ["corpus"]
+    ncpu = os.cpu_count() or 2
+    waiting = jobs["build_kit"][0]  # held for as long as the bank has not come
+    for name in ("precompute", "floors") + tuple(n for n in jobs if n.startswith("pretrain_")):
+        assert jobs[name][0] + waiting <= ncpu, (name, jobs[name], waiting, ncpu)
+    assert all("build_kit" not in deps for n, (_, deps) in jobs.items() if n.startswith(("pretrain_", "floors")))
+
+
+def test_without_a_bank_the_kit_is_built_first_with_every_core(tmp_path):
+    jobs = plan(tmp_path, CORPUS_CLIPS="8000")
+    assert "corpus" not in jobs and jobs["build_kit"] == (os.cpu_count() or 2, [])
+    assert jobs["precompute"][1] == ["build_kit"]
