@@ -5,7 +5,6 @@ pass through, and the file is refused for another model."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -17,7 +16,6 @@ from hear_mamclap.checkpoint import export_encoder
 from hear_mamclap.model import EncoderConfig, MAMCLAPEncoder
 from training.eval import readout
 
-KIT = Path(os.environ.get("MAMCLAP_DATA", Path(__file__).resolve().parents[1] / "data")) / "kit-tiny-s0" / "hear"
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +26,9 @@ def export(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def kit() -> Path:
-    if not (KIT / "mini_drum_stroke-v1.0-full" / "task_metadata.json").is_file():
-        pytest.skip(f"no tiny kit at {KIT}: build it with `mamclap data kit --size tiny`")
-    return KIT
+def kit(tiny_hear_suite) -> Path:
+    """The tiny mini HEAR suite (conftest builds it once per test run, fast lane included). Read-only."""
+    return tiny_hear_suite[0]
 
 
 def test_candidates_cover_last_mean_of_last_4_and_of_all_blocks():
