@@ -39,3 +39,18 @@ def test_without_a_bank_the_kit_is_built_first_with_every_core(tmp_path):
     jobs = plan(tmp_path, CORPUS_CLIPS="8000")
     assert "corpus" not in jobs and jobs["build_kit"] == (os.cpu_count() or 2, [])
     assert jobs["precompute"][1] == ["build_kit"]
+
+
+def test_seeds_steps_and_skipped_models_come_from_the_environment(tmp_path):
+    """A scaling call set: one long SupMAM and one long MAM run, their snapshots at quarter budgets, and the
+    baselines left to an earlier call set's files (same suite and protocol): nothing of theirs is planned."""
+    (tmp_path / "bank").mkdir()
+    jobs = plan(tmp_path, CORPUS_BANK=str(tmp_path / "bank"), CORPUS_CLIPS="8000", PRE_STEPS="4000", SUPMAM_SEEDS="0", MAM_SEEDS="0",
+                SKIP_MODELS=r"logmel.*|random_init-s.|release")
+    assert sorted(n for n in jobs if n.startswith("pretrain_")) == ["pretrain_mam-s0", "pretrain_supmam-s0"]
+    assert sorted(n for n in jobs if n.startswith("probe_")) == [
+        "probe_mam-s0", "probe_supmam-s0", "probe_supmam-s0-step1000", "probe_supmam-s0-step2000",
+        "probe_supmam-s0-step3000"]
+    assert not any(("logmel" in n or "random_init" in n or "release" in n) for n in jobs), sorted(jobs)
+    everything = plan(tmp_path, CORPUS_BANK=str(tmp_path / "bank"), CORPUS_CLIPS="8000")
+    assert {"import_release", "probe_logmel", "probe_random_init-s2", "superb_release_voxceleb1"} <= set(everything)
