@@ -54,3 +54,35 @@ def test_seeds_steps_and_skipped_models_come_from_the_environment(tmp_path):
     assert not any(("logmel" in n or "random_init" in n or "release" in n) for n in jobs), sorted(jobs)
     everything = plan(tmp_path, CORPUS_BANK=str(tmp_path / "bank"), CORPUS_CLIPS="8000")
     assert {"import_release", "probe_logmel", "probe_random_init-s2", "superb_release_voxceleb1"} <= set(everything)
+
+
+FINETUNE = REPO / "results" / "gpu" / "scripts" / "finetune_driver.py"
+
+
+def test_the_finetune_plan_has_every_kind_task_and_seed_and_each_command_parses(tmp_path):
+    """Fine-tuning table runs: 3 kinds x 3 tasks x 3 seeds after the kit, each a `mamclap finetune` command
+    that the CLI's own parser takes (nothing run), with its results file named apart."""
+    import shlex
+
+    from training.cli import build_parser
+
+    out = subprocess.run([sys.executable, str(FINETUNE), "plan"], capture_output=True, text=True, check=True,
+                         cwd=REPO, env={**os.environ, "EXP_WORK": str(tmp_path / "work"),
+                                        "MAMCLAP_DATA": str(tmp_path / "data")}).stdout
+    lines = out.splitlines()
+    names = [line.split()[0] for line in lines[0::2]]
+    assert names[0] == "build_kit" and len(names) == 1 + 3 * 3 * 3
+    rows = [re.fullmatch(r"ft_(.+)_(esc50|spcv2|as20k)_s([012])", n) for n in names[1:]]
+    assert all(rows) and {r[1] for r in rows} == {"release-finetune", "release-frozen", "random_init-scratch"}
+    results = set()
+    for row, line in zip(rows, lines[3::2]):  # the fine-tuning jobs' commands
+        argv = shlex.split(line)
+        args = build_parser().parse_args(argv[argv.index("finetune"):])
+        assert (args.task, args.seed) == (row[2], int(row[3]))
+        assert getattr(args, "freeze", False) == row[1].endswith("-frozen")
+        assert (args.init == "") == row[1].startswith("random_init")
+        results.add(args.results)
+    assert len(results) == 27
+    short = subprocess.run([sys.executable, str(FINETUNE), "plan"], capture_output=True, text=True, cwd=REPO,
+                           env={**os.environ, "EXP_WORK": str(tmp_path / "work"), "TASKS": "esc50 mnist"})
+    assert short.returncode != 0 and "unknown task 'mnist' in TASKS" in short.stderr
