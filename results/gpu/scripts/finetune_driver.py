@@ -21,13 +21,12 @@ recipe's), CORPUS_CLIPS (200). LOCAL=1 plans the tiny kit, a tiny encoder and on
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 import tarfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from jobgraph import Graph, Job, daemon_main  # noqa: E402
+from jobgraph import Graph, Job, daemon_main, pack_common, print_plan  # noqa: E402
 
 LOCAL = os.environ.get("LOCAL") == "1"
 W = Path(os.environ.get("EXP_WORK") or Path(os.environ.get("TMPDIR", "/tmp")) / "mamclap-finetune").resolve()
@@ -88,22 +87,14 @@ def pack() -> None:
     out = Path(os.environ.get("OUT") or W / "out")
     out.mkdir(parents=True, exist_ok=True)
     with tarfile.open(out / "finetune.tar.gz", "w:gz") as tar:
-        for p in (RES, W / "driver.log", W / "done"):
-            if p.exists():
-                tar.add(p, arcname=p.name)
-        for f in sorted((W / "logs").glob("*.log")):  # tails only
-            tmp = W / "tail.tmp"
-            tmp.write_bytes(f.read_bytes()[-20000:])
-            tar.add(tmp, arcname=f"logs/{f.name}")
+        pack_common(tar, W, RES)
         if (KIT / "manifest.json").exists():
             tar.add(KIT / "manifest.json", arcname=f"kits/{KIT.name}.manifest.json")
     print(f"packed {out / 'finetune.tar.gz'} ({(out / 'finetune.tar.gz').stat().st_size / 1e6:.2f} MB)")
 
 
 def plan() -> None:
-    for job in jobs():
-        print(f"{job.name}  [units={job.units} gpu={job.gpu}; after: {', '.join(job.deps) or '-'}]\n"
-              f"    {shlex.join(map(str, job.cmd))}")
+    print_plan(jobs())
 
 
 if __name__ == "__main__":

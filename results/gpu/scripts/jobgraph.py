@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,3 +133,22 @@ class Graph:
 def daemon_main(graph: Graph, jobs_fn) -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     graph.run(jobs_fn())
+
+
+def pack_common(tar: tarfile.TarFile, work: Path, results: Path) -> None:
+    """What every driver's `pack` brings back: the results folder, the driver log, the done-markers, and the
+    last 20 kB of each job's log (progress bars make some logs large)."""
+    for p in (results, work / "driver.log", work / "done"):
+        if p.exists():
+            tar.add(p, arcname=p.name)
+    for f in sorted((work / "logs").glob("*.log")):
+        tmp = work / "tail.tmp"
+        tmp.write_bytes(f.read_bytes()[-20000:])
+        tar.add(tmp, arcname=f"logs/{f.name}")
+
+
+def print_plan(jobs: list[Job]) -> None:
+    """`plan`: each job with its units, GPU use and dependencies, and its command."""
+    for job in jobs:
+        print(f"{job.name}  [units={job.units} gpu={job.gpu}; after: {', '.join(job.deps) or '-'}]\n"
+              f"    {shlex.join(map(str, job.cmd))}")

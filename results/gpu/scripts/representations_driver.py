@@ -31,13 +31,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import sys
 import tarfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from jobgraph import Graph, Job, daemon_main  # noqa: E402
+from jobgraph import Graph, Job, daemon_main, pack_common, print_plan  # noqa: E402
 
 LOCAL = os.environ.get("LOCAL") == "1"
 W = Path(os.environ.get("EXP_WORK") or Path(os.environ.get("TMPDIR", "/tmp")) / "mamclap-representations").resolve()
@@ -268,13 +267,7 @@ def pack() -> None:
     out = Path(os.environ.get("OUT") or W / "out")
     out.mkdir(parents=True, exist_ok=True)
     with tarfile.open(out / "representations.tar.gz", "w:gz") as tar:
-        for p in (RES, W / "driver.log", W / "done"):
-            if p.exists():
-                tar.add(p, arcname=p.name)
-        for f in sorted((W / "logs").glob("*.log")):  # tails only: progress bars make some logs large
-            tmp = W / "tail.tmp"
-            tmp.write_bytes(f.read_bytes()[-20000:])
-            tar.add(tmp, arcname=f"logs/{f.name}")
+        pack_common(tar, W, RES)
         for run in sorted((W / "runs").glob("*")):
             for f in ["log.jsonl", "encoder/encoder.json", *[str(p.relative_to(run)) for p in run.glob("encoder-step*/encoder.json")]]:
                 if (run / f).exists():
@@ -337,9 +330,7 @@ def bf16_shards(export: Path, out: Path, limit: int = 15 << 20) -> list[Path]:
 
 
 def plan() -> None:
-    for job in jobs():
-        print(f"{job.name}  [units={job.units} gpu={job.gpu}; after: {', '.join(job.deps) or '-'}]\n"
-              f"    {shlex.join(map(str, job.cmd))}")
+    print_plan(jobs())
 
 
 if __name__ == "__main__":
