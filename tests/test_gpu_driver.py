@@ -19,8 +19,9 @@ def plan(tmp_path: Path, **env: str) -> dict[str, tuple[int, list[str]]]:
                          env={**os.environ, "EXP_WORK": str(tmp_path / "work"),
                               "MAMCLAP_DATA": str(tmp_path / "data"), **env}).stdout
     jobs = {}
-    for name, units, deps in re.findall(r"^(\S+)  \[units=(\d+) gpu=\w+; after: ([^\]]*)\]", out, re.M):
-        jobs[name] = (int(units), [] if deps == "-" else deps.split(", "))
+    for name, units, deps, producer in re.findall(
+            r"^(\S+)  \[units=(\d+) gpu=\w+; after: ([^\];]*)(?:; files of (\S+): [^\]]*)?\]", out, re.M):
+        jobs[name] = (int(units), [] if deps == "-" else deps.split(", "), *([producer] if producer else []))
     return jobs
 
 
@@ -32,7 +33,7 @@ def test_with_a_corpus_bank_the_corpus_comes_first_and_training_never_waits_for_
     waiting = jobs["build_kit"][0]  # held for as long as the bank has not come
     for name in ("precompute", "floors") + tuple(n for n in jobs if n.startswith("pretrain_")):
         assert jobs[name][0] + waiting <= ncpu, (name, jobs[name], waiting, ncpu)
-    assert all("build_kit" not in deps for n, (_, deps) in jobs.items() if n.startswith(("pretrain_", "floors")))
+    assert all("build_kit" not in deps for n, (_, deps, *_) in jobs.items() if n.startswith(("pretrain_", "floors")))
 
 
 def test_without_a_bank_the_kit_is_built_first_with_every_core(tmp_path):
@@ -49,11 +50,40 @@ def test_seeds_steps_and_skipped_models_come_from_the_environment(tmp_path):
                 SKIP_MODELS=r"logmel.*|random_init-s.|release")
     assert sorted(n for n in jobs if n.startswith("pretrain_")) == ["pretrain_mam-s0", "pretrain_supmam-s0"]
     assert sorted(n for n in jobs if n.startswith("probe_")) == [
-        "probe_mam-s0", "probe_supmam-s0", "probe_supmam-s0-step1000", "probe_supmam-s0-step2000",
-        "probe_supmam-s0-step3000"]
+        "probe_mam-s0", "probe_mam-s0-step1000", "probe_mam-s0-step2000", "probe_mam-s0-step3000",
+        "probe_supmam-s0", "probe_supmam-s0-step1000", "probe_supmam-s0-step2000", "probe_supmam-s0-step3000"]
     assert not any(("logmel" in n or "random_init" in n or "release" in n) for n in jobs), sorted(jobs)
+    # a snapshot is scored while its run goes on: it waits for the run's export, not for the run's end
+    assert jobs["readout_mam-s0-step2000"][1:] == (["build_kit"], "pretrain_mam-s0")
+    assert "pretrain_supmam-s0" in jobs["readout_supmam-s0"][1]
     everything = plan(tmp_path, CORPUS_BANK=str(tmp_path / "bank"), CORPUS_CLIPS="8000")
     assert {"import_release", "probe_logmel", "probe_random_init-s2", "superb_release_voxceleb1"} <= set(everything)
+    assert "--accum 2" in subprocess.run([sys.executable, str(DRIVER), "plan"], capture_output=True, text=True,
+                                         cwd=REPO, env={**os.environ, "EXP_WORK": str(tmp_path / "w")}).stdout
+    two = plan(tmp_path, SUPERB_TASKS="speech_commands", SNAPSHOT_RUNS="", MICRO_BATCH="256")
+    assert not any(n.endswith("voxceleb1") or "-step" in n for n in two) and "superb_supmam-s0_speech_commands" in two
+    bad = subprocess.run([sys.executable, str(DRIVER), "plan"], capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, "EXP_WORK": str(tmp_path / "w"), "MICRO_BATCH": "100"})
+    assert bad.returncode != 0 and "MICRO_BATCH must divide the batch of 256" in bad.stderr
+
+
+def test_a_job_waiting_for_files_starts_while_their_producer_runs_and_fails_when_it_ends_without_them(tmp_path):
+    """jobgraph's file dependency, with real processes: the snapshot-like job starts once the file exists,
+    before the long producer has ended; a second one whose file never comes fails once its producer ends."""
+    sys.path.insert(0, str(DRIVER.parent))
+    from jobgraph import Graph, Job
+
+    snap, never = tmp_path / "snap.json", tmp_path / "never.json"
+    jobs = [Job("train", ["sh", "-c", f"sleep 1; echo x > {snap}; sleep 4"], units=1),
+            Job("score", ["test", "-f", str(snap)], units=1, files=[str(snap)], producer="train"),
+            Job("late", ["true"], units=1, files=[str(never)], producer="train")]
+    Graph(tmp_path / "work", cpu_units=2).run(jobs)
+    log = (tmp_path / "work" / "driver.log").read_text().splitlines()
+    events = [line.split("] ", 1)[1] for line in log]
+    assert events.index("start score units=1 gpu=False") < next(i for i, e in enumerate(events) if e.startswith("done train"))
+    assert (tmp_path / "work" / "done" / "score").exists()
+    assert (tmp_path / "work" / "done" / "late.failed").read_text() == f"train did not write {never}"
+    assert not (tmp_path / "work" / "done" / "late").exists()
 
 
 FINETUNE = REPO / "results" / "gpu" / "scripts" / "finetune_driver.py"

@@ -29,6 +29,11 @@ class Job:
     units: int = 1  # CPU cores it keeps busy
     gpu: bool = False  # sees the GPUs (CUDA_VISIBLE_DEVICES left as it is); False hides them
     out: str | None = None  # a results file: the job counts as done when it exists, whatever the exit code
+    # Files that must exist before the job starts, written while `producer` (a job) still runs: a training
+    # run's snapshot is scored while the run goes on. A job waiting for them holds no units; it fails when the
+    # producer has finished (done or failed) without writing them.
+    files: list[str] = field(default_factory=list)
+    producer: str | None = None
 
 
 class Graph:
@@ -78,6 +83,13 @@ class Graph:
                     self.log(f"skip {job.name}: a dependency failed")
                     continue
                 if not all(self.marker(d).exists() for d in job.deps):
+                    continue
+                missing = [f for f in job.files if not Path(f).exists()]
+                if missing:
+                    if job.producer and (self.marker(job.producer).exists()
+                                         or self.marker(job.producer, failed=True).exists()):
+                        self.marker(job.name, failed=True).write_text(f"{job.producer} did not write {missing[0]}")
+                        self.log(f"skip {job.name}: {job.producer} finished without writing {missing[0]}")
                     continue
                 if used + job.units > self.cpu_units and running:
                     break  # strict priority: later, smaller jobs must not starve this one
@@ -150,5 +162,6 @@ def pack_common(tar: tarfile.TarFile, work: Path, results: Path) -> None:
 def print_plan(jobs: list[Job]) -> None:
     """`plan`: each job with its units, GPU use and dependencies, and its command."""
     for job in jobs:
-        print(f"{job.name}  [units={job.units} gpu={job.gpu}; after: {', '.join(job.deps) or '-'}]\n"
+        files = f"; files of {job.producer}: {', '.join(job.files)}" if job.files else ""
+        print(f"{job.name}  [units={job.units} gpu={job.gpu}; after: {', '.join(job.deps) or '-'}{files}]\n"
               f"    {shlex.join(map(str, job.cmd))}")

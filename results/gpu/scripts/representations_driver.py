@@ -22,6 +22,8 @@ Environment: EXP_WORK (default $TMPDIR/mamclap-representations), MAMCLAP_DATA, O
 CORPUS_CLIPS (unset: the medium kit's), HEAR_GRID_POINTS (2), SUPERB_STEPS (500), RELEASE (the release
 encoder's folder), RELEASE_RUN (its run name, supmam-s1), SUPMAM_SEEDS ("0 1 2"), MAM_SEEDS ("0"), SKIP_MODELS (a regular
 expression: models not evaluated, e.g. baselines whose files an earlier call set with the same suite holds),
+MICRO_BATCH (128: the batch of 256 in micro-batches of that size), SNAPSHOT_RUNS (every run: whose quarter-budget
+snapshots are scored, each while its run goes on), SUPERB_TASKS ("speech_commands voxceleb1"; "" for none),
 CORPUS_BANK (a corpus bank: the
 corpus is mixed from it, every seed trained, the release scored as "release"). LOCAL=1 is a dry run
 on a CPU machine (tiny kit, tiny encoder, a few steps).
@@ -61,8 +63,13 @@ RES = W / "results"
 GRAPH = Graph(W, cpu_units=NCPU)
 
 # The recipe (issue 15's check: peak lr 1e-3, weight decay 0.05 trained where 5e-5 did not), the same for
-# every run; batch 256 as two micro-batches of 128 so six runs fit one GPU's memory side by side.
-RECIPE = ["--batch-size", "4" if LOCAL else "128", "--accum", "2", "--base-lr", "1e-3", "--weight-decay", "0.05",
+# every run; batch 256, by default as two micro-batches of 128 so six runs fit one GPU's memory side by side
+# (MICRO_BATCH=256: one micro-batch, for a call set of two runs; the same batch and optimiser step).
+MICRO_BATCH = int(os.environ.get("MICRO_BATCH", "4" if LOCAL else "128"))
+BATCH = 8 if LOCAL else 256
+if MICRO_BATCH <= 0 or BATCH % MICRO_BATCH:
+    sys.exit(f"MICRO_BATCH must divide the batch of {BATCH}, got {MICRO_BATCH}")
+RECIPE = ["--batch-size", str(MICRO_BATCH), "--accum", str(BATCH // MICRO_BATCH), "--base-lr", "1e-3", "--weight-decay", "0.05",
           "--warmup-steps", str(max(1, PRE_STEPS // 10)), "--mix-p", "0.5", "--mix-gain-db", "10", "--gain-db", "6",
           "--ckpt-every", str(max(1, SNAPSHOT_EVERY)), "--log-every", "10", "--workers", "0"]
 if not LOCAL:
@@ -85,8 +92,15 @@ RUNS = {f"{v}-s{s}": (v, s) for v, seeds in (("supmam", SUPMAM_SEEDS), ("mam", M
         if f"{v}-s{s}" != RELEASE_RUN or CORPUS_BANK}
 RELEASE_NAME = "release" if CORPUS_BANK else RELEASE_RUN
 RELEASE = Path(os.environ.get("RELEASE", "results/models/mamclap-vits")).resolve()
-SNAPSHOT_RUN = next(iter(RUNS))  # its snapshots at 1/4, 1/2 and 3/4 of the run are probed too (scaling curve)
-TASKS = ("speech_commands", "voxceleb1")
+# Every run's snapshots at 1/4, 1/2 and 3/4 of the run are probed too (the scaling curve), each as soon as the
+# run has written it (SNAPSHOT_RUNS: a space-separated subset of the runs; "" for none).
+SNAPSHOT_RUNS = tuple(os.environ.get("SNAPSHOT_RUNS", " ".join(RUNS)).split())
+if set(SNAPSHOT_RUNS) - set(RUNS):
+    sys.exit(f"SNAPSHOT_RUNS names runs that are not trained here: {sorted(set(SNAPSHOT_RUNS) - set(RUNS))}")
+# SUPERB_TASKS: the s3prl tasks run for every model ("" for none).
+TASKS = tuple(os.environ.get("SUPERB_TASKS", "speech_commands voxceleb1").split())
+if set(TASKS) - {"speech_commands", "voxceleb1"}:
+    sys.exit(f"SUPERB_TASKS: speech_commands and/or voxceleb1, got {os.environ['SUPERB_TASKS']!r}")
 RETURN_BYTES = 60 << 20  # what `pack` leaves in OUT, under the 64 MiB a call brings back (call set 3 lost a
                          # run's last two shards to that limit)
 # heareval's tasks in the order their (model, task) jobs start: every model's task before the next task, the
@@ -108,10 +122,11 @@ def models() -> list[tuple[str, str, Path | None, list[str], dict]]:
 
 
 def snapshots() -> list[tuple[str, str, Path | None, list[str], dict]]:
-    """The scaling curve's snapshots: readout and probe only."""
-    return [(f"{SNAPSHOT_RUN}-step{frac * SNAPSHOT_EVERY}", "hear_mamclap",
-             W / "runs" / SNAPSHOT_RUN / f"encoder-step{frac * SNAPSHOT_EVERY:06d}", [f"pretrain_{SNAPSHOT_RUN}"], {})
-            for frac in (1, 2, 3)]
+    """The scaling curve's snapshots: readout and probe only, started once the run has exported them (no deps:
+    jobs() makes them wait for the export's encoder.json, written last)."""
+    return [(f"{run}-step{frac * SNAPSHOT_EVERY}", "hear_mamclap",
+             W / "runs" / run / f"encoder-step{frac * SNAPSHOT_EVERY:06d}", [], {})
+            for frac in (1, 2, 3) for run in SNAPSHOT_RUNS]
 
 
 def jobs() -> list[Job]:
@@ -156,9 +171,12 @@ def jobs() -> list[Job]:
         if weights is not None:
             model_args += ["--model", str(weights)]
         choice = RES / "readout" / f"{name}.json"
+        wait = {}
+        if "-step" in name:  # a snapshot: scored while its run goes on
+            wait = dict(files=[str(weights / "encoder.json")], producer=f"pretrain_{name.split('-step')[0]}")
         hear_jobs.append(Job(f"readout_{name}", [*M, "hear", "readout", *model_args, "--tasks-dir", str(KIT / "hear"),
                                                   "--out", str(choice)], kit_dep + deps, units=2, gpu=True,
-                             out=str(choice)))
+                             out=str(choice), **wait))
         hear_jobs.append(Job(f"probe_{name}", [*M, "hear", "probe", *model_args, "--readout", str(choice),
                                                "--tasks-dir", str(KIT / "hear"), "--out", str(RES / "probe" / f"{name}.json")],
                              kit_dep + deps + [f"readout_{name}"], units=2, gpu=True,
