@@ -2,7 +2,10 @@
 `mamclap hear readout` files (each task's chosen candidate's validation score): one row per model, seeds
 (names ending in -sN) gathered into one row.
 
-    python results/gpu/scripts/probe_table.py DIR_OF_PROBE_JSONS [--csv scores.csv] > table.md
+    python results/gpu/scripts/probe_table.py PATH... [--csv scores.csv] > table.md
+
+Each PATH is a folder of probe (or readout) JSON files or one such file; files of the same name in a later
+PATH take the place of earlier ones (a call set that reuses an earlier one's baseline files: same suite).
 
 Per task: the mean test score over seeds. "mean": the mean over the scene tasks; its 95 % interval is a t
 interval over the seeds' means for n >= 2 seeds, else the one run's interval from the per-task bootstrap ones
@@ -48,8 +51,14 @@ def as_probe(doc: dict) -> dict:
             "mean_half_width": None}
 
 
-def main(folder: str, csv_path: str | None = None) -> None:
-    docs = {p.stem: as_probe(json.loads(p.read_text())) for p in sorted(Path(folder).glob("*.json"))}
+def main(paths: list[str], csv_path: str | None = None) -> None:
+    docs = {}
+    for path in map(Path, paths):
+        if not path.exists():
+            sys.exit(f"{path}: no such folder or file (expected probe or readout JSON files)")
+        for p in sorted(path.glob("*.json")) if path.is_dir() else [path]:
+            docs[p.stem] = as_probe(json.loads(p.read_text()))
+    docs = dict(sorted(docs.items()))
     rows: dict[str, list[dict]] = {}
     out: list[list] = []
     for name, doc in docs.items():
@@ -92,6 +101,13 @@ def main(folder: str, csv_path: str | None = None) -> None:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    if len(args) not in (1, 3) or (len(args) == 3 and args[1] != "--csv"):
+    csv_out = None
+    if "--csv" in args:
+        i = args.index("--csv")
+        if i + 1 >= len(args):
+            sys.exit("usage: " + __doc__.splitlines()[2].strip())
+        csv_out = args[i + 1]
+        args = args[:i] + args[i + 2:]
+    if not args:
         sys.exit("usage: " + __doc__.splitlines()[2].strip())
-    main(args[0], args[2] if len(args) == 3 else None)
+    main(args, csv_out)
