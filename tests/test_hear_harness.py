@@ -657,6 +657,34 @@ def test_heareval_embeddings_runner_runs_a_torch_module_without_tensorflow(tiny_
 
 
 
+def test_our_modules_are_embedded_without_importing_tensorflow(tiny_tasks, tmp_path, monkeypatch):
+    """hear.embed() runs heareval's embedding runner for this package's modules with compat's TensorFlow
+    stand-in even where TensorFlow is installed (its import is most of a start-up on a CPU machine); any
+    other module keeps the real TensorFlow. The captured command is then run for real under -X importtime."""
+    from training.eval import hear
+
+    commands = []
+    monkeypatch.setattr(hear, "_run", lambda args, cwd, what, threads=None: commands.append((list(args), cwd)))
+    for module in ("hear_mamclap.baselines.logmel", "someone_elses.tf_module"):
+        hear.embed(module, None, tiny_tasks, tmp_path / "emb", tasks=["mini_drum_stroke-v1.0-full"])
+    (ours, cwd), (theirs, _) = commands
+    assert ours[3:5] == ["torch", "hear_mamclap.baselines.logmel"] and theirs[3:5] == ["tf", "someone_elses.tf_module"]
+    assert hear.is_torch_module("hear_mamclap") and not hear.is_torch_module("hear_mamclap_fork")
+
+    view = tmp_path / "view"  # embed()'s task view was temporary: make one like it
+    view.mkdir()
+    (view / "mini_drum_stroke-v1.0-full").symlink_to(tiny_tasks / "mini_drum_stroke-v1.0-full")
+    ours[ours.index("--tasks-dir") + 1] = str(view)
+    proc = subprocess.run([ours[0], "-X", "importtime", *ours[1:]], cwd=cwd, env=hear._env(), text=True,
+                          capture_output=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "heareval.embeddings.task_embeddings" in imported and "torch" in imported
+    assert not {m for m in imported if m == "tensorflow" or m.startswith(("tensorflow.", "keras"))}
+    done = tmp_path / "emb" / "hear_mamclap.baselines.logmel" / "mini_drum_stroke-v1.0-full" / ".done.embeddings"
+    assert done.exists() and list((done.parent / "test").glob("*.embedding.npy"))
+
+
 def test_eval_runs_each_task_with_its_readout(tmp_path, tiny_export, heareval_steps, monkeypatch, capsys):
     """--readout: each task embedded with its chosen options over --model-options (tasks of the same options
     in one heareval run, in a folder named for them), the options recorded per task; a file made for

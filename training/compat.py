@@ -55,9 +55,13 @@ def prepare_heareval() -> None:
     _nvml_device_name_as_bytes()  # the predictions runner imports heareval.gpu_max_mem too
 
 
-def prepare_heareval_embeddings() -> None:
+def prepare_heareval_embeddings(tensorflow: bool = True) -> None:
     """Let heareval 2021.1.3's embeddings runner (and its task_embeddings) run a torch HEAR module where
     TensorFlow is absent or cannot see the GPU. Call it before importing heareval.embeddings.
+
+    tensorflow=False: the stand-in below even where TensorFlow is installed, for a module known to be torch
+    (the harness passes it for hear_mamclap and its baselines): importing TensorFlow costs ~27 s of CPU on a
+    2-core machine (most of a heareval embedding start-up) and a torch module never touches it.
 
     The runner imports tensorflow at the top and, at import, refuses a machine where torch sees a GPU and
     TensorFlow does not ("GPUs not available in tensorflow, but found by pytorch"); task_embeddings only
@@ -73,7 +77,7 @@ def prepare_heareval_embeddings() -> None:
     _nvml_device_name_as_bytes()
     if "tensorflow" in sys.modules:
         tf = sys.modules["tensorflow"]
-    elif importlib.util.find_spec("tensorflow") is None:
+    elif not tensorflow or importlib.util.find_spec("tensorflow") is None:
         sys.modules["tensorflow"] = tf = _tensorflow_stand_in()
     else:
         tf = importlib.import_module("tensorflow")
@@ -113,15 +117,15 @@ def _nvml_device_name_as_bytes() -> None:
 
 def _tensorflow_stand_in() -> types.ModuleType:
     """The few names heareval's embedding code touches, for processes without TensorFlow."""
-    tf = types.ModuleType("tensorflow", "Stand-in for heareval's embedding runner (training.compat); "
-                                        "TensorFlow is not installed.")
+    tf = types.ModuleType("tensorflow", "Stand-in for heareval's embedding runner (training.compat): "
+                                        "TensorFlow is not installed, or not needed by a torch module.")
     tf._mamclap_stand_in = True
 
     class Module:  # no torch model is an instance of it: heareval takes its torch branch
         """Stand-in for tf.Module."""
 
     def convert_to_tensor(*args, **kwargs):
-        raise RuntimeError("TensorFlow is not installed: this process can run torch HEAR modules only")
+        raise RuntimeError("TensorFlow is not installed or not loaded: this process can run torch HEAR modules only")
 
     tf.Module, tf.convert_to_tensor = Module, convert_to_tensor
     tf.test = types.SimpleNamespace(is_gpu_available=lambda *args, **kwargs: torch.cuda.is_available())

@@ -49,11 +49,13 @@ PREDICT_LAUNCHER = (
 
 
 # The subprocess for embeddings: heareval's runner module as `python -m` would run it, after the fix that
-# lets it run a torch module without TensorFlow or with a CPU-only TensorFlow on a GPU machine.
+# lets it run a torch module without TensorFlow or with a CPU-only TensorFlow on a GPU machine. The first
+# argument says whether the module may need TensorFlow: this package's own modules (torch) do not, and skip
+# its import (compat.prepare_heareval_embeddings); any other module gets TensorFlow where it is installed.
 EMBED_LAUNCHER = (
     "import runpy, sys\n"
     "from training.compat import prepare_heareval_embeddings\n"
-    "prepare_heareval_embeddings()\n"
+    "prepare_heareval_embeddings(tensorflow=sys.argv.pop(1) == 'tf')\n"
     "sys.argv[0] = 'heareval.embeddings.runner'\n"
     "runpy.run_module('heareval.embeddings.runner', run_name='__main__', alter_sys=True)\n"
 )
@@ -79,6 +81,11 @@ def _run(args: list[str], cwd: Path, what: str, threads: int | None = None) -> N
         errors = [line for line in proc.stderr.splitlines() if re.match(r"^[\w.]+(Error|Exception)\b", line)]
         cause = f": {errors[-1]}" if errors else ""
         raise RuntimeError(f"{what} failed with exit status {proc.returncode}{cause} (cwd {cwd})\n{tail}")
+
+
+def is_torch_module(module: str) -> bool:
+    """A HEAR module of this package (hear_mamclap and its baselines): torch, never TensorFlow."""
+    return module == "hear_mamclap" or module.startswith("hear_mamclap.")
 
 
 def task_folders(tasks_dir: Path) -> list[Path]:
@@ -110,7 +117,8 @@ def embed(module: str, model: str | Path | None, tasks_dir: Path, out_dir: Path,
     with tempfile.TemporaryDirectory(prefix=".tasks-view-", dir=out_dir.parent) as view:
         for p in folders:
             (Path(view) / p.name).symlink_to(p, target_is_directory=True)
-        args = [sys.executable, "-c", EMBED_LAUNCHER, module, "--tasks-dir", view,
+        args = [sys.executable, "-c", EMBED_LAUNCHER, "torch" if is_torch_module(module) else "tf", module,
+                "--tasks-dir", view,
                 "--embeddings-dir", str(out_dir)]
         if model is not None:
             args += ["--model", str(Path(model).resolve())]
