@@ -67,6 +67,67 @@ def test_seeds_steps_and_skipped_models_come_from_the_environment(tmp_path):
     assert bad.returncode != 0 and "MICRO_BATCH must divide the batch of 256" in bad.stderr
 
 
+def test_earlier_results_on_the_same_suite_stand_for_their_jobs_and_pack_leaves_them_out(tmp_path):
+    """REUSE: a call set that adds seeds reuses the baselines' files of earlier call sets (first folder wins);
+    their jobs are marked done with the file copied in (heareval reads the readout choice), `pack` lists them
+    in reused.json instead of bringing them back, and writes the suite digest with SUITE_SHA256's verdict."""
+    import hashlib
+    import json
+    import tarfile
+    first, second = tmp_path / "cs5", tmp_path / "cs4"
+    for folder, name, text in ((first, "readout/random_init-s0.json", '{"a": 1}'),
+                               (second, "readout/random_init-s0.json", '{"a": 2}'),
+                               (second, "superb/random_init-s1.speech_commands.json", '{"b": 1}')):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    kit = tmp_path / "data" / "kit-medium-s0"
+    kit.mkdir(parents=True)
+    lines = "aa  hear/t/x.wav\nbb  corpus/c.wav\ncc  superb/s/y.wav\n"
+    (kit / "files.sha256").write_text(lines)
+    (kit / "manifest.json").write_text("{}")
+    digest = hashlib.sha256(b"aa  hear/t/x.wav\ncc  superb/s/y.wav\n").hexdigest()
+    env = {**os.environ, "EXP_WORK": str(tmp_path / "work"), "MAMCLAP_DATA": str(tmp_path / "data"),
+           "REUSE": f"{first} {second}", "SUITE_SHA256": digest[:8], "SUPERB_TASKS": "speech_commands",
+           "OUT": str(tmp_path / "out")}
+    out = subprocess.run([sys.executable, str(DRIVER), "plan"], capture_output=True, text=True, check=True,
+                         cwd=REPO, env=env).stdout
+    assert f"reused readout_random_init-s0: {first / 'readout/random_init-s0.json'}" in out
+    assert f"reused superb_random_init-s1_speech_commands: {second}" in out
+    assert "reused probe_random_init-s0" not in out
+    code = ("import sys; sys.argv = ['x']; sys.path.insert(0, %r); import representations_driver as d; "
+            "d.adopt_reused(d.jobs()); d.pack()" % str(DRIVER.parent))
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=env, capture_output=True)
+    work = tmp_path / "work"
+    assert (work / "results" / "readout" / "random_init-s0.json").read_text() == '{"a": 1}'
+    assert "reused" in json.loads((work / "done" / "readout_random_init-s0").read_text())
+    assert not (work / "done" / "probe_random_init-s0").exists()
+    (work / "results" / "probe").mkdir(parents=True)
+    (work / "results" / "probe" / "mine.json").write_text("{}")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=env, capture_output=True)
+    with tarfile.open(tmp_path / "out" / "representations.tar.gz") as tar:
+        names = tar.getnames()
+        suite = json.load(tar.extractfile("results/suite.json"))
+        listed = json.load(tar.extractfile("reused.json"))
+    assert "results/probe/mine.json" in names and "results/readout/random_init-s0.json" not in names
+    assert "results/superb/random_init-s1.speech_commands.json" not in names
+    assert set(listed) == {"readout_random_init-s0", "superb_random_init-s1_speech_commands"}
+    assert suite["eval_sha256"] == digest and suite["matches"] is True
+    other = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                           env={**env, "SUITE_SHA256": "0" * 8})
+    assert "SUITE MISMATCH" in other.stderr
+
+
+def test_superb_on_a_snapshot_waits_for_its_export_and_only_snapshot_steps_are_taken(tmp_path):
+    jobs = plan(tmp_path, PRE_STEPS="4000", SUPMAM_SEEDS="1", MAM_SEEDS="", SUPERB_TASKS="speech_commands",
+                SNAPSHOT_RUNS="", SUPERB_AT_STEP="3000")
+    assert jobs["superb_supmam-s1-step3000_speech_commands"][1:] == (["build_kit"], "pretrain_supmam-s1")
+    assert not any(n.startswith(("readout_", "probe_")) and "-step" in n for n in jobs)
+    bad = subprocess.run([sys.executable, str(DRIVER), "plan"], capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, "EXP_WORK": str(tmp_path / "w"), "PRE_STEPS": "4000",
+                              "SUPERB_AT_STEP": "2500"})
+    assert bad.returncode != 0 and "SUPERB_AT_STEP must be a snapshot step" in bad.stderr
+
+
 def test_a_job_waiting_for_files_starts_while_their_producer_runs_and_fails_when_it_ends_without_them(tmp_path):
     """jobgraph's file dependency, with real processes: the snapshot-like job starts once the file exists,
     before the long producer has ended; a second one whose file never comes fails once its producer ends."""

@@ -142,15 +142,25 @@ class Graph:
         print(f"wait ended after {time.time() - t0:.0f}s; {done} done markers; daemon alive={self.alive()}")
 
 
-def daemon_main(graph: Graph, jobs_fn) -> None:
+def daemon_main(graph: Graph, jobs_fn, before=None) -> None:
+    """Run the graph of `jobs_fn()`; `before(jobs)` first (e.g. a driver marking jobs done from earlier files)."""
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    graph.run(jobs_fn())
+    jobs = jobs_fn()
+    if before is not None:
+        before(jobs)
+    graph.run(jobs)
 
 
-def pack_common(tar: tarfile.TarFile, work: Path, results: Path) -> None:
-    """What every driver's `pack` brings back: the results folder, the driver log, the done-markers, and the
-    last 20 kB of each job's log (progress bars make some logs large)."""
-    for p in (results, work / "driver.log", work / "done"):
+def pack_common(tar: tarfile.TarFile, work: Path, results: Path, skip: set[str] = frozenset()) -> None:
+    """What every driver's `pack` brings back: the results folder (less the resolved paths in `skip`), the driver
+    log, the done-markers, and the last 20 kB of each job's log (progress bars make some logs large)."""
+    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        inside = info.name == results.name or info.name.startswith(results.name + "/")
+        rel = Path(info.name).relative_to(results.name) if inside else None
+        return None if rel is not None and str((results / rel).resolve()) in skip else info
+    if results.exists():
+        tar.add(results, arcname=results.name, filter=keep)
+    for p in (work / "driver.log", work / "done"):
         if p.exists():
             tar.add(p, arcname=p.name)
     for f in sorted((work / "logs").glob("*.log")):

@@ -24,7 +24,9 @@ encoder's folder), RELEASE_RUN (its run name, supmam-s0), SUPMAM_SEEDS ("0 1 2")
 expression: models not evaluated, e.g. baselines whose files an earlier call set with the same suite holds),
 MICRO_BATCH (128: the batch of 256 in micro-batches of that size), SNAPSHOT_RUNS (every run: whose quarter-budget
 snapshots are scored, each while its run goes on), SUPERB_TASKS ("speech_commands voxceleb1"; "" for none),
-CORPUS_BANK (a corpus bank: the
+SUPERB_AT_STEP (also SUPERB on each run's snapshot at that step), REUSE (earlier call sets' results folders on the
+same suite: their files stand for the jobs that would write them), SUITE_SHA256 (that suite's digest prefix,
+checked by `pack`), CORPUS_BANK (a corpus bank: the
 corpus is mixed from it, every seed trained, the release scored as "release"). LOCAL=1 is a dry run
 on a CPU machine (tiny kit, tiny encoder, a few steps).
 """
@@ -103,6 +105,20 @@ if set(SNAPSHOT_RUNS) - set(RUNS):
 TASKS = tuple(os.environ.get("SUPERB_TASKS", "speech_commands voxceleb1").split())
 if set(TASKS) - {"speech_commands", "voxceleb1"}:
     sys.exit(f"SUPERB_TASKS: speech_commands and/or voxceleb1, got {os.environ['SUPERB_TASKS']!r}")
+# SUPERB_AT_STEP: SUPERB also on each run's snapshot at that step (a multiple of PRE_STEPS // 4), started as soon
+# as the run has exported it, for a call set whose budget ends before the final encoders could finish s3prl.
+SUPERB_AT_STEP = int(os.environ.get("SUPERB_AT_STEP") or 0)
+if SUPERB_AT_STEP and (SUPERB_AT_STEP % max(1, SNAPSHOT_EVERY) or not 0 < SUPERB_AT_STEP < PRE_STEPS):
+    sys.exit(f"SUPERB_AT_STEP must be a snapshot step ({SNAPSHOT_EVERY}, {2 * SNAPSHOT_EVERY} or "
+             f"{3 * SNAPSHOT_EVERY}), got {SUPERB_AT_STEP}")
+# REUSE: earlier call sets' results folders (each with readout/, probe/, hear/, superb/, as `pack` brings them
+# back) on the same evaluation suite: a job whose results file one of them holds (the first that does) is not
+# run again; the file is copied in and the job counts as done, so its dependants (heareval reads the readout
+# choice) start at once. `pack` leaves these copies out and lists them in reused.json. Same suite: SUITE_SHA256
+# (a prefix of the SHA-256 of the kit's list of evaluation-file checksums, as the earlier call set's README
+# gives it) is compared by `pack`, which writes the digest to suite.json and says whether it matches.
+REUSE = tuple(Path(p).resolve() for p in os.environ.get("REUSE", "").split())
+SUITE_SHA256 = os.environ.get("SUITE_SHA256", "").lower()
 RETURN_BYTES = 60 << 20  # what `pack` leaves in OUT, under the 64 MiB a call brings back (call set 3 lost a
                          # run's last two shards to that limit)
 # heareval's tasks in the order their (model, task) jobs start: every model's task before the next task, the
@@ -215,9 +231,62 @@ def jobs() -> list[Job]:
                 "--name", name, "--out", str(res), "--steps", SUPERB_STEPS, "--overwrite",
                 "--expdir", str(W / "superb" / name / task), "-o", "config.downstream_expert.datarc.num_workers=2"],
                 kit_dep + deps, units=2, gpu=True, out=str(res)))
+    for run in RUNS if SUPERB_AT_STEP else ():
+        name, snap = f"{run}-step{SUPERB_AT_STEP}", W / "runs" / run / f"encoder-step{SUPERB_AT_STEP:06d}"
+        for task in TASKS:
+            res = RES / "superb" / f"{name}.{task}.json"
+            superb_jobs.append(Job(f"superb_{name}_{task}", [
+                *M, "superb", "eval", "--model", str(snap), "--task", task, "--data-root", str(KIT / "superb"),
+                "--name", name, "--out", str(res), "--steps", SUPERB_STEPS, "--overwrite",
+                "--expdir", str(W / "superb" / name / task), "-o", "config.downstream_expert.datarc.num_workers=2"],
+                kit_dep, units=2, gpu=True, out=str(res), files=[str(snap / "encoder.json")],
+                producer=f"pretrain_{run}"))
     superb_jobs.sort(key=lambda j: not j.name.endswith("speech_commands"))  # KS of every model before SID
     out += hear_jobs + superb_jobs + [j for task in HEAR_TASK_ORDER for j in heareval_jobs[task]]
     return out
+
+
+def reused(jobs: list[Job]) -> dict[str, Path]:
+    """{job name: the earlier results file that stands for it} over the REUSE folders, the first that has it."""
+    out = {}
+    for job in jobs:
+        if job.out is None or not REUSE:
+            continue
+        rel = Path(job.out).relative_to(RES)
+        src = next((folder / rel for folder in REUSE if (folder / rel).is_file()), None)
+        if src is not None:
+            out[job.name] = src
+    return out
+
+
+def adopt_reused(jobs: list[Job]) -> None:
+    """Copy the reused results files in and mark their jobs done (once: a job already finished keeps its own)."""
+    import shutil
+    by_name = {j.name: j for j in jobs}
+    (W / "done").mkdir(parents=True, exist_ok=True)
+    listing = {}
+    for name, src in reused(jobs).items():
+        listing[name] = str(src)
+        if GRAPH.marker(name).exists() or GRAPH.marker(name, failed=True).exists():
+            continue
+        dst = Path(by_name[name].out)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        GRAPH.marker(name).write_text(json.dumps({"reused": str(src)}))
+    if listing:
+        (W / "reused.json").write_text(json.dumps(listing, indent=1))
+        GRAPH.log(f"reused: {len(listing)} results files of earlier call sets ({', '.join(map(str, REUSE))})")
+
+
+def suite_digest() -> str | None:
+    """SHA-256 of the kit's evaluation files' checksum list (the lines of files.sha256 under hear/ and superb/):
+    two kits with the same digest hold the same evaluation suite, byte for byte."""
+    import hashlib
+    if not (KIT / "files.sha256").exists():
+        return None
+    text = "".join(line for line in (KIT / "files.sha256").read_text().splitlines(True)
+                   if " hear/" in line or " superb/" in line)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def import_release() -> None:
@@ -286,8 +355,21 @@ def release() -> str | None:
 def pack() -> None:
     out = Path(os.environ.get("OUT") or W / "out")
     out.mkdir(parents=True, exist_ok=True)
+    RES.mkdir(parents=True, exist_ok=True)
+    digest = suite_digest()
+    if digest is not None:
+        match = digest.startswith(SUITE_SHA256) if SUITE_SHA256 else None
+        (RES / "suite.json").write_text(json.dumps({"kit": KIT.name, "eval_sha256": digest, "expected": SUITE_SHA256
+                                                    or None, "matches": match}))
+        if match is False:
+            print(f"SUITE MISMATCH: this kit's evaluation suite is {digest[:12]}..., not {SUITE_SHA256}...: the "
+                  "reused results files belong to another suite", file=sys.stderr)
+    listed = json.loads((W / "reused.json").read_text()) if (W / "reused.json").exists() else {}
+    skip = {str(Path(j.out).resolve()) for j in jobs() if j.name in listed and j.out}
     with tarfile.open(out / "representations.tar.gz", "w:gz") as tar:
-        pack_common(tar, W, RES)
+        pack_common(tar, W, RES, skip=skip)
+        if listed:
+            tar.add(W / "reused.json", arcname="reused.json")
         for run in sorted((W / "runs").glob("*")):
             for f in ["log.jsonl", "encoder/encoder.json", *[str(p.relative_to(run)) for p in run.glob("encoder-step*/encoder.json")]]:
                 if (run / f).exists():
@@ -350,7 +432,10 @@ def bf16_shards(export: Path, out: Path, limit: int = 15 << 20) -> list[Path]:
 
 
 def plan() -> None:
-    print_plan(jobs())
+    js = jobs()
+    print_plan(js)
+    for name, src in reused(js).items():
+        print(f"reused {name}: {src}")
 
 
 if __name__ == "__main__":
@@ -358,7 +443,7 @@ if __name__ == "__main__":
     if what == "daemon":
         for d in ("hear", "superb", "readout", "probe"):
             (RES / d).mkdir(parents=True, exist_ok=True)
-        daemon_main(GRAPH, jobs)
+        daemon_main(GRAPH, jobs, before=adopt_reused)
     elif what == "start":
         GRAPH.start(str(Path(__file__).resolve()))
     elif what == "wait":
