@@ -177,3 +177,59 @@ def test_the_finetune_plan_has_every_kind_task_and_seed_and_each_command_parses(
     short = subprocess.run([sys.executable, str(FINETUNE), "plan"], capture_output=True, text=True, cwd=REPO,
                            env={**os.environ, "EXP_WORK": str(tmp_path / "work"), "TASKS": "esc50 mnist"})
     assert short.returncode != 0 and "unknown task 'mnist' in TASKS" in short.stderr
+
+
+def test_the_release_scored_under_its_run_name_reuses_that_runs_files_and_gets_superb_on_its_weights(tmp_path):
+    """RELEASE_AS: call sets 4-5 scored older releases as "release", so reusing their files under that name would
+    give today's release their scores. Named after its run (supmam-s0), the release takes that run's earlier
+    files and only the jobs without one (here SUPERB) run, on the imported release weights."""
+    (tmp_path / "bank").mkdir()
+    earlier = tmp_path / "cs5"
+    for name in ("readout/supmam-s0.json", "readout/release.json", "hear/supmam-s0.mini_esc.json"):
+        (earlier / name).parent.mkdir(parents=True, exist_ok=True)
+        (earlier / name).write_text("{}")
+    env = dict(CORPUS_BANK=str(tmp_path / "bank"), CORPUS_CLIPS="8000", SUPMAM_SEEDS="1 2", MAM_SEEDS="",
+               SKIP_MODELS="logmel.*", REUSE=str(earlier), SUPERB_TASKS="speech_commands voxceleb1")
+    jobs = plan(tmp_path, RELEASE_AS="supmam-s0", **env)
+    assert "import_release" in jobs["superb_supmam-s0_voxceleb1"][1]
+    assert not any("release" in n for n in jobs if n != "import_release"), sorted(jobs)
+    out = subprocess.run([sys.executable, str(DRIVER), "plan"], capture_output=True, text=True, check=True, cwd=REPO,
+                         env={**os.environ, "EXP_WORK": str(tmp_path / "w"), "MAMCLAP_DATA": str(tmp_path / "data"),
+                              "RELEASE_AS": "supmam-s0", **env}).stdout
+    assert "reused readout_supmam-s0:" in out and "reused hear_supmam-s0_mini_esc:" in out
+    assert "reused readout_release" not in out and "superb_supmam-s0_speech_commands" in out
+    default = plan(tmp_path, **env)  # without RELEASE_AS the release keeps its own name and reuses "release"'s
+    assert "readout_release" in default and "readout_supmam-s0" not in default
+    bad = subprocess.run([sys.executable, str(DRIVER), "plan"], capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, "EXP_WORK": str(tmp_path / "w"), **env, "RELEASE_AS": "supmam-s1"})
+    assert bad.returncode != 0 and "RELEASE_AS=supmam-s1 is also a run trained here" in bad.stderr
+
+
+def test_reuse_never_stands_for_a_run_trained_here_and_hear_tasks_narrow_heareval(tmp_path):
+    """Call set 4 trained supmam-s1 for 256k clips on the same suite: a call set that trains supmam-s1 for 1M
+    clips must score its own run, not take the old run's readout, probe or SUPERB files."""
+    earlier = tmp_path / "cs4"
+    for name in ("readout/supmam-s1.json", "probe/supmam-s1-step1000.json", "superb/supmam-s1.voxceleb1.json",
+                 "readout/random_init-s1.json"):
+        (earlier / name).parent.mkdir(parents=True, exist_ok=True)
+        (earlier / name).write_text("{}")
+    out = subprocess.run([sys.executable, str(DRIVER), "plan"], capture_output=True, text=True, check=True, cwd=REPO,
+                         env={**os.environ, "EXP_WORK": str(tmp_path / "w"), "MAMCLAP_DATA": str(tmp_path / "data"),
+                              "SUPMAM_SEEDS": "1", "MAM_SEEDS": "", "REUSE": str(earlier),
+                              "HEAR_TASKS": "mini_esc mini_drum_stroke"}).stdout
+    reused = re.findall(r"^reused (\S+):", out, re.M)
+    assert reused == ["readout_random_init-s1"], reused
+    hear = [n for n in re.findall(r"^(hear_\S+)  \[", out, re.M) if n.startswith("hear_supmam-s1_")]
+    assert hear == ["hear_supmam-s1_mini_drum_stroke", "hear_supmam-s1_mini_esc"]  # the driver's order
+    bad = subprocess.run([sys.executable, str(DRIVER), "plan"], capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, "EXP_WORK": str(tmp_path / "w"), "HEAR_TASKS": "mini_esc dcase"})
+    assert bad.returncode != 0 and "HEAR_TASKS: a subset of" in bad.stderr
+
+
+def test_superb_sid_last_puts_speaker_id_after_heareval_and_keeps_ks_before_it(tmp_path):
+    order = list(plan(tmp_path, SUPMAM_SEEDS="1", MAM_SEEDS="", SUPERB_SID_LAST="1"))
+    first_hear = next(i for i, n in enumerate(order) if n.startswith("hear_"))
+    assert all(order.index(n) > first_hear for n in order if n.endswith("_voxceleb1"))
+    assert all(order.index(n) < first_hear for n in order if n.startswith("superb_") and n.endswith("_speech_commands"))
+    default = list(plan(tmp_path, SUPMAM_SEEDS="1", MAM_SEEDS=""))
+    assert default.index("superb_supmam-s1_voxceleb1") < next(i for i, n in enumerate(default) if n.startswith("hear_"))

@@ -26,7 +26,8 @@ MICRO_BATCH (128: the batch of 256 in micro-batches of that size), SNAPSHOT_RUNS
 snapshots are scored, each while its run goes on), SUPERB_TASKS ("speech_commands voxceleb1"; "" for none),
 SUPERB_AT_STEP (also SUPERB on each run's snapshot at that step), REUSE (earlier call sets' results folders on the
 same suite: their files stand for the jobs that would write them), SUITE_SHA256 (that suite's digest prefix,
-checked by `pack`), CORPUS_BANK (a corpus bank: the
+checked by `pack`), HEAR_TASKS (a subset of heareval's tasks), SUPERB_SID_LAST (1:
+speaker ID after heareval in priority), RELEASE_AS (the release's model name; default "release" with CORPUS_BANK), CORPUS_BANK (a corpus bank: the
 corpus is mixed from it, every seed trained, the release scored as "release"). LOCAL=1 is a dry run
 on a CPU machine (tiny kit, tiny encoder, a few steps).
 """
@@ -94,7 +95,13 @@ SKIP_MODELS = re.compile(os.environ.get("SKIP_MODELS", "") or r"(?!)")
 # is scored beside them as "release".
 RUNS = {f"{v}-s{s}": (v, s) for v, seeds in (("supmam", SUPMAM_SEEDS), ("mam", MAM_SEEDS)) for s in seeds
         if f"{v}-s{s}" != RELEASE_RUN or CORPUS_BANK}
-RELEASE_NAME = "release" if CORPUS_BANK else RELEASE_RUN
+# RELEASE_AS: the name the release is scored under. By default "release" with a corpus bank, but call sets 4 and 5
+# scored *other* releases under that name, so a call set that reuses their files names today's release after
+# the run it is (call set 5's supmam-s0, its bf16 export): its earlier files then stand for it, and only what is
+# missing (SUPERB) is run on the shipped weights.
+RELEASE_NAME = os.environ.get("RELEASE_AS") or ("release" if CORPUS_BANK else RELEASE_RUN)
+if RELEASE_NAME in RUNS:
+    sys.exit(f"RELEASE_AS={RELEASE_NAME} is also a run trained here: name the release apart")
 RELEASE = Path(os.environ.get("RELEASE", "results/models/mamclap-vits")).resolve()
 # Every run's snapshots at 1/4, 1/2 and 3/4 of the run are probed too (the scaling curve), each as soon as the
 # run has written it (SNAPSHOT_RUNS: a space-separated subset of the runs; "" for none).
@@ -111,6 +118,10 @@ SUPERB_AT_STEP = int(os.environ.get("SUPERB_AT_STEP") or 0)
 if SUPERB_AT_STEP and (SUPERB_AT_STEP % max(1, SNAPSHOT_EVERY) or not 0 < SUPERB_AT_STEP < PRE_STEPS):
     sys.exit(f"SUPERB_AT_STEP must be a snapshot step ({SNAPSHOT_EVERY}, {2 * SNAPSHOT_EVERY} or "
              f"{3 * SNAPSHOT_EVERY}), got {SUPERB_AT_STEP}")
+# SUPERB_SID_LAST=1: speaker ID (the longest job, 440-890 s in call set 3) after heareval in priority, for a call
+# set whose final encoders come late: their heareval must not wait behind it (SID still starts at once for the
+# models that are ready, since a job whose dependencies are not met never holds the queue).
+SUPERB_SID_LAST = os.environ.get("SUPERB_SID_LAST") == "1"
 # REUSE: earlier call sets' results folders (each with readout/, probe/, hear/, superb/, as `pack` brings them
 # back) on the same evaluation suite: a job whose results file one of them holds (the first that does) is not
 # run again; the file is copied in and the job counts as done, so its dependants (heareval reads the readout
@@ -125,6 +136,12 @@ RETURN_BYTES = 60 << 20  # what `pack` leaves in OUT, under the 64 MiB a call br
 # cheap ones first and the event task last, so whatever has finished when time runs out is a whole column.
 HEAR_TASK_ORDER = ("mini_drum_stroke", "mini_speaker_id", "mini_instrument_family", "mini_nsynth_pitch",
                    "mini_language_id", "mini_speech_commands", "mini_mixtures", "mini_esc", "mini_dcase")
+# HEAR_TASKS: a subset of them (space-separated; default all), e.g. without the event task, whose grid has not
+# finished within a call set yet (call sets 5-6) and whose jobs would only hold cores at the end of the queue.
+_HEAR_TASKS = set(os.environ.get("HEAR_TASKS", "").split()) or set(HEAR_TASK_ORDER)
+if _HEAR_TASKS - set(HEAR_TASK_ORDER):
+    sys.exit(f"HEAR_TASKS: a subset of {' '.join(HEAR_TASK_ORDER)}, got {os.environ['HEAR_TASKS']!r}")
+HEAR_TASK_ORDER = tuple(t for t in HEAR_TASK_ORDER if t in _HEAR_TASKS)
 
 
 def models() -> list[tuple[str, str, Path | None, list[str], dict]]:
@@ -224,26 +241,30 @@ def jobs() -> list[Job]:
                 f"export_encoder(MAMCLAPEncoder(EncoderConfig.preset('{SIZE}')), '{export}', "
                 f"metadata={{'variant': 'random_init', 'size': '{SIZE}', 'seed': {seed}}})"]))
             deps = deps + [f"export_{name}"]
-        for task in TASKS:
-            res = RES / "superb" / f"{name}.{task}.json"
-            superb_jobs.append(Job(f"superb_{name}_{task}", [
-                *M, "superb", "eval", "--model", str(export), "--task", task, "--data-root", str(KIT / "superb"),
-                "--name", name, "--out", str(res), "--steps", SUPERB_STEPS, "--overwrite",
-                "--expdir", str(W / "superb" / name / task), "-o", "config.downstream_expert.datarc.num_workers=2"],
-                kit_dep + deps, units=2, gpu=True, out=str(res)))
+        superb_jobs += [superb_job(name, export, task, kit_dep + deps) for task in TASKS]
     for run in RUNS if SUPERB_AT_STEP else ():
         name, snap = f"{run}-step{SUPERB_AT_STEP}", W / "runs" / run / f"encoder-step{SUPERB_AT_STEP:06d}"
-        for task in TASKS:
-            res = RES / "superb" / f"{name}.{task}.json"
-            superb_jobs.append(Job(f"superb_{name}_{task}", [
-                *M, "superb", "eval", "--model", str(snap), "--task", task, "--data-root", str(KIT / "superb"),
-                "--name", name, "--out", str(res), "--steps", SUPERB_STEPS, "--overwrite",
-                "--expdir", str(W / "superb" / name / task), "-o", "config.downstream_expert.datarc.num_workers=2"],
-                kit_dep, units=2, gpu=True, out=str(res), files=[str(snap / "encoder.json")],
-                producer=f"pretrain_{run}"))
+        superb_jobs += [superb_job(name, snap, task, kit_dep, files=[str(snap / "encoder.json")],
+                                   producer=f"pretrain_{run}") for task in TASKS]
     superb_jobs.sort(key=lambda j: not j.name.endswith("speech_commands"))  # KS of every model before SID
-    out += hear_jobs + superb_jobs + [j for task in HEAR_TASK_ORDER for j in heareval_jobs[task]]
+    heareval = [j for task in HEAR_TASK_ORDER for j in heareval_jobs[task]]
+    if SUPERB_SID_LAST:
+        sid = [j for j in superb_jobs if j.name.endswith("voxceleb1")]
+        out += hear_jobs + [j for j in superb_jobs if j not in sid] + heareval + sid
+    else:
+        out += hear_jobs + superb_jobs + heareval
     return out
+
+
+def superb_job(name: str, model: Path, task: str, deps: list[str], **wait) -> Job:
+    """s3prl's downstream `task` on the export `model` (`mamclap superb eval`), its results file named apart;
+    `wait`: the file dependency of a snapshot scored while its run goes on."""
+    res = RES / "superb" / f"{name}.{task}.json"
+    return Job(f"superb_{name}_{task}", [
+        *M, "superb", "eval", "--model", str(model), "--task", task, "--data-root", str(KIT / "superb"),
+        "--name", name, "--out", str(res), "--steps", SUPERB_STEPS, "--overwrite",
+        "--expdir", str(W / "superb" / name / task), "-o", "config.downstream_expert.datarc.num_workers=2"],
+        deps, units=2, gpu=True, out=str(res), **wait)
 
 
 def reused(jobs: list[Job]) -> dict[str, Path]:
@@ -251,6 +272,9 @@ def reused(jobs: list[Job]) -> dict[str, Path]:
     out = {}
     for job in jobs:
         if job.out is None or not REUSE:
+            continue
+        # never for a run trained here (or its snapshots): an earlier file of the same name is another training
+        if Path(job.out).name.split(".")[0].split("-step")[0] in RUNS:
             continue
         rel = Path(job.out).relative_to(RES)
         src = next((folder / rel for folder in REUSE if (folder / rel).is_file()), None)
