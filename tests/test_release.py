@@ -256,7 +256,7 @@ def test_a_release_replaces_the_old_one_and_never_sits_beside_it(tmp_path, capsy
         find_release(models)
 
 
-def test_the_card_gives_data_recipe_losses_and_scores(tmp_path, capsys):
+def test_the_card_gives_data_recipe_losses_and_scores(tmp_path, capsys, monkeypatch):
     from training.eval.results import new_results, save_results, task_entry
     from training.pretrain.mam import PretrainConfig
     from training.pretrain.train import TrainConfig
@@ -303,6 +303,19 @@ def test_the_card_gives_data_recipe_losses_and_scores(tmp_path, capsys):
     assert "no rows for model 'x' (--scores-model); the scores have logmel, mam, random-init, supmam" in \
         capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+
+    # The default scores (results/tables/main/scores.csv, under the current directory) cover the experiment's
+    # models: an encoder they do not score gets a card that says so, with one line; one they score gets its rows.
+    (tmp_path / "cwd" / "results" / "tables" / "main").mkdir(parents=True)
+    shutil.copyfile(scores, tmp_path / "cwd" / "results" / "tables" / "main" / "scores.csv")
+    monkeypatch.chdir(tmp_path / "cwd")
+    card = (release(run / "checkpoint.pt", tmp_path / "default", "x") / "README.md").read_text()
+    assert "None measured" in card and "no rows for it in results/tables/main/scores.csv" in card
+    assert "results/tables/main/scores.csv has no rows for 'x': a card without scores" in capsys.readouterr().out
+    card = (release(run / "checkpoint.pt", tmp_path / "default2", "y", "--scores-model", "supmam")
+            / "README.md").read_text()
+    assert "| overall | 0.512 ± 0.010 (n=3) |" in card and "None measured" not in card
+    monkeypatch.chdir(REPO)
 
     # Results JSONs give the same section, through the leaderboard's numbers.
     entry = task_entry("speech", "top1_acc", 0.75, {"top1_acc": 0.75}, 100, seed=2)

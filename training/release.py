@@ -161,7 +161,7 @@ def scores_section(rows: list[dict], model: str, sources: list[str | Path] = ())
 
 
 NO_SCORES = ("\n## Scores\n\nNone measured: this card was written without scores (no `--scores`, and no "
-             f"{DEFAULT_SCORES} then). Evaluate the encoder (`mamclap hear eval`, `mamclap superb eval`, "
+             f"rows for it in {DEFAULT_SCORES} then). Evaluate the encoder (`mamclap hear eval`, `mamclap superb eval`, "
              "`mamclap tables`) before relying on it.\n")
 
 
@@ -428,6 +428,12 @@ def _run(args) -> int:
         args.scores = []
     elif args.scores is None:
         args.scores = [DEFAULT_SCORES] if DEFAULT_SCORES.is_file() else []
+        model = args.scores_model or (args.name if args.release else Path(args.out or ".").name)
+        if args.scores and model not in {r["model"] for r in read_scores(args.scores)}:
+            # the main table scores the experiment's models, not every encoder one exports
+            print(f"mamclap export: {DEFAULT_SCORES} has no rows for {model!r}: a card without scores "
+                  "(--scores and --scores-model to give some)", flush=True)
+            args.scores = []
         if args.scores:
             print(f"mamclap export: scores from {DEFAULT_SCORES} (--scores, --no-scores to choose)", flush=True)
     if args.release == (args.out is not None):
