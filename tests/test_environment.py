@@ -305,3 +305,23 @@ def test_nvml_device_name_answers_decode_as_heareval_expects(monkeypatch):
     monkeypatch.setattr(pynvml, "nvmlDeviceGetName", lambda handle: b"Tesla V100")  # old pynvml: unchanged
     compat._nvml_device_name_as_bytes()
     assert pynvml.nvmlDeviceGetName(0) == b"Tesla V100"
+
+
+@pytest.mark.slow
+def test_the_kits_dcase_stand_in_gets_heareval_s_dcase_grid_in_the_predictions_process():
+    """heareval validates DCASE 2016 task 2 every 10 epochs (sed_eval is slow) by its task name; the kit's
+    mini_dcase must get the same entry once prepare_heareval() has run, and only then."""
+    from training.compat import STAND_INS
+    from training.kit.hear_suite import TaskSpec  # noqa: F401  (the kit names its event task mini_dcase)
+    import inspect
+    import training.kit.hear_suite as suite
+    assert all(f'TaskSpec("{ours}"' in inspect.getsource(suite) for ours in STAND_INS)
+    out = run_python("""
+        from heareval.predictions import task_predictions as tp
+        print("before", "mini_dcase" in tp.TASK_SPECIFIC_PARAM_GRID)
+        from training.compat import prepare_heareval
+        prepare_heareval()
+        print("after", tp.TASK_SPECIFIC_PARAM_GRID["mini_dcase"], tp.TASK_SPECIFIC_PARAM_GRID["dcase2016_task2"])
+    """)
+    assert "before False" in out
+    assert "after {'check_val_every_n_epoch': [10]} {'check_val_every_n_epoch': [10]}" in out
