@@ -177,9 +177,16 @@ def test_a_release_is_scored_on_a_quick_hear_task_per_group_beside_log_mel(tmp_p
                              dtype=torch.bfloat16)
     stages = {s.name: s for s in plan(DemoConfig(work=tmp_path / "work", variants=("mam",), superb_tasks=(),
                                                  release=release))}
-    assert list(stages) == ["data", "pretrain-mam", "hear-mam", "hear-rel", "hear-logmel", "tables"]
+    assert list(stages) == ["data", "pretrain-mam", "hear-mam", "hear-rel", "hear-random_init", "hear-logmel",
+                            "tables"]
     scored = stages["hear-rel"].args
     assert scored[scored.index("--module") + 1] == "hear_mamclap" and str(release) in scored
+    # beside it, its architecture with random weights on the same tasks (the module takes the release's config)
+    rand = stages["hear-random_init"].args
+    assert rand[rand.index("--module") + 1:rand.index("--module") + 4] == (
+        "hear_mamclap.baselines.random_init", "--model", str(release))
+    assert rand[rand.index("--tasks") + 1:][:len(RELEASE_HEAR_TASKS)] == RELEASE_HEAR_TASKS
+    assert stages["hear-random_init"].fingerprint is not None and "hear-random_init" in stages["tables"].deps
     # The release (a ViT-S, slow on a CPU) runs only its few tasks; the demo's own models run the whole suite.
     assert scored[scored.index("--tasks") + 1:scored.index("--tasks") + 1 + len(RELEASE_HEAR_TASKS)] == \
         RELEASE_HEAR_TASKS and "--tasks" not in stages["hear-mam"].args + stages["hear-logmel"].args

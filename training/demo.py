@@ -9,7 +9,8 @@ and speaker identification of each -> `mamclap tables` into WORK/tables -> a sum
 every stage. Its own models show that every piece runs and connects: a few dozen training steps on a 32-clip
 corpus measure nothing about the methods themselves. When the repository holds a release encoder
 (results/models/NAME, `mamclap export --release`), a HEAR stage also scores it, on one quick task of each
-group (RELEASE_HEAR_TASKS, or --hear-tasks), so the final table sets a trained model beside log-mel; a
+group (RELEASE_HEAR_TASKS, or --hear-tasks), and a random-init encoder of its architecture on the same tasks,
+so the final table sets a trained model beside log-mel and the architecture alone; a
 ViT-S on two CPU cores takes about a minute there, and four more on the whole mini suite.
 
 Resuming. A stage that succeeds writes WORK/stamps/STAGE.json (atomically, after its outputs exist) with a
@@ -163,6 +164,11 @@ def plan(cfg: DemoConfig) -> list[Stage]:
     if release is not None:
         hear_models.append((release.name, ("--module", "hear_mamclap", "--model", str(release)), (),
                             cfg.hear_tasks or RELEASE_HEAR_TASKS))
+        if cfg.baseline:  # the same architecture with random weights (seed 0), on the same tasks: what the
+            # release's pretraining adds over the architecture alone (the random-init module reads the
+            # release's config and discards its weights)
+            hear_models.append(("random_init", ("--module", "hear_mamclap.baselines.random_init", "--model",
+                                                str(release)), (), cfg.hear_tasks or RELEASE_HEAR_TASKS))
     if cfg.baseline:
         hear_models.append(("logmel", ("--module", "hear_mamclap.baselines.logmel"), (), cfg.hear_tasks))
     results = []
