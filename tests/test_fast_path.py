@@ -215,10 +215,10 @@ def test_augment_batch_mixes_in_the_power_domain_and_keeps_padding():
     mel = torch.randn(2, 6, 4)
     mel[0, 4:] = 0.0  # padding past row 0's end
     labels = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
-    same, same_labels = augment_batch(mel, labels, g, AUDIOSET_MEAN, AUDIOSET_STD)
-    assert same is mel and same_labels is labels
-    out, out_labels = augment_batch(mel, labels, torch.Generator().manual_seed(1), AUDIOSET_MEAN, AUDIOSET_STD,
-                                    mix_p=1.0, mix_gain_db=0.0)
+    same, same_labels, no_targets = augment_batch(mel, labels, g, AUDIOSET_MEAN, AUDIOSET_STD)
+    assert same is mel and same_labels is labels and no_targets is None
+    out, out_labels, _ = augment_batch(mel, labels, torch.Generator().manual_seed(1), AUDIOSET_MEAN, AUDIOSET_STD,
+                                       mix_p=1.0, mix_gain_db=0.0)
     scale = 2 * AUDIOSET_STD
     power = torch.exp(mel * scale + AUDIOSET_MEAN)
     expected = (torch.log(power + power.roll(1, 0)) - AUDIOSET_MEAN) / scale  # 0 dB: plain sum of powers
@@ -226,17 +226,46 @@ def test_augment_batch_mixes_in_the_power_domain_and_keeps_padding():
     assert torch.allclose(out[1], expected[1], atol=1e-5)
     assert torch.equal(out[0, 4:], torch.zeros(2, 4))
     assert torch.equal(out_labels, torch.tensor([[1.0, 0.0, 1.0], [1.0, 0.0, 1.0]]))
-    gained, gained_labels = augment_batch(mel, labels, torch.Generator().manual_seed(2), AUDIOSET_MEAN,
-                                          AUDIOSET_STD, gain_db=6.0)
+    gained, gained_labels, _ = augment_batch(mel, labels, torch.Generator().manual_seed(2), AUDIOSET_MEAN,
+                                             AUDIOSET_STD, gain_db=6.0)
     shift = (gained - mel)[:, :4].reshape(2, -1)
     assert torch.equal(gained_labels, labels)
     assert (shift.std(dim=1) < 1e-5).all()  # one shift per row
     assert (shift[:, 0].abs() * scale <= 6.0 * np.log(10) / 10 + 1e-5).all() and shift.abs().max() > 0
 
 
-def test_mixing_is_refused_for_teacher_variants_and_snapshots_are_exported(corpus, tmp_path):
-    with pytest.raises(ValueError, match="without a teacher"):
+def test_teacher_targets_of_mixed_rows_are_weighted_by_the_sources_power_shares():
+    """"power" target mixing: a row mixed with the next one at power ratio r gets (T + r T_next) / (1 + r); at
+    0 dB that is the plain mean; rows not mixed and the gain keep their targets; the same draws as the audio."""
+    from hear_mamclap.frontend import AUDIOSET_MEAN, AUDIOSET_STD
+    from training.pretrain.inputs import augment_batch
+
+    mel, labels = torch.randn(3, 6, 4), torch.zeros(3, 2)
+    targets = torch.randn(3, 5, 8)
+    _, _, even = augment_batch(mel, labels, torch.Generator().manual_seed(1), AUDIOSET_MEAN, AUDIOSET_STD,
+                               mix_p=1.0, mix_gain_db=0.0, gain_db=6.0, targets=targets)
+    assert torch.allclose(even, (targets + targets.roll(1, 0)) / 2, atol=1e-6)
+    mel_only, _, _ = augment_batch(mel, labels, torch.Generator().manual_seed(0), AUDIOSET_MEAN, AUDIOSET_STD,
+                                   mix_p=0.5, mix_gain_db=10.0)
+    out, _, mixed = augment_batch(mel, labels, torch.Generator().manual_seed(0), AUDIOSET_MEAN, AUDIOSET_STD,
+                                  mix_p=0.5, mix_gain_db=10.0, targets=targets)
+    assert torch.equal(out, mel_only)  # targets change nothing about the audio's draws
+    u = torch.rand(3, 3, generator=torch.Generator().manual_seed(0))
+    for i in range(3):
+        if u[0, i] < 0.5:
+            r = 10 ** (-10.0 * u[1, i] / 10)
+            assert torch.allclose(mixed[i], (targets[i] + r * targets[i - 1]) / (1 + r), atol=1e-5)
+        else:
+            assert torch.equal(mixed[i], targets[i])
+    assert (u[0] < 0.5).any() and (u[0] >= 0.5).any()  # this seed exercises both branches
+
+
+def test_mixing_with_a_teacher_needs_power_target_mixing_and_snapshots_are_exported(corpus, tmp_path):
+    with pytest.raises(ValueError, match="needs --mix-targets power"):
         TrainConfig(variant="mam_clap", mix_p=0.5)
+    assert TrainConfig(variant="mam_clap", mix_p=0.5, mix_targets="power").mix_targets == "power"
+    with pytest.raises(ValueError, match="mix_targets"):
+        TrainConfig(variant="mam_clap", mix_targets="sum")
     cfg = TrainConfig(variant="supmam", size="tiny", data=str(corpus), steps=4, batch_size=2, workers=0,
                       warmup_steps=1, ckpt_every=2, log_every=1, out_dir=str(tmp_path / "run"), device="cpu",
                       mix_p=0.5, gain_db=3.0, export_every=2)
@@ -245,3 +274,28 @@ def test_mixing_is_refused_for_teacher_variants_and_snapshots_are_exported(corpu
     assert meta["metadata"]["step"] == 2 and meta["metadata"]["clips_seen"] == 4
     assert (tmp_path / "run" / "encoder" / "encoder.json").is_file()
     assert not (tmp_path / "run" / "encoder-step000004").exists()  # the last step is the final export
+
+
+def test_a_distilling_run_with_mixing_hands_the_teacher_targets_to_the_mixer(corpus, cache_dir, teacher_path,
+                                                                              tmp_path, monkeypatch):
+    """The training loop passes each micro-batch's teacher targets through augment_batch and trains on what
+    comes back (here: targets zeroed by a wrapped mixer, so the distillation loss is the student's own norm)."""
+    import math
+
+    import training.pretrain.train as train_mod
+
+    seen = []
+    real = train_mod.augment_batch
+
+    def spy(mel, labels, gen, mean, std, mix_p, mix_gain_db, gain_db, targets=None):
+        seen.append(targets is not None and targets.shape[0] == mel.shape[0])
+        return real(mel, labels, gen, mean, std, mix_p, mix_gain_db, gain_db, targets)
+
+    monkeypatch.setattr(train_mod, "augment_batch", spy)
+    cfg = TrainConfig(variant="supmam_clap", size="tiny", data=str(corpus), teacher=str(teacher_path), steps=2,
+                      batch_size=3, warmup_steps=1, log_every=1, workers=0, device="cpu", cache=str(cache_dir),
+                      mix_p=1.0, mix_targets="power", out_dir=str(tmp_path / "run"))
+    train(cfg)
+    assert seen == [True, True]
+    logs = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert len(logs) == 2 and all(math.isfinite(v) for log in logs for k, v in log.items() if k == "loss")

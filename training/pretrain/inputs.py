@@ -58,9 +58,11 @@ def fixed_inputs(inputs: Inputs, n: int) -> Inputs:
 
 
 def augment_batch(mel: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, mean: float, std: float,
-                  mix_p: float = 0.0, mix_gain_db: float = 10.0, gain_db: float = 0.0
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T, F) normalised log-mel, (B, C) multi-hot labels -> the batch with rows mixed and gains applied.
+                  mix_p: float = 0.0, mix_gain_db: float = 10.0, gain_db: float = 0.0,
+                  targets: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(B, T, F) normalised log-mel, (B, C) multi-hot labels and (B, N, D) teacher targets or None -> the batch
+    with rows mixed and gains applied.
 
     Mixing happens in the power domain, as if two recordings were summed: with probability mix_p a row gets
     another row of the batch (the next one, cyclically) added at a level drawn uniformly in [-mix_gain_db, 0] dB
@@ -68,12 +70,14 @@ def augment_batch(mel: torch.Tensor, labels: torch.Tensor, generator: torch.Gene
     every row's level changes by a gain drawn uniformly in [-gain_db, gain_db] dB (a shift of the log-mel).
     `mean`/`std` are the front end's normalisation ((log-mel - mean) / (2 std)); zero-padded frames (the
     normalised mean) are left as they are. Draws come from `generator` (CPU), so a run stays reproducible.
-    Teacher targets are not mixed: use it for variants without a teacher, or with an online teacher on the
-    mixed waveform instead.
+    Teacher targets (made from the unmixed clips) of a mixed row become the average of both rows' targets
+    weighted by the two sources' shares of the mixture's power, 1 : r for the other row at power ratio r (the
+    "power" target mixing of TrainConfig.mix_targets). That is an approximation, as mixup's label mixing is:
+    a teacher run on the mixture would not give the mix of its targets. Gain leaves targets as they are.
     """
     b = mel.shape[0]
     if b == 0 or (mix_p <= 0 and gain_db <= 0):
-        return mel, labels
+        return mel, labels, targets
     u = torch.rand(3, b, generator=generator)
     scale = 2.0 * std
     log_power = mel.float() * scale + mean  # natural log of the mel power
@@ -84,9 +88,13 @@ def augment_batch(mel: torch.Tensor, labels: torch.Tensor, generator: torch.Gene
         with_other = torch.logaddexp(log_power, other)
         log_power = torch.where(mixed[:, None, None], with_other, log_power)
         labels = torch.where(mixed[:, None], torch.maximum(labels, torch.roll(labels, 1, dims=0)), labels)
+        if targets is not None:
+            w = torch.where(mixed, torch.sigmoid(rel), torch.zeros_like(rel))  # r / (1 + r), r = exp(rel)
+            w = w.to(targets.dtype)[:, None, None]
+            targets = (1 - w) * targets + w * torch.roll(targets, 1, dims=0)
     if gain_db > 0:
         shift = ((2.0 * u[2] - 1.0) * gain_db).to(mel.device) * (math.log(10.0) / 10.0)
         log_power = log_power + shift[:, None, None]
     out = ((log_power - mean) / scale).to(mel.dtype)
     padding = (mel == 0).all(dim=2, keepdim=True)  # frames past a clip's end stay at the filler value
-    return torch.where(padding, mel, out), labels
+    return torch.where(padding, mel, out), labels, targets

@@ -84,6 +84,7 @@ class TrainConfig:
     mix_p: float = 0.0               # share of clips mixed with another clip of the batch (inputs.augment_batch)
     mix_gain_db: float = 10.0        # the other clip's level: uniform in [-mix_gain_db, 0] dB relative
     gain_db: float = 0.0             # random level change of each clip, uniform in [-gain_db, gain_db] dB
+    mix_targets: str = "none"        # teacher targets of mixed clips: none (no mixing with a teacher), power
     export_every: int = 0            # also export the encoder every N steps (encoder-step<N>/), 0 = only at the end
     overrides: tuple[tuple[str, str], ...] = ()  # PretrainConfig field overrides (name, value)
 
@@ -94,9 +95,10 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name}: expected one of {list(allowed)}, got {getattr(self, name)!r}")
         if not 0.0 <= self.mix_p <= 1.0:
             raise ValueError(f"mix_p (--mix-p) must be a probability in [0, 1], got {self.mix_p}")
-        if self.mix_p > 0 and _uses_teacher(self):
-            raise ValueError(f"mix_p (--mix-p) mixes log-mel after the teacher's targets are made, so it is for "
-                             f"variants without a teacher; got --variant {self.variant}")
+        if self.mix_p > 0 and _uses_teacher(self) and self.mix_targets != "power":
+            raise ValueError(f"mix_p (--mix-p) mixes log-mel after the teacher's targets are made, so for a "
+                             f"variant with a teacher (--variant {self.variant}) it needs --mix-targets power "
+                             "(the targets mixed with the audio's power weights, an approximation)")
         if self.stop_at > self.steps:
             raise ValueError(f"stop_at (--stop-at) must be 0 (run to the end) or a step <= steps (--steps) "
                              f"{self.steps}, got {self.stop_at}")
@@ -134,6 +136,7 @@ VALUE_RULES = {"steps": checks.positive_int, "stop_at": checks.nonneg_int, "batc
                "mix_gain_db": checks.nonneg_float, "gain_db": checks.nonneg_float, "export_every": checks.nonneg_int}
 CHOICES = {"variant": VARIANTS, "size": tuple(ENCODER_PRESETS), "teacher_features": ("frames", "tokenmap"),
            "teacher_align": ("time_interp", "grid_resample"), "attention": ("auto", "cudnn"),
+           "mix_targets": ("none", "power"),  # power: both clips' targets by their power shares (augment_batch)
            "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")}
 # Fields a resumed run takes from the command line; every other one comes from the checkpoint.
 RESUMABLE = ("steps", "stop_at", "out_dir", "workers", "device", "compile", "data", "teacher", "cache", "cache_mel",
@@ -473,8 +476,8 @@ def train(cfg: TrainConfig, resume: bool = False, given=None) -> dict:
             if cfg.mix_p > 0 or cfg.gain_db > 0:  # draws depend on (seed, step, row): resumable, world-size free
                 gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 65_537 + row + 1)
                 fe = model.encoder.frontend
-                mel, labels = augment_batch(mel, labels, gen, fe.mean, fe.std, cfg.mix_p, cfg.mix_gain_db,
-                                            cfg.gain_db)
+                mel, labels, targets = augment_batch(mel, labels, gen, fe.mean, fe.std, cfg.mix_p, cfg.mix_gain_db,
+                                                     cfg.gain_db, targets if cfg.mix_targets == "power" else None)
             noise = noise[row:row + mel.shape[0]]  # this micro-batch's rows of the global batch
             # Pinned and non-blocking: a plain copy would make the host wait for the GPU every step.
             noise = noise.pin_memory().to(device, non_blocking=True) if use_cuda else noise
