@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +125,105 @@ def test_caption_names_the_parts_and_is_deterministic():
                                                                                           np.random.default_rng(3))
 
 
+SEEDS = range(30)
+QUIET_WORDS = ("quiet overall", "low volume", "recorded quietly")
+LOUD_WORDS = ("loud overall", "high volume", "recorded loudly")
+PART_FAINT = ("quietly", "softly", "faintly")
+PITCH_WORDS = ("low", "mid", "middle", "high")
+
+
+def note(midi: int | None, family: str | None = "brass", rid: str = "music/sf-trumpet-060") -> dict:
+    labels = {"instrument": "trumpet", "soundfont": "sf", "velocity": 100}
+    if midi is not None:
+        labels["midi_pitch"] = midi
+    if family is not None:
+        labels["family"] = family
+    return {"id": rid, "kind": "music", "group": "sf", "labels": labels}
+
+
+def speech(**labels) -> dict:
+    base = {"text": "stop", "word": "stop", "speaker": "v", "gender": "unknown", "voice_type": "recorded",
+            "accent": None, "language": None}
+    return {"id": "speech/y", "kind": "speech", "group": "v", "labels": {**base, **labels}}
+
+
+STROKE = {"id": "drum/k", "kind": "drum", "group": "k", "labels": {"stroke": "snare", "kit": "k"}}
+
+
+def captions(parts, bed=None, **kw) -> list[str]:
+    return [ontology.caption(parts, bed, np.random.default_rng(s), **kw) for s in SEEDS]
+
+
+def one(kind: str, records: list[dict], **facts) -> list[dict]:
+    return [{"kind": kind, "records": records, "onset": 0.0, "end": 1.0, **facts}]
+
+
+def has(text: str, words) -> bool:
+    return any(w in text for w in words)
+
+
+def test_caption_gives_the_pitch_register_a_record_carries_and_none_it_lacks():
+    assert all("low" in t for t in captions(one("music", [note(36)])))
+    assert all("high" in t for t in captions(one("music", [note(84)])))
+    assert all("mid" in t for t in captions(one("music", [note(60)])))
+    # augmentation moves the pitch: +4 semitones takes a 71 (middle) over 72 (high); the note name, no longer
+    # what is heard, is not given
+    shifted = captions(one("music", [note(71)], semitones=4.0))
+    assert all("high" in t for t in shifted) and not any("B4" in t for t in shifted)
+    assert any("B4" in t for t in captions(one("music", [note(71)])))
+    spread = captions(one("music", [note(36), note(84)]))
+    assert all("low" in t and "high" in t for t in spread)
+    phrase = note(40, rid="music/x-FluidR3Mono_GM-trumpet-phrase2")  # a phrase: a melody, not one note
+    assert all("low" in t and "note " not in t and "E2" not in t for t in captions(one("music", [phrase])))
+    for t in captions(one("music", [note(None, family=None)])):
+        assert not has(t.replace("plays", ""), PITCH_WORDS) and "family" not in t and "brass" not in t, t
+
+
+def test_caption_names_the_instrument_family_only_where_the_record_has_one():
+    with_family = captions(one("music", [note(60)]))
+    assert any("brass" in t for t in with_family) and all("trumpet" in t for t in with_family)
+    assert not any("brass" in t or "family" in t for t in captions(one("music", [note(60, family=None)])))
+    effects = note(60, family="sound_effects")
+    assert not any("effects" in t for t in captions(one("music", [effects])))
+
+
+def test_caption_gives_speaker_and_language_facts_only_where_the_record_has_them():
+    for t in captions(one("speech", [speech(gender="female", language="fr")])):
+        assert "French" in t and has(t, ("woman", "female")) and "'stop'" in t, t
+    for t in captions(one("speech", [speech(gender="male", voice_type="synthetic", language="en")])):
+        assert "English" in t and "male" in t and has(t, ("synthe", "text-to-speech")), t
+    for t in captions(one("speech", [speech(accent="pirate")])):
+        assert "pirate's voice" in t and "accent" not in t, t
+    for t in captions(one("speech", [speech()])):  # gender unknown, no language, no accent
+        assert not has(t.lower(), ("man", "male", "woman", "female", "child", "english", "accent", " in ")), t
+
+
+def test_caption_gives_a_drum_pattern_its_tempo_only_where_the_mixer_knows_it():
+    fast = captions(one("drum", [STROKE, STROKE, STROKE], bpm=150.0))
+    assert all(has(t, ("fast tempo", "150 BPM")) for t in fast)
+    assert all(has(t, ("slow tempo", "85 BPM")) for t in captions(one("drum", [STROKE] * 3, bpm=86.0)))
+    assert not any(has(t, ("tempo", "BPM")) for t in captions(one("drum", [STROKE] * 3)))
+    assert not any(has(t, ("tempo", "BPM")) for t in captions(one("drum", [STROKE], bpm=150.0)))  # one hit
+
+
+def test_caption_says_how_loud_the_clip_its_parts_and_its_bed_are():
+    dog = one("env", [DOG])
+    assert all(has(t, QUIET_WORDS) for t in captions(dog, level_dbfs=-40.0))
+    assert all(has(t, LOUD_WORDS) for t in captions(dog, level_dbfs=-12.0))
+    for level in (-25.0, None):
+        assert not any(has(t, QUIET_WORDS + LOUD_WORDS) for t in captions(dog, level_dbfs=level))
+    two = [{"kind": "env", "records": [DOG], "onset": 0.0, "end": 1.0, "level_dbfs": -20.0},
+           {"kind": "speech", "records": [SPEECH], "onset": 0.5, "end": 1.5, "level_dbfs": -27.0}]
+    for t in captions(two):  # the speech part, 7 dB under the dog, is the faint one
+        assert re.search(r"(quietly|softly|faintly) (says|speaks|utters) 'stop'", t), t
+        assert sum(t.count(w) for w in PART_FAINT) == 1, t
+    two[1]["level_dbfs"] = -22.0  # 2 dB apart: neither is faint
+    assert not any(has(t, PART_FAINT) for t in captions(two))
+    assert all("faint" in t or "barely" in t for t in captions(dog, RAIN, bed_snr_db=22.0))
+    assert all(has(t, ("loud rain", "rain loud", "heavy rain")) for t in captions(dog, RAIN, bed_snr_db=4.0))
+    assert not any(has(t, ("faint", "barely", "loud", "heavy")) for t in captions(dog, RAIN, bed_snr_db=12.0))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # corpus (needs the bank)
 
@@ -204,3 +304,48 @@ def test_audioset_layout_reads_back_with_pandas(records, tmp_path):
     for ytid in segs.YTID:
         assert sf.info(str(root / "audio" / f"{ytid}.flac")).samplerate == SR
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary folder left behind"
+
+
+def test_pcm16_is_what_the_flac_holds():
+    x = augment.normalize_peak(np.random.default_rng(0).standard_normal(SR).astype(np.float32), -0.5)
+    written, _ = sf.read(io.BytesIO(corpus._flac_bytes(x)), dtype="int16")
+    assert np.array_equal(corpus.pcm16(x), written)
+
+
+def test_caption_levels_come_from_the_written_samples(records, monkeypatch):
+    """The clip level the caption gets is the active level of the FLAC's samples; a mix peak-normalised to
+    -40 dBFS is called quiet."""
+    quiet = corpus.CorpusConfig(clips=4, clip_seconds=2.0, shard_clips=4, peak_db=(-40.0, -40.0))
+    seen = []
+    real = ontology.caption
+    monkeypatch.setattr(ontology, "caption", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    writer, rng = corpus.ShardWriter(records, BANK, quiet, 0), np.random.default_rng(3)
+    for i in range(4):
+        audio, meta = writer.clip(f"c{i}", rng)
+        written, _ = sf.read(io.BytesIO(corpus._flac_bytes(audio)), dtype="int16")
+        if meta["parts"]:
+            assert seen[-1]["level_dbfs"] == pytest.approx(corpus.active_level_dbfs(written), abs=1e-9)
+            assert seen[-1]["level_dbfs"] < ontology.QUIET_DBFS
+        assert any(w in meta["caption"] for w in QUIET_WORDS), meta["caption"]
+
+
+def test_audio_does_not_depend_on_the_caption_code(records, monkeypatch):
+    """The same clips, samples and metadata but the caption, with the caption code swapped for one that draws
+    heavily from its generator: a caption that drew from the clip's stream would shift every later clip."""
+    def render(n=6):
+        writer, rng = corpus.ShardWriter(records, BANK, CFG, 11), np.random.default_rng([11, 0])
+        return [writer.clip(f"c{i}", rng) for i in range(n)]
+
+    reference = render()
+
+    def greedy(parts, bed_rec, bed_meta, reverberant, canvas, audio, cap_rng):
+        cap_rng.random(1000)
+        canvas_copy = canvas.copy()
+        return f"stub {len(parts)} {float(np.abs(canvas_copy).max()):.3f}"
+
+    monkeypatch.setattr(corpus, "caption_text", greedy)
+    swapped = render()
+    assert any(m["caption"] != s["caption"] for (_, m), (_, s) in zip(reference, swapped))
+    for (a, ma), (b, mb) in zip(reference, swapped):
+        assert np.array_equal(a, b) and a.dtype == b.dtype
+        assert {k: v for k, v in ma.items() if k != "caption"} == {k: v for k, v in mb.items() if k != "caption"}

@@ -5,7 +5,11 @@ source: words of one speaker, notes of one instrument and soundfont, strokes of 
 grid, or sounds of one environmental class. Each part is varied (augment.vary: gain, speed, pitch, tempo,
 reverb, noise), placed at a random offset and mixed; the bed is a looped ambience from the bank (or
 coloured noise) at a random SNR; the clip is peak-normalised. Tags are the ontology classes of every event
-and the bed (leaves and ancestors); the caption comes from ontology.caption.
+and the bed (leaves and ancestors); the caption comes from ontology.caption (caption_text): the records' facts
+(words, speaker, language, instrument and family, pitch register) and what the mixer knows (a drum pattern's
+tempo, each part's level, the bed's SNR, the clip's level measured on the samples as written). The caption
+draws only from its own generator (cap_rng, one draw of the clip's stream, as before): the audio does not
+depend on the caption code.
 
 Layout (WebDataset): ``<out>/shard-000000.tar`` ... each holding ``<key>.flac`` (16 kHz mono 16-bit) and
 ``<key>.json``::
@@ -119,12 +123,16 @@ class ShardWriter:
                 self.cache[rec["id"]] = None
         return self.cache[rec["id"]]
 
-    def events(self, kind: str, pool: list[dict], rng: np.random.Generator, n: int) -> tuple[np.ndarray, list, list]:
-        """(part audio, bank ids, event offsets in s) for up to max_events events that fit in n samples."""
+    def events(self, kind: str, pool: list[dict], rng: np.random.Generator, n: int
+               ) -> tuple[np.ndarray, list, list, float | None]:
+        """(part audio, bank ids, event offsets in s, grid tempo in BPM or None) for up to max_events events that
+        fit in n samples."""
         count = int(rng.integers(1, self.cfg.max_events + 1))
         picks = [pool[int(i)] for i in rng.choice(len(pool), size=count, replace=count > len(pool))]
+        bpm = None
         if kind == "drum":  # strokes on an eighth-note grid at a random tempo
-            step = 60.0 / float(rng.uniform(80, 160)) / 2.0
+            bpm = float(rng.uniform(80, 160))
+            step = 60.0 / bpm / 2.0
             slots = np.sort(rng.choice(16, size=min(count, 16), replace=False))
             starts = [float(s) * step for s in slots]
         else:
@@ -150,11 +158,11 @@ class ShardWriter:
             offsets.append(start)
             t = start + len(x) / SAMPLE_RATE + (gaps[i] if starts is None else 0.0)
         if not placed:
-            return np.zeros(0, np.float32), [], []
+            return np.zeros(0, np.float32), [], [], bpm
         audio = np.zeros(min(n, max(b + len(x) for x, b in placed)), np.float32)
         for x, b in placed:
             augment.place(audio, x, b)
-        return audio, ids, offsets
+        return audio, ids, offsets, bpm
 
     def clip(self, key: str, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
         """One clip: (audio (n,), metadata)."""
@@ -166,7 +174,7 @@ class ShardWriter:
         for _ in range(n_parts):
             kind = self.kinds[int(rng.choice(len(self.kinds), p=w / w.sum()))][0]
             pool = self.pools[kind][int(rng.integers(len(self.pools[kind])))]
-            audio, ids, offsets = self.events(kind, pool, rng, n)
+            audio, ids, offsets, bpm = self.events(kind, pool, rng, n)
             if not ids:
                 continue
             audio, ops = augment.vary(audio, rng, cfg.augment)
@@ -174,7 +182,8 @@ class ShardWriter:
             gain_db = float(rng.uniform(*cfg.part_gain_db))
             audio = audio * np.float32(0.1 / max(augment.rms(audio), 1e-9))  # same loudness before the gain
             onset = int(rng.integers(0, n - len(audio) + 1))
-            augment.place(canvas, augment.gain(audio, gain_db), onset)
+            placed = augment.gain(audio, gain_db)
+            augment.place(canvas, placed, onset)
             reverberant |= "reverb" in ops and ops["reverb"]["wet"] > 0.3
             recs = [self.records_by_id[i] for i in ids]
             for r in recs:
@@ -182,7 +191,8 @@ class ShardWriter:
             parts.append({"kind": kind, "bank_ids": ids, "gain_db": round(gain_db, 2), "augment": ops,
                           "offsets": [round(onset / SAMPLE_RATE + o, 3) for o in offsets]})
             caption_parts.append({"kind": kind, "records": recs, "onset": onset / SAMPLE_RATE,
-                                  "end": (onset + len(audio)) / SAMPLE_RATE})
+                                  "end": (onset + len(audio)) / SAMPLE_RATE, **_heard(ops, bpm),
+                                  "rms": augment.rms(placed)})
         bed_meta, bed_rec = None, None
         u_bed, u_bank = rng.random(2)
         snr = float(rng.uniform(*cfg.bed_snr_db))
@@ -209,13 +219,59 @@ class ShardWriter:
         peak = float(rng.uniform(*cfg.peak_db))
         audio = augment.normalize_peak(canvas, peak)
         cap_rng = np.random.default_rng(rng.integers(2 ** 63))
-        text = ontology.caption(caption_parts, bed_rec, cap_rng, reverberant) if caption_parts else \
-            ontology.bed_phrase(bed_rec, cap_rng).capitalize() + "."
+        text = caption_text(caption_parts, bed_rec, bed_meta, reverberant, canvas, audio, cap_rng)
         keys = sorted(label_keys, key=lambda k: ontology.BY_KEY[k].name)
         meta = {"key": key, "duration": n / SAMPLE_RATE, "sample_rate": SAMPLE_RATE,
                 "labels": [{"mid": ontology.BY_KEY[k].mid, "name": ontology.BY_KEY[k].name} for k in keys],
                 "caption": text, "parts": parts, "bed": bed_meta}
         return audio, meta
+
+
+def _heard(ops: dict, bpm: float | None) -> dict:
+    """A part's pitch shift in semitones and tempo as heard, after augment.vary's speed, pitch and stretch."""
+    speed = float(ops.get("speed", 1.0))
+    out = {"semitones": 12.0 * float(np.log2(speed)) + float(ops.get("pitch_semitones", 0.0))}
+    if bpm is not None:
+        out["bpm"] = bpm * speed * float(ops.get("stretch", 1.0))
+    return out
+
+
+def pcm16(x: np.ndarray) -> np.ndarray:
+    """The int16 samples that _flac_bytes writes for x (libsndfile 1.2: round(x * 32768), clipped)."""
+    return np.clip(np.rint(x.astype(np.float64) * 32768.0), -32768, 32767).astype(np.int16)
+
+
+def active_level_dbfs(samples: np.ndarray, frame: int = 800, floor_db: float = 30.0) -> float | None:
+    """Level of a clip in dBFS: the RMS over its 50 ms frames within floor_db of the loudest (silence between
+    events does not make a clip quiet); None for silence. samples: int16 PCM (as written) or float."""
+    x = samples.astype(np.float64) / (32768.0 if samples.dtype == np.int16 else 1.0)
+    x = x[: max(frame, len(x) // frame * frame)]
+    e = np.mean(np.square(np.pad(x, (0, (-len(x)) % frame)).reshape(-1, frame)), axis=1)
+    if not np.any(e > 0):
+        return None
+    active = e[e >= e.max() * 10 ** (-floor_db / 10)]
+    return float(10 * np.log10(np.mean(active)))
+
+
+def caption_text(caption_parts: list[dict], bed_rec: dict | None, bed_meta: dict | None, reverberant: bool,
+                 canvas: np.ndarray, audio: np.ndarray, cap_rng: np.random.Generator) -> str:
+    """The clip's caption from its parts, bed and levels. Reads the mix, never changes it, and draws only from
+    cap_rng: the audio does not depend on anything here. Levels come from the samples as written (pcm16): the
+    clip's active level, and each part's RMS times the peak normalisation the clip got (final / canvas peak)."""
+    written = pcm16(audio)
+    level = active_level_dbfs(written)
+    canvas_peak = float(np.max(np.abs(canvas))) if len(canvas) else 0.0
+    scale = float(np.max(np.abs(written))) / 32768.0 / canvas_peak if canvas_peak > 0 else 0.0
+    parts = []
+    for cp in caption_parts:
+        part = {k: v for k, v in cp.items() if k != "rms"}
+        if scale > 0 and cp.get("rms", 0.0) > 0:
+            part["level_dbfs"] = 20 * float(np.log10(cp["rms"] * scale))
+        parts.append(part)
+    snr = bed_meta.get("snr_db") if bed_meta else None
+    if not parts:
+        return ontology.bed_caption(bed_rec, cap_rng, level)
+    return ontology.caption(parts, bed_rec, cap_rng, reverberant, level_dbfs=level, bed_snr_db=snr)
 
 
 def _flac_bytes(x: np.ndarray) -> bytes:

@@ -386,85 +386,240 @@ BED_PHRASES = {  # leaf class key -> how the background is mentioned
 }
 
 
+BED_NOUNS = {  # leaf class key -> the background as a noun without an article ("faint rain", "loud crowd chatter")
+    "rain": "rain", "wind": "wind", "babble": "crowd chatter", "bird_vocalization": "birdsong",
+    "room_tone": "room tone", "fire": "fire crackle", "lava": "bubbling lava", "stream": "babbling water",
+    "ship": "ship engine rumble", "outside_rural": "night-time countryside ambience", "water": "running water",
+    "white_noise": "white noise", "pink_noise": "pink noise",
+}
+# What a caption says beyond the tags, and the record fields or mixer levels it comes from (training/kit/corpus.py
+# passes the levels; every fact is left out when its source is missing):
+#   speech  gender ("a woman"), voice type (synthetic, whisper), accent or character voice, language, the words
+#   music   instrument (GM program name), instrument family, pitch register (low/middle/high from midi_pitch,
+#           moved by the part's speed and pitch-shift augmentation), the note name for an unshifted single note
+#   drum    tempo of a pattern (the mixer's grid tempo, moved by speed and time-stretch augmentation)
+#   level   a part LEVEL_GAP_DB or more below the loudest part is "faint"/"quiet"; the whole clip is "quiet" or
+#           "loud" from the active RMS of its written samples (QUIET_DBFS, LOUD_DBFS); the bed "faint" or "loud"
+#           from its SNR under the foreground (FAINT_BED_SNR_DB, LOUD_BED_SNR_DB)
+LEVEL_GAP_DB = 5.0
+QUIET_DBFS, LOUD_DBFS = -30.0, -20.0
+FAINT_BED_SNR_DB, LOUD_BED_SNR_DB = 18.0, 8.0
+SLOW_BPM, FAST_BPM = 100.0, 130.0
+FAMILY_WORDS = {  # bank family -> "from the ... family"
+    "piano": "piano", "chromatic_percussion": "tuned percussion", "organ": "organ", "guitar": "guitar",
+    "bass": "bass", "strings": "string", "string": "string", "ensemble": "ensemble", "brass": "brass",
+    "reed": "reed", "pipe": "pipe", "flute": "flute", "synth_lead": "synth lead", "synth_pad": "synth pad",
+    "ethnic": "folk", "percussive": "percussion",
+    "keyboard": "keyboard", "mallet": "mallet percussion", "vocal": "vocal",
+}  # GM's sound_effects and synth_effects are no instrument family: not named
+ACCENT_WORDS = {"southern_us": "Southern US", "received_pronunciation": "Received Pronunciation",
+                "west_midlands": "West Midlands"}
+CHARACTER_VOICES = {"pirate", "mobster", "robot", "singer", "surfer"}  # hedgewars voice packs, not accents
+REGISTERS = {"low": ["low", "low-pitched", "low-register"], "middle": ["mid-range", "middle-register", "mid-pitched"],
+             "high": ["high", "high-pitched", "high-register"]}
+PITCH_ORDER = ("low", "middle", "high")
+
+
+def _pick(rng: np.random.Generator, options: list[str]) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
 def note_name(midi: int) -> str:
     return f"{NOTE_NAMES[midi % 12]}{midi // 12 - 1}"
 
 
-def pitch_word(midi: int) -> str:
+def pitch_word(midi: float) -> str:
     return "low" if midi < 48 else "high" if midi > 72 else "middle"
+
+
+def tempo_word(bpm: float) -> str:
+    return "slow" if bpm < SLOW_BPM else "fast" if bpm > FAST_BPM else "moderate"
 
 
 def _article(phrase: str) -> str:
     return ("an " if phrase[:1].lower() in "aeiou" else "a ") + phrase
 
 
-def speaker_phrase(lab: dict, rng: np.random.Generator) -> str:
-    who = {"male": ["a man", "a male voice"], "female": ["a woman", "a female voice"],
-           "child": ["a child", "a young voice"]}.get(lab.get("gender"), ["someone", "a voice", "a speaker"])
-    subject = who[int(rng.integers(len(who)))]
-    if lab.get("voice_type") == "synthetic" and rng.random() < 0.5:
-        subject = "a synthetic voice"
-    if lab.get("accent"):
-        subject += f" with {_article(str(lab['accent']).replace('_', ' ').title())} accent"
-    return subject
+def language_name(lab: dict) -> str | None:
+    return LANGUAGE_NAMES.get((lab.get("language") or "").split("-")[0].lower())
 
 
-def part_phrase(part: dict, rng: np.random.Generator) -> str:
-    """One clause for a part: {"kind", "records": [bank records of its events, in order]}."""
+def is_phrase(record: dict) -> bool:
+    """A corpus-bank music record is a played phrase (id "music/x-<soundfont>-<program>-phrase<k>",
+    training/kit/corpus_bank.plan_music; midi_pitch is its median note), a bank one a single note."""
+    return bool(re.search(r"-phrase\d+(-\d+)?$", str(record.get("id", ""))))
+
+
+def _accent(lab: dict) -> str:
+    accent = lab.get("accent")
+    if not accent:
+        return ""
+    word = slug(accent)
+    if word in CHARACTER_VOICES:
+        return f" in {_article(word)}'s voice"
+    return f" with {_article(ACCENT_WORDS.get(word, word.replace('_', ' ').title()))} accent"
+
+
+def speaker_phrase(lab: dict, rng: np.random.Generator, language: str | None = None) -> tuple[str, bool]:
+    """(subject, whether it names the language): gender, voice type and accent only where the record has them."""
+    gender = lab.get("gender") if lab.get("gender") in ("male", "female", "child") else None
+    with_lang = False
+    if lab.get("voice_type") == "synthetic":
+        adj = {"male": "male ", "female": "female ", "child": "child's "}.get(gender, "")
+        subject = _pick(rng, [f"a synthetic {adj}voice", f"a synthesized {adj}voice", f"a {adj}text-to-speech voice"])
+    elif gender:
+        who = {"male": ["a man", "a male voice", "a male speaker"],
+               "female": ["a woman", "a female voice", "a female speaker"],
+               "child": ["a child", "a young voice"]}[gender]
+        subject = _pick(rng, who)
+    else:
+        options = ["someone", "a voice", "a speaker"] + ([f"{_article(language)} speaker"] if language else [])
+        subject = _pick(rng, options)
+        with_lang = bool(language) and subject.endswith(f"{language} speaker")
+    return subject + _accent(lab), with_lang
+
+
+def _pitches(part: dict) -> list[float]:
+    shift = float(part.get("semitones") or 0.0)
+    return [float(r["labels"]["midi_pitch"]) + shift for r in part["records"]
+            if (r.get("labels") or {}).get("midi_pitch") is not None]
+
+
+def register_phrase(pitches: list[float], rng: np.random.Generator, noun: str) -> str:
+    """"a low melody", "a few notes ranging from low to middle pitch" (noun: "melody", "few notes", ...)."""
+    words = sorted({pitch_word(p) for p in pitches}, key=PITCH_ORDER.index)
+    if len(words) == 1:
+        return _article(f"{_pick(rng, REGISTERS[words[0]])} {noun}") if noun != "few notes" else \
+            f"a few {_pick(rng, REGISTERS[words[0]])} notes"
+    lo, hi = words[0], words[-1]
+    head = "a few notes" if noun == "few notes" else _article(noun)
+    return head + _pick(rng, [f" ranging from {lo} to {hi} pitch", f" spanning {lo} to {hi} pitches"])
+
+
+def _instrument(lab: dict, rng: np.random.Generator) -> str:
+    inst = re.sub(r"(_\d+)+$", "", str(lab.get("instrument") or "")).replace("_", " ").strip()
+    if not inst:
+        return "an instrument"
+    fam = FAMILY_WORDS.get(slug(lab.get("family") or ""))
+    inst_tokens = {t.rstrip("s") for t in inst.split()}
+    if not fam or {t.rstrip("s") for t in fam.split()} & inst_tokens or rng.random() < 0.3:
+        return _article(inst)
+    return _pick(rng, [f"{_article(inst)} from the {fam} family", f"{_article(inst)}, a {fam} instrument,"])
+
+
+def _tempo(bpm: float, rng: np.random.Generator) -> str:
+    w, n = tempo_word(bpm), int(5 * round(bpm / 5))
+    return _pick(rng, [f" at a {w} tempo", f" at about {n} BPM", f" at a {w} {n} BPM"])
+
+
+def part_phrase(part: dict, rng: np.random.Generator, faint: bool = False) -> str:
+    """One clause for a part: {"kind", "records": [bank records of its events, in order]} and, where the mixer
+    knows them, "semitones" (pitch moved by augmentation) and "bpm" (a drum pattern's tempo, as heard);
+    faint: the part is well below the loudest part of the clip."""
     recs = part["records"]
     lab, kind = recs[0].get("labels") or {}, part["kind"]
+    adverb = _pick(rng, ["quietly ", "softly ", "faintly "]) if faint else ""
     if kind == "speech":
         words = " ".join(str(r["labels"].get("text") or r["labels"].get("word") or "") for r in recs).strip()
-        verb = "whispers" if lab.get("voice_type") == "whisper" else ["says", "speaks", "utters"][int(rng.integers(3))]
-        lang = LANGUAGE_NAMES.get((lab.get("language") or "").split("-")[0].lower())
-        tail = f" in {lang}" if lang and lang != "English" and rng.random() < 0.7 else ""
-        return f"{speaker_phrase(lab, rng)} {verb} '{words}'{tail}" if words else f"{speaker_phrase(lab, rng)} speaks"
+        verb = "whispers" if lab.get("voice_type") == "whisper" else _pick(rng, ["says", "speaks", "utters"])
+        lang = language_name(lab)
+        subject, named = speaker_phrase(lab, rng, lang)
+        tail = f" in {lang}" if lang and not named else ""
+        if words:
+            return f"{subject} {adverb}{verb} '{words}'{tail}"
+        return f"{subject} {adverb}{'whispers' if verb == 'whispers' else 'speaks'}{tail}"
     if kind == "music":
-        inst = str(lab.get("instrument") or "an instrument").replace("_", " ")
-        pitches = [int(r["labels"]["midi_pitch"]) for r in recs if r["labels"].get("midi_pitch") is not None]
-        if len(recs) > 1:
-            return f"{_article(inst)} plays {['a melody', 'a few notes', 'a short phrase'][int(rng.integers(3))]}"
-        if pitches and rng.random() < 0.3:
-            return f"{_article(inst)} plays {note_name(pitches[0])}"
-        return f"{_article(inst)} plays {_article(pitch_word(pitches[0]) + ' note') if pitches else 'a note'}"
+        inst = _instrument(lab, rng)
+        pitches = _pitches(part)
+        if len(recs) > 1 or is_phrase(recs[0]):
+            noun = _pick(rng, ["melody", "few notes", "short phrase"])
+            body = register_phrase(pitches, rng, noun) if pitches else ("a few notes" if noun == "few notes"
+                                                                         else _article(noun))
+        elif pitches:
+            word = pitch_word(pitches[0])
+            if not part.get("semitones") and rng.random() < 0.3:
+                body = f"{note_name(int(lab['midi_pitch']))}, {_article(_pick(rng, REGISTERS[word]) + ' note')}"
+            else:
+                body = _article(_pick(rng, REGISTERS[word]) + " note")
+        else:
+            body = "a note"
+        return f"{inst} {adverb}plays {body}"
+    fade = f" {adverb.strip()}" if faint else ""
     if kind == "drum":
         strokes = sorted({str(r["labels"].get("stroke", "drum")).replace("_", " ") for r in recs})
         if len(recs) > 1:
-            return ["a drum beat plays", "drums play a pattern", "a drummer plays a groove"][int(rng.integers(3))]
-        return f"{_article(strokes[0])} {'drum ' if strokes[0] in ('kick', 'snare', 'tom') else ''}hit sounds"
+            text = _pick(rng, ["a drum beat plays", "drums play a pattern", "a drummer plays a groove"]) + fade
+            return text + (_tempo(float(part["bpm"]), rng) if part.get("bpm") else "")
+        return f"{_article(strokes[0])} {'drum ' if strokes[0] in ('kick', 'snare', 'tom') else ''}hit sounds{fade}"
     leaves, _ = leaf_keys(recs[0])
     detail = lab.get("detail")
     options = ENV_PHRASES.get(leaves[0])
     if options:
-        phrase = options[int(rng.integers(len(options)))]
-        return phrase.format(detail=f"on {detail}" if detail else "").strip()
+        phrase = _pick(rng, options)
+        return phrase.format(detail=f"on {detail}" if detail else "").strip() + fade
     name = str(lab.get("class") or BY_KEY[leaves[0]].name).replace("_", " ")
-    return f"the sound of {name}" + (f" ({detail})" if detail else "")
+    return f"the {'faint ' if faint else ''}sound of {name}" + (f" ({detail})" if detail else "")
 
 
-def bed_phrase(record: dict, rng: np.random.Generator) -> str:
+def bed_noun(record: dict) -> str:
+    leaves, _ = leaf_keys(record)
+    return BED_NOUNS.get(leaves[0]) or str((record.get("labels") or {}).get("class") or "noise").replace("_", " ")
+
+
+def bed_phrase(record: dict, rng: np.random.Generator, snr_db: float | None = None) -> str:
+    """How the background is mentioned after the parts; snr_db (foreground over bed) makes it faint or loud."""
+    noun = bed_noun(record)
+    if snr_db is not None and snr_db >= FAINT_BED_SNR_DB:
+        return _pick(rng, [f"with faint {noun} in the background", f"over faint {noun}",
+                           f"with {noun} barely audible behind"])
+    if snr_db is not None and snr_db <= LOUD_BED_SNR_DB:
+        return _pick(rng, [f"over loud {noun}", f"with {noun} loud in the background", f"against heavy {noun}"])
     leaves, _ = leaf_keys(record)
     options = BED_PHRASES.get(leaves[0])
     if options:
-        return options[int(rng.integers(len(options)))]
-    name = str((record.get("labels") or {}).get("class") or "noise").replace("_", " ")
-    return f"over {name} in the background"
+        return _pick(rng, options)
+    return f"over {noun} in the background"
 
 
-def caption(parts: list[dict], bed: dict | None, rng: np.random.Generator, reverberant: bool = False) -> str:
-    """A sentence for a mixture: parts in onset order (each {"kind", "records", "onset"}), bed a record."""
+def level_phrase(level_dbfs: float | None, rng: np.random.Generator) -> str:
+    """", quiet overall" / " at a high volume" for a clip's level (dBFS of its active frames), "" between."""
+    if level_dbfs is None:
+        return ""
+    if level_dbfs < QUIET_DBFS:
+        return _pick(rng, [", quiet overall", " at a low volume", ", recorded quietly"])
+    if level_dbfs > LOUD_DBFS:
+        return _pick(rng, [", loud overall", " at a high volume", ", recorded loudly"])
+    return ""
+
+
+def bed_caption(record: dict, rng: np.random.Generator, level_dbfs: float | None = None) -> str:
+    """A sentence for a clip that is only a background bed."""
+    noun = bed_noun(record)
+    text = _pick(rng, [f"{noun} with nothing in the foreground", f"only {noun}", f"the sound of {noun} alone"])
+    text += level_phrase(level_dbfs, rng)
+    return text[0].upper() + text[1:] + "."
+
+
+def caption(parts: list[dict], bed: dict | None, rng: np.random.Generator, reverberant: bool = False,
+            level_dbfs: float | None = None, bed_snr_db: float | None = None) -> str:
+    """A sentence for a mixture: parts in onset order (each {"kind", "records", "onset"} and optionally "end",
+    "level_dbfs" (the part's RMS in the clip as written), "semitones", "bpm"), bed a record; level_dbfs: the
+    clip's active level (corpus.active_level_dbfs); bed_snr_db: the foreground over the bed."""
     ordered = sorted(parts, key=lambda p: p["onset"])
-    clauses = [part_phrase(p, rng) for p in ordered]
+    levels = [p["level_dbfs"] for p in ordered if p.get("level_dbfs") is not None]
+    top = max(levels) if len(levels) == len(ordered) > 1 else None
+    clauses = [part_phrase(p, rng, faint=top is not None and p["level_dbfs"] <= top - LEVEL_GAP_DB) for p in ordered]
     if len(clauses) == 1:
         text = clauses[0]
     elif len(clauses) == 2:
         sequential = ordered[1]["onset"] > ordered[0].get("end", ordered[0]["onset"])
         joins = [" while ", " and ", ", then "] if sequential else [" while ", " as ", " and "]
-        text = clauses[0] + joins[int(rng.integers(len(joins)))] + clauses[1]
+        text = clauses[0] + _pick(rng, joins) + clauses[1]
     else:
         text = ", ".join(clauses[:-1]) + " and " + clauses[-1]
     if bed is not None:
-        text += " " + bed_phrase(bed, rng)
+        text += " " + bed_phrase(bed, rng, bed_snr_db)
     if reverberant and rng.random() < 0.5:
-        text += [" in a reverberant room", " in a hall", " with echo"][int(rng.integers(3))]
+        text += _pick(rng, [" in a reverberant room", " in a hall", " with echo"])
+    text += level_phrase(level_dbfs, rng)
     return text[0].upper() + text[1:] + "."
