@@ -42,8 +42,8 @@ kit's bank), TEACHER_STEPS (1000) and TEACHER_BATCH (128) for that job (HTSAT-ti
 corpus's caption embeddings from `mamclap teacher embed-captions`; unset: the `captions` job makes them with MiniLM,
 which the GPU image lacks: make the file on a CPU machine from the same kit's corpus, the same bytes for the same
 bank and seed). The CLAP runs read the teacher's features from their own cache (precompute_teacher) and take the
-recipe less its mixing (--mix-p: `mamclap pretrain` refuses it for a distilling variant, since the teacher's
-targets are not mixed). The teacher's own features are not scored: the HEAR harness has no module for a
+same recipe, mixing included, with `--mix-targets power` (the cached targets of a mixed clip mixed by the sources'
+power shares). The teacher's own features are not scored: the HEAR harness has no module for a
 LAION-layout checkpoint (hear_mamclap/baselines holds logmel, random_init and crepe).
 """
 from __future__ import annotations
@@ -92,10 +92,10 @@ RECIPE = ["--batch-size", str(MICRO_BATCH), "--accum", str(BATCH // MICRO_BATCH)
           "--ckpt-every", str(max(1, SNAPSHOT_EVERY)), "--log-every", "10", "--workers", "0"]
 if not LOCAL:
     RECIPE += ["--compile"]
-# The CLAP variants' recipe: the same less the mixing, which `mamclap pretrain` refuses for a variant that distils
-# (the log-mel would be mixed after the teacher's targets were made from the unmixed clip).
-CLAP_RECIPE = [a for i, a in enumerate(RECIPE) if a not in ("--mix-p", "--mix-gain-db")
-               and RECIPE[i - 1] not in ("--mix-p", "--mix-gain-db")]
+# The CLAP variants' recipe: the same, mixing included, with the teacher's cached targets of a mixed clip mixed by
+# the two sources' power shares (`--mix-targets power`, training/pretrain/inputs.py: an approximation, since the
+# targets were made from the unmixed clips), so the four variants differ only in their losses.
+CLAP_RECIPE = [*RECIPE, "--mix-targets", "power"]
 # SupMAM (the best variant of issue 15's check) with three seeds, MAM with MAM_SEEDS. One SupMAM seed is the
 # release encoder (results/models/mamclap-vits: this recipe on this kit's corpus), scored as shipped (bf16
 # weights) rather than trained again: RELEASE_RUN names it (call set 3: seed 0, the release then; call sets
