@@ -130,6 +130,15 @@ def test_caption_embeddings_round_trip(corpus, caption_file):
     edited = {**captions, table["keys"][0]: "A different caption."}
     with pytest.raises(ValueError, match="does not match the corpus"):
         load_caption_table(caption_file, edited, clips.vocabulary)
+    # A tolerance lets a few captions differ (a corpus built on another platform); the file's caption stands.
+    loose = load_caption_table(caption_file, edited, clips.vocabulary, tolerance=1 / 32)
+    assert loose["stale"] == 1 and loose["captions"] == table["captions"]
+    assert load_caption_table(caption_file, captions, clips.vocabulary, tolerance=1 / 32)["stale"] == 0
+    two = {**edited, table["keys"][1]: "Another caption."}
+    with pytest.raises(ValueError, match="2 with another caption"):
+        load_caption_table(caption_file, two, clips.vocabulary, tolerance=1 / 32)
+    with pytest.raises(ValueError, match="1 clips missing"):  # a clip the file lacks: never tolerated
+        load_caption_table(caption_file, {**captions, "new-clip": "x"}, clips.vocabulary, tolerance=0.5)
     with pytest.raises(FileNotFoundError, match="corpus folder"):
         open_corpus(corpus.parent / "no-such-corpus")
 

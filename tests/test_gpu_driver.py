@@ -260,7 +260,7 @@ def test_clap_runs_read_the_teacher_features_and_the_teacher_is_trained_only_whe
     cmd = {name: line for name, line in re.findall(r"^(\S+)  \[.*\n    (.*)$", out, re.M)}
     teacher = str(tmp_path / "work" / "runs" / "clap_teacher" / "clap.pt")
     assert f"--teacher {teacher}" in cmd["pretrain_mam_clap-s0"] and f"--teacher {teacher}" in cmd["precompute_teacher"]
-    assert f"--caption-embeddings {captions}" in cmd["teacher"]
+    assert f"--caption-embeddings {captions}" in cmd["teacher"] and "--caption-tolerance 0.01" in cmd["teacher"]
     assert "--mix-p 0.5" in cmd["pretrain_mam_clap-s0"] and "--mix-targets power" in cmd["pretrain_mam_clap-s0"]
     assert "--mix-p 0.5" in cmd["pretrain_supmam-s1"] and "--mix-targets" not in cmd["pretrain_supmam-s1"]
     assert "--teacher" not in cmd["pretrain_supmam-s1"]

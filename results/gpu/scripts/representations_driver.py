@@ -263,6 +263,8 @@ def jobs() -> list[Job]:
                                    str(captions), "--model", "HTSAT-tiny", "--steps", str(TEACHER_STEPS),
                                    "--batch-size", str(TEACHER_BATCH), "--workers", str(units),
                                    *(["--holdout", "0.25"] if LOCAL else []),
+                                   # a file made on another machine: a level word may flip across a threshold
+                                   *(["--caption-tolerance", "0.01"] if CAPTIONS is not None else []),
                                    "--out-dir", str(TEACHER_PATH.parent)],
                        corpus_ready + captions_dep, units=units, gpu=True))
         teacher_dep = ["teacher"]
