@@ -2,7 +2,8 @@
 
 - hear_mamclap, the runtime users deploy, imports nothing from training/ or superb_upstream/ and no harness
   package (heareval, s3prl, Lightning, laion-clap, TensorFlow, ...); outside hear_mamclap.baselines it imports
-  only what pyproject.toml's core install declares;
+  only what pyproject.toml's core install declares (laion-clap's HTS-AT files are loaded by path, for the CLAP
+  teacher's HEAR module, by hear_mamclap.baselines.laion alone);
 - superb_upstream, what s3prl loads, imports nothing from training/;
 - every third-party package the installed code imports is declared in pyproject.toml (core or an extra) or
   installed by bin/setup with --no-deps;
@@ -153,6 +154,20 @@ def test_installed_code_never_reaches_the_repository_through_its_own_file():
                 for line in repository_reaches(path.read_text())]
     assert not problems, ("installed code finds the repository through __file__ (take the path from an "
                           "option, an environment variable or the current directory):\n" + "\n".join(problems))
+
+
+def test_only_the_clap_baseline_loads_laion_clap_and_the_core_never_imports_it():
+    """laion-clap is never imported by name (its __init__ reaches the network): hear_mamclap.baselines.laion
+    loads its HTS-AT files by path, for the CLAP teacher's HEAR module and for training. Only that module may
+    look laion-clap up, and the runtime's core (outside baselines) imports no baseline."""
+    finders = sorted(module for module, path in sources() if module.startswith("hear_mamclap")
+                     and '"laion_clap"' in path.read_text())
+    assert finders == ["hear_mamclap.baselines.laion"], finders
+    problems = [f"{module} imports {name}" for module, path in sources()
+                if module.startswith("hear_mamclap") and not module.startswith("hear_mamclap.baselines")
+                for name in imports(path.read_text(), module, path.name == "__init__.py")
+                if name.startswith("hear_mamclap.baselines")]
+    assert not problems, problems
 
 
 def test_runtime_imports_only_the_core_install():

@@ -291,3 +291,44 @@ def test_without_captions_a_captions_job_comes_first_and_bad_clap_options_give_o
                              env={**os.environ, "EXP_WORK": str(tmp_path / "w"), "MAMCLAP_SEEDS": "0", option: value})
         assert bad.returncode != 0 and bad.stderr.startswith(message), (option, bad.stderr)
         assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+def test_the_teacher_is_scored_as_clap_teacher_after_its_job_and_without_superb(tmp_path):
+    """A teacher trained here (or given by TEACHER) is a scored model, "clap_teacher": the teacher's HEAR module
+    with its checkpoint, readout, probe and heareval after the `teacher` job (none when given), no SUPERB; an
+    earlier call set's clap_teacher files never stand for a teacher trained here."""
+    (tmp_path / "bank").mkdir()
+    captions = tmp_path / "captions.pt"
+    captions.write_bytes(b"x")
+    env = dict(CORPUS_BANK=str(tmp_path / "bank"), CORPUS_CLIPS="8000", SUPMAM_SEEDS="1", MAM_SEEDS="",
+               SUPMAMCLAP_SEEDS="0", CAPTIONS=str(captions))
+    jobs = plan(tmp_path, **env)
+    assert jobs["readout_clap_teacher"][1] == ["build_kit", "teacher"]
+    assert "readout_clap_teacher" in jobs["probe_clap_teacher"][1] and "teacher" in jobs["probe_clap_teacher"][1]
+    assert {"hear_clap_teacher_mini_esc", "hear_clap_teacher_mini_dcase"} <= set(jobs)
+    assert all("teacher" in jobs[n][1] for n in jobs if n.startswith("hear_clap_teacher_"))
+    assert not any(n.startswith(("superb_clap_teacher", "export_clap_teacher")) for n in jobs)
+    out = subprocess.run([sys.executable, str(DRIVER), "plan"], capture_output=True, text=True, check=True, cwd=REPO,
+                         env={**os.environ, "EXP_WORK": str(tmp_path / "work"), "MAMCLAP_DATA": str(tmp_path / "data"),
+                              **env}).stdout
+    cmd = {name: line for name, line in re.findall(r"^(\S+)  \[.*\n    (.*)$", out, re.M)}
+    teacher = tmp_path / "work" / "runs" / "clap_teacher" / "clap.pt"
+    for name in ("readout_clap_teacher", "probe_clap_teacher", "hear_clap_teacher_mini_esc"):
+        assert f"--module hear_mamclap.baselines.clap --model-options '{{}}' --model {teacher}" in cmd[name], cmd[name]
+    given = tmp_path / "clap.pt"
+    given.write_bytes(b"x")
+    jobs = plan(tmp_path, TEACHER=str(given), SUPMAM_SEEDS="1", MAM_SEEDS="")  # no CLAP run: still scored
+    assert "teacher" not in jobs and jobs["readout_clap_teacher"][1] == ["build_kit"]
+    assert not any(n.startswith("superb_clap_teacher") for n in jobs)
+    assert "readout_clap_teacher" not in plan(tmp_path, SUPMAM_SEEDS="1", MAM_SEEDS="")  # no teacher, none scored
+    earlier = tmp_path / "cs7"
+    (earlier / "readout").mkdir(parents=True)
+    (earlier / "readout" / "clap_teacher.json").write_text("{}")
+    reuse = subprocess.run([sys.executable, str(DRIVER), "plan"], capture_output=True, text=True, check=True,
+                           cwd=REPO, env={**os.environ, "EXP_WORK": str(tmp_path / "work"), "REUSE": str(earlier),
+                                          "MAMCLAP_DATA": str(tmp_path / "data"), **env}).stdout
+    assert "reused readout_clap_teacher" not in reuse
+    reuse = subprocess.run([sys.executable, str(DRIVER), "plan"], capture_output=True, text=True, check=True,
+                           cwd=REPO, env={**os.environ, "EXP_WORK": str(tmp_path / "work"), "REUSE": str(earlier),
+                                          "MAMCLAP_DATA": str(tmp_path / "data"), "TEACHER": str(given)}).stdout
+    assert "reused readout_clap_teacher" in reuse  # a given teacher is the same file as before

@@ -3,8 +3,9 @@ and pytorch-lightning 1.9.5), pretraining's tensorboard log, and laion-clap's HT
 
 Why here. Every fix for a third-party package lives in one module of ours per side: this one for training/
 (harnesses, trainers, demo), superb_upstream/compat.py for the s3prl launcher, which may not import training.
-hear_mamclap, the runtime users deploy, holds none: it runs on plain torch. The fixes both sides need are
-defined in superb_upstream.compat and re-exported here, so code under training/ imports from this module only:
+hear_mamclap, the runtime users deploy, holds none but laion-clap's HTS-AT loader, which its CLAP-teacher baseline
+needs (hear_mamclap.baselines.laion): its core runs on plain torch. The fixes both sides need are defined in
+superb_upstream.compat and re-exported here, so code under training/ imports from this module only:
 
     runtime_env(), apply_runtime_env()   offline, TensorFlow-free environment (superb_upstream.compat)
     prepare_tensorboard()                torch.utils.tensorboard without TensorFlow (superb_upstream.compat)
@@ -12,6 +13,8 @@ defined in superb_upstream.compat and re-exported here, so code under training/ 
     prepare_heareval_embeddings()  heareval's embeddings runner for torch modules, with or without TensorFlow
     load_htsat_module()  laion-clap 1.1.7's HTS-AT audio branch, importable offline
     htsat_audio_config() one of laion-clap's HTS-AT audio configurations, as create_htsat_model takes it
+                         (both defined in hear_mamclap.baselines.laion, which the teacher's HEAR module needs
+                         at run time, and re-exported here)
 
 Each fix is installed by an explicit call, never at import. Installed packages are never edited: the fixes
 add or replace attributes at run time, in this process only. tests/test_environment.py runs each one
@@ -21,14 +24,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 import os
 import sys
 import types
-from pathlib import Path
 
 import torch
 
+from hear_mamclap.baselines.laion import htsat_audio_config, load_htsat_module
 from superb_upstream.compat import (apply_runtime_env, load_triton_before_tensorflow, prepare_tensorboard, runtime_env,
                                     trust_own_checkpoints)
 
@@ -176,45 +178,6 @@ def _restore_fit_loop_current_epoch_setter() -> None:
 
 
 # --------------------------------------------------------------------------------------------- laion-clap
-
-_HTSAT_PACKAGE = "_mamclap_laion_clap_module"
-
-
-def _clap_module_dir() -> Path:
-    spec = importlib.util.find_spec("laion_clap")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("laion-clap is not installed; run bin/setup (it installs laion-clap 1.1.7 with --no-deps)")
-    return Path(next(iter(spec.submodule_search_locations))) / "clap_module"
-
-
-def load_htsat_module() -> types.ModuleType:
-    """laion_clap.clap_module.htsat, imported without running laion_clap/__init__.py or
-    clap_module/__init__.py: the first imports training/data.py, which calls
-    BertTokenizer.from_pretrained("bert-base-uncased") at import (network), and the second imports
-    transformers for the text branches. htsat.py itself needs only torch, torchlibrosa and the sibling
-    modules utils.py (torchvision, h5py) and feature_fusion.py, so clap_module is registered under a
-    private package name whose __init__ is never executed, and htsat is imported from it."""
-    name = f"{_HTSAT_PACKAGE}.htsat"
-    if name in sys.modules:
-        return sys.modules[name]
-    folder = _clap_module_dir()
-    spec = importlib.util.spec_from_file_location(_HTSAT_PACKAGE, folder / "__init__.py",
-                                                  submodule_search_locations=[str(folder)])
-    package = importlib.util.module_from_spec(spec)  # not executed: only its __path__ is used
-    sys.modules[_HTSAT_PACKAGE] = package
-    try:
-        return importlib.import_module(name)
-    except BaseException:
-        sys.modules.pop(_HTSAT_PACKAGE, None)
-        raise
-
-
-def htsat_audio_config(model: str = "HTSAT-tiny") -> types.SimpleNamespace:
-    """audio_cfg of laion-clap's model_configs/<model>.json (HTSAT-tiny, HTSAT-base, ...), with the fields
-    create_htsat_model reads; plus embed_dim, the width of the CLAP projection."""
-    path = _clap_module_dir() / "model_configs" / f"{model}.json"
-    if not path.is_file():
-        known = sorted(p.stem for p in path.parent.glob("HTSAT*.json"))
-        raise ValueError(f"no laion-clap model config {model!r}; expected one of {known}")
-    config = json.loads(path.read_text())
-    return types.SimpleNamespace(**config["audio_cfg"], embed_dim=config["embed_dim"])
+# load_htsat_module and htsat_audio_config (imported above) live in the runtime package, beside the LAION
+# checkpoint loader, since the teacher's HEAR module (hear_mamclap.baselines.clap) needs them at run time and
+# hear_mamclap may not import training.

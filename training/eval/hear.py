@@ -674,7 +674,7 @@ def register(subparsers) -> None:
 
     s = sub.add_parser("eval", help="embeddings + predictions for every task, test scores into one results JSON")
     s.add_argument("--module", default="hear_mamclap",
-                   help="HEAR module: hear_mamclap, hear_mamclap.baselines.logmel, .random_init, .crepe")
+                   help="HEAR module: hear_mamclap, hear_mamclap.baselines.logmel, .random_init, .crepe, .clap")
     s.add_argument("--model", type=existing_path, default=None, help="weights passed to load_model (none for baselines)")
     s.add_argument("--model-options", default="{}", help="JSON object of load_model keyword arguments")
     s.add_argument("--tasks-dir", type=existing_dir, required=True, help="folder of HEAR task folders")

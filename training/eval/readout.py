@@ -28,8 +28,8 @@ one, score on that one, mean over the folds). The choice therefore sees clips th
 
 Event (timestamp) tasks keep the module's default readout, recorded with the reason: their predictors are
 trained on frame embeddings by heareval, which this linear probe on clip embeddings does not stand for.
-Modules without a mamclap encoder (hear_mamclap.baselines.logmel, .crepe) have one readout, "default" (no
-options), scored the same way and passed through.
+Modules without a mamclap encoder (hear_mamclap.baselines.logmel, .crepe, .clap) have one readout, "default"
+(no options: the module's own scene embedding), scored the same way and passed through.
 
 The output, a JSON file:
 

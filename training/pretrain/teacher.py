@@ -5,7 +5,9 @@
 
 `Teacher` is the interface (a frozen, eval-mode, no-grad nn.Module with `dim` and `sample_rate`);
 `LaionClapTeacher` implements it with laion-clap's HTS-AT audio branch loaded from a LAION checkpoint, and
-`save_laion_checkpoint` writes that layout, so a CLAP teacher trained here loads the same way.
+`save_laion_checkpoint` writes that layout, so a CLAP teacher trained here loads the same way. The loader
+itself (HTS-AT built offline, the checkpoint read and checked, the windows in time) is
+hear_mamclap.baselines.laion's, shared with the teacher's HEAR module (hear_mamclap.baselines.clap).
 
 Checkpoint layout (LAION's training/main.py, e.g. 630k-audioset-best.pt): {"epoch", "name", "state_dict",
 "optimizer"}, the state dict from a DDP-wrapped CLAP model: "module.audio_branch.*" (HTS-AT),
@@ -56,7 +58,6 @@ the batch the student sees, is the one that stays right: it remains the default.
 from __future__ import annotations
 
 import math
-import types
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,27 +67,12 @@ import torch
 import torch.nn as nn
 import torchaudio.functional as AF
 
+from hear_mamclap.baselines.laion import (HTSAT_BY_WIDTH, WINDOW_OVERHANG_S, WindowGeometry,  # noqa: F401
+                                          build_clap_audio, linear_weights, load_strict, plan_windows,
+                                          read_clap_audio, read_laion_state_dict, time_weights)
 from hear_mamclap.frontend import LogMelFrontend
 from hear_mamclap.model import EncoderConfig
-from training.compat import htsat_audio_config, load_htsat_module
 from training.pretrain.checkpointing import save_atomic
-
-WINDOW_OVERHANG_S = 0.5  # a clip up to window + this many seconds is centred in one window, not split in two
-HTSAT_BY_WIDTH = {96: "HTSAT-tiny", 128: "HTSAT-base", 256: "HTSAT-large"}  # patch_embed width -> config
-
-
-def build_clap_audio(model: str = "HTSAT-tiny", joint_dim: int | None = 512
-                     ) -> tuple[nn.Module, nn.Sequential | None, types.SimpleNamespace]:
-    """laion-clap's HTS-AT audio branch (built offline, feature fusion off), CLAP's audio projection over its
-    pooled output (0 Linear width -> joint_dim, 1 ReLU, 2 Linear: LAION's key names; None when joint_dim is
-    None) and the branch's audio_cfg. The one builder of CLAP's audio side, for the teacher and the CLAP
-    trainer alike: built in this order, a seeded build gives the same weights in both."""
-    audio_cfg = htsat_audio_config(model)
-    branch = load_htsat_module().create_htsat_model(audio_cfg)
-    width = branch.num_features  # 768 (tiny) / 1024 (base)
-    projection = None if joint_dim is None else nn.Sequential(
-        nn.Linear(width, joint_dim), nn.ReLU(), nn.Linear(joint_dim, joint_dim))
-    return branch, projection, audio_cfg
 
 
 @dataclass(frozen=True)
@@ -105,31 +91,8 @@ class TeacherConfig:
                              "(the frame-level output has no frequency axis)")
 
 
-# ---- alignment helpers (pure functions of times and frequencies) ----
-
-
-def plan_windows(duration_s: float, window_s: float) -> list[float]:
-    """Start times (s) of the teacher windows covering a clip; see the module docstring."""
-    if duration_s <= window_s + WINDOW_OVERHANG_S:
-        return [max(0.0, (duration_s - window_s) / 2)]
-    n = math.ceil(duration_s / window_s)
-    stride = (duration_s - window_s) / (n - 1)  # <= window_s: consecutive windows overlap, no gaps
-    return [i * stride for i in range(n)]
-
-
-def linear_weights(query: torch.Tensor, knots: torch.Tensor) -> torch.Tensor:
-    """(Q,) positions, (K,) increasing knots -> (Q, K) linear interpolation weights, clamped at both ends."""
-    if len(knots) == 1:
-        return torch.ones(len(query), 1, dtype=query.dtype, device=query.device)
-    q = query.clamp(knots[0], knots[-1])
-    hi = torch.searchsorted(knots, q).clamp(1, len(knots) - 1)
-    lo = hi - 1
-    frac = (q - knots[lo]) / (knots[hi] - knots[lo])
-    w = torch.zeros(len(query), len(knots), dtype=query.dtype, device=query.device)
-    rows = torch.arange(len(query), device=query.device)
-    w[rows, lo] = 1 - frac
-    w[rows, hi] += frac
-    return w
+# ---- alignment helpers (pure functions of times and frequencies; plan_windows, linear_weights and
+# time_weights live with the loader in hear_mamclap.baselines.laion, which the teacher's HEAR module shares) ----
 
 
 def nearest_weights(query: torch.Tensor, knots: torch.Tensor) -> torch.Tensor:
@@ -138,15 +101,6 @@ def nearest_weights(query: torch.Tensor, knots: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.one_hot(nearest, len(knots)).to(query.dtype)
 
 
-def time_weights(patch_times: torch.Tensor, starts: torch.Tensor, step_times: torch.Tensor,
-                 window_s: float) -> torch.Tensor:
-    """Student patch centres (T,), window starts (W,), step centres within a window (S,) -> (T, W * S):
-    each patch interpolates between the steps of the window whose centre is nearest to it."""
-    window = (patch_times[:, None] - (starts[None] + window_s / 2)).abs().argmin(dim=1)  # (T,)
-    inside = linear_weights(patch_times - starts[window], step_times)  # (T, S)
-    w = torch.zeros(len(patch_times), len(starts), len(step_times), dtype=inside.dtype, device=inside.device)
-    w[torch.arange(len(patch_times), device=w.device), window] = inside
-    return w.reshape(len(patch_times), -1)  # (T, W * S), window-major like the stacked features
 
 
 def slaney_mel(hz: torch.Tensor) -> torch.Tensor:
@@ -237,18 +191,11 @@ class LaionClapTeacher(Teacher):
         self.dim = joint_dim if cfg.projection else branch.num_features  # 512, or 768 (tiny) / 1024 (base)
 
         # Window geometry (see the module docstring): 48 kHz, 10 s, 32 steps of 32 stretched frames.
-        self.teacher_rate = audio_cfg.sample_rate
-        self.window_samples = audio_cfg.clip_samples
-        self.window_s = self.window_samples / self.teacher_rate
-        n_stft = self.window_samples // audio_cfg.hop_size + 1  # centred STFT frames: 1001
-        n_img = branch.spec_size * branch.freq_ratio  # frames after the bicubic stretch: 1024
-        downsample = 2 ** (len(branch.depths) - 1)  # three patch mergings
-        self.n_steps = n_img // (branch.patch_stride[1] * downsample)  # 32 time steps per window
-        self.n_bands = branch.spec_size // (branch.patch_stride[0] * downsample) // branch.freq_ratio  # 2
-        centre_img = (torch.arange(self.n_steps, dtype=torch.float64) + 0.5) * (n_img / self.n_steps) - 0.5
-        # align_corners=True: stretched frame k sits at STFT frame k * (n_stft - 1) / (n_img - 1).
         # Geometry tensors are plain float64 attributes, not buffers, so .to(dtype) never rounds them.
-        self.step_times = centre_img * (n_stft - 1) / (n_img - 1) * audio_cfg.hop_size / self.teacher_rate  # (S,) s
+        geometry = WindowGeometry.of(branch, audio_cfg)
+        self.teacher_rate, self.window_samples, self.window_s = geometry.rate, geometry.samples, geometry.seconds
+        self.n_steps, self.n_bands = geometry.n_steps, geometry.n_bands
+        self.step_times = geometry.step_times  # (S,) s
 
         # Frequency geometry: teacher band and student patch centres on the teacher's Slaney mel axis.
         mel_w = branch.logmel_extractor.melW.detach()  # (n_fft // 2 + 1, mel_bins)
@@ -315,45 +262,7 @@ class LaionClapTeacher(Teacher):
         return torch.einsum("ts,bsgd->btgd", tw.to(feats.dtype), feats)  # (B, T, G, D)
 
 
-# ---- LAION checkpoints ----
-
-
-def read_laion_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A LAION CLAP checkpoint ({"state_dict": ...} or a bare state dict) -> its state dict, "module."
-    stripped. Raises ValueError, naming the file, for anything that is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no CLAP checkpoint at {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt, truncated, or holding pickled objects
-        raise ValueError(f"{path}: not a readable torch checkpoint of tensors ({type(e).__name__}: {e})") from e
-    state = ckpt["state_dict"] if isinstance(ckpt, Mapping) and "state_dict" in ckpt else ckpt
-    if not isinstance(state, Mapping) or not state or not all(
-            isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
-        keys = list(ckpt)[:8] if isinstance(ckpt, Mapping) else "-"
-        raise ValueError(f"{path}: expected a LAION CLAP checkpoint (a dict with 'state_dict', or a state dict "
-                         f"of tensors), got {type(ckpt).__name__} with keys {keys}")
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
-def _sub_state(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def _load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
-    """load_state_dict(strict=True), but one error listing every missing, unexpected and mis-shaped key."""
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
-                  for k in sorted(set(state) & set(expected)) if state[k].shape != expected[k].shape]
-    problems = [f"{len(v)} {name}: {', '.join(v[:12])}{' ...' if len(v) > 12 else ''}"
-                for name, v in (("missing", missing), ("unexpected", unexpected),
-                                ("shape mismatches (checkpoint vs model)", mismatched)) if v]
-    if problems:
-        raise ValueError(f"{what} does not match: " + "; ".join(problems))
-    module.load_state_dict(state, strict=True)
+# ---- LAION checkpoints (read and checked by hear_mamclap.baselines.laion.read_clap_audio) ----
 
 
 def init_laion_checkpoint(path: str | Path, model: str = "HTSAT-tiny", seed: int = 0) -> Path:
@@ -371,28 +280,14 @@ def init_laion_checkpoint(path: str | Path, model: str = "HTSAT-tiny", seed: int
 def load_teacher(path: str | Path, encoder: EncoderConfig, cfg: TeacherConfig = TeacherConfig(),
                  device: str | torch.device = "cpu") -> LaionClapTeacher:
     """A frozen LaionClapTeacher from a LAION-layout checkpoint (HTS-AT size read from the checkpoint)."""
-    state = read_laion_state_dict(path)
-    audio = _sub_state(state, "audio_branch.")
-    if not audio:
-        prefixes = sorted({k.split(".", 1)[0] for k in state})
-        raise ValueError(f"{path}: no audio_branch.* keys (a CLAP checkpoint has audio_branch, audio_projection, "
-                         f"text_branch, ...); found top-level names {prefixes[:12]}")
-    if any(k.startswith(("fusion_model.", "mel_conv1d.")) or ".fusion_model." in k for k in audio):
-        raise ValueError(f"{path}: a feature-fusion checkpoint (e.g. 630k-audioset-fusion-best.pt); only "
-                         "non-fusion HTS-AT checkpoints are supported (630k-audioset-best.pt, music_* ...)")
-    embed = audio.get("patch_embed.proj.weight")
-    if embed is None or embed.shape[0] not in HTSAT_BY_WIDTH:
-        raise ValueError(f"{path}: audio_branch is not an HTS-AT of a known size: patch_embed.proj.weight is "
-                         f"{None if embed is None else tuple(embed.shape)}, expected width in {sorted(HTSAT_BY_WIDTH)}")
-    model = HTSAT_BY_WIDTH[embed.shape[0]]
-    projection = _sub_state(state, "audio_projection.")
+    model, audio, projection = read_clap_audio(path)
     if cfg.projection and "0.weight" not in projection:
         raise ValueError(f"{path}: projection=True needs audio_projection.* weights, which this checkpoint lacks")
     joint_dim = projection["0.weight"].shape[0] if projection else 512
     teacher = LaionClapTeacher(encoder, cfg, model=model, joint_dim=joint_dim)
-    _load_strict(teacher.audio_branch, audio, f"{path}: audio_branch vs laion-clap {model}")
+    load_strict(teacher.audio_branch, audio, f"{path}: audio_branch vs laion-clap {model}")
     if teacher.audio_projection is not None:
-        _load_strict(teacher.audio_projection, projection, f"{path}: audio_projection vs the CLAP projection")
+        load_strict(teacher.audio_projection, projection, f"{path}: audio_projection vs the CLAP projection")
     return teacher.freeze().to(device)
 
 

@@ -43,8 +43,10 @@ corpus's caption embeddings from `mamclap teacher embed-captions`; unset: the `c
 which the GPU image lacks: make the file on a CPU machine from the same kit's corpus, the same bytes for the same
 bank and seed). The CLAP runs read the teacher's features from their own cache (precompute_teacher) and take the
 same recipe, mixing included, with `--mix-targets power` (the cached targets of a mixed clip mixed by the sources'
-power shares). The teacher's own features are not scored: the HEAR harness has no module for a
-LAION-layout checkpoint (hear_mamclap/baselines holds logmel, random_init and crepe).
+power shares). The teacher, trained here or given, is scored by its own frozen features as the model
+"clap_teacher" (hear_mamclap.baselines.clap: LAION's 512-d audio embedding per clip, its frame-level features per
+timestamp): readout (one readout, the module's default), probe and heareval like the other models, after the
+`teacher` job when it is trained here; no SUPERB (the s3prl upstream loads mamclap encoders only).
 """
 from __future__ import annotations
 
@@ -139,6 +141,9 @@ if TEACHER is not None and not TEACHER.is_file():
     sys.exit(f"TEACHER: no teacher checkpoint at {TEACHER} (a LAION-layout clap.pt, e.g. from `mamclap teacher train`)")
 TRAIN_TEACHER = bool(CLAP_RUNS) and TEACHER is None
 TEACHER_PATH = TEACHER or W / "runs" / "clap_teacher" / "clap.pt"
+TEACHER_MODEL = "clap_teacher"  # the teacher's name as a scored model (hear_mamclap.baselines.clap)
+# Modules scored on HEAR only: the s3prl upstream loads mamclap encoders, not log-mel or a CLAP checkpoint.
+NO_SUPERB = ("hear_mamclap.baselines.logmel", "hear_mamclap.baselines.clap")
 
 
 def positive(option: str, default: str) -> int:
@@ -214,6 +219,8 @@ def models() -> list[tuple[str, str, Path | None, list[str], dict]]:
            ("logmel_meanstd", "hear_mamclap.baselines.logmel", None, [], {"scene_pooling": "meanstd"})]
     out += [(f"random_init-s{s}", "hear_mamclap.baselines.random_init", None, [], {"preset": SIZE, "seed": s})
             for s in (0, 1, 2)]
+    if TRAIN_TEACHER or TEACHER is not None:  # the CLAP teacher by its own frozen features
+        out.append((TEACHER_MODEL, "hear_mamclap.baselines.clap", TEACHER_PATH, ["teacher"] if TRAIN_TEACHER else [], {}))
     out.append((RELEASE_NAME, "hear_mamclap", W / "runs" / RELEASE_NAME / "encoder", ["import_release"], {}))
     out += [(name, "hear_mamclap", W / "runs" / name / "encoder", [f"pretrain_{name}"], {})
             for name in RUNS]
@@ -321,7 +328,7 @@ def jobs() -> list[Job]:
                 # one row; heareval's grid points are drawn under its own fixed seed, the same for every model
                 *(["--seed", str(options["seed"])] if "seed" in options else [])],
                 kit_dep + deps + [f"readout_{name}"], units=1, gpu=True, out=str(result)))
-        if module.startswith("hear_mamclap.baselines.logmel"):
+        if module in NO_SUPERB:
             continue
         export = weights
         if weights is None:  # random init: an export of the same seeded weights for the s3prl upstream
@@ -366,8 +373,10 @@ def reused(jobs: list[Job]) -> dict[str, Path]:
     for job in jobs:
         if job.out is None or not REUSE:
             continue
-        # never for a run trained here (or its snapshots): an earlier file of the same name is another training
-        if Path(job.out).name.split(".")[0].split("-step")[0] in RUNS:
+        # never for a run trained here (or its snapshots), nor the teacher trained here: an earlier file of the
+        # same name is another training
+        stem = Path(job.out).name.split(".")[0].split("-step")[0]
+        if stem in RUNS or (stem == TEACHER_MODEL and TRAIN_TEACHER):  # the teacher trained here is new too
             continue
         rel = Path(job.out).relative_to(RES)
         src = next((folder / rel for folder in REUSE if (folder / rel).is_file()), None)
