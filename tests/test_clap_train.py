@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from training.pretrain.clap_train import (PROMPT, caption_table, chance_recall, clip_metrics, held_out, load_caption_table,
-                                 load_text_encoder, open_corpus, read_captions, recall_at)
+                                 load_text_encoder, open_corpus, read_captions, recall_at, weights_sha256)
 from training.pretrain.data import index_shards
 
 HOLDOUT = "0.15"  # 6 of the tiny kit's 32 clips: a few seconds of HTS-AT forwards on CPU
@@ -170,6 +170,9 @@ def test_cli_trains_and_the_checkpoint_loads_strictly(corpus, caption_file, tmp_
     assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2]
 
     state = read_laion_state_dict(out / "clap.pt")
+    assert metrics["weights_sha256"] == weights_sha256(state)  # the digest names the saved weights
+    changed = dict(state, logit_scale_a=state["logit_scale_a"] + 1)
+    assert weights_sha256(changed) != metrics["weights_sha256"]
     assert {k.split(".", 1)[0] for k in state} == {"audio_branch", "audio_projection", "text_projection",
                                                    "logit_scale_a"}
     assert state["text_projection.0.weight"].shape == (512, 384)

@@ -262,6 +262,17 @@ class ClapModel(nn.Module):
 # ---- evaluation ----
 
 
+def weights_sha256(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over a state dict (names, dtypes, shapes and bytes, in name order): two trainings gave the same
+    weights exactly when this matches (a torch.save file's own hash differs run to run)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def chance_recall(same: torch.Tensor, k: int) -> float:
     """Expected R@k of a random ranking: per query with m correct among N, 1 - C(N - m, k) / C(N, k)."""
     n = same.shape[1]
@@ -410,7 +421,8 @@ def train(cfg: ClapTrainConfig) -> dict:
                "held_out_clips": len(eval_items), "classes_present": len(present), "final_loss": loss_value,
                "skipped_clips": skipped, "stale_captions": table.get("stale", 0), "initial": initial, "final": final, "chance": chance,
                "train_s": round(train_s, 2), "eval_s": round(eval_s, 2), "device": str(device),
-               "checkpoint": str(out_dir / "clap.pt"), "train_config": dataclasses.asdict(cfg)}
+               "checkpoint": str(out_dir / "clap.pt"), "weights_sha256": weights_sha256(model.state_dict()),
+               "train_config": dataclasses.asdict(cfg)}
     atomic.write_text(out_dir / "metrics.json", json.dumps(metrics, indent=1))
     return metrics
 
