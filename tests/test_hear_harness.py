@@ -657,6 +657,27 @@ def test_heareval_embeddings_runner_runs_a_torch_module_without_tensorflow(tiny_
 
 
 
+def test_the_tensorflow_stand_in_answers_find_spec_so_torch_dynamo_imports():
+    """torch._dynamo calls importlib.util.find_spec("tensorflow") at import (its skip list); laion-clap's
+    HTS-AT imports torchvision, which imports torch._dynamo. With a stand-in whose __spec__ is None that
+    raised ValueError, and the CLAP teacher's HEAR module failed in every heareval run on the GPU machines
+    (call set 8). In a fresh process, as there: stand-in first, then torch._dynamo and torchvision."""
+    code = textwrap.dedent("""
+        import importlib.util, sys
+        from training import compat
+        sys.modules["tensorflow"] = compat._tensorflow_stand_in()
+        compat.prepare_heareval_embeddings(tensorflow=False)
+        spec = importlib.util.find_spec("tensorflow")
+        assert spec is not None and spec.origin is None, spec
+        import torch._dynamo, torchvision
+        assert sys.modules["tensorflow"]._mamclap_stand_in
+        print("ok")
+    """)
+    env = {**os.environ, **compat.runtime_env(), "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, text=True, capture_output=True)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
 def test_our_modules_are_embedded_without_importing_tensorflow(tiny_tasks, tmp_path, monkeypatch):
     """hear.embed() runs heareval's embedding runner for this package's modules with compat's TensorFlow
     stand-in even where TensorFlow is installed (its import is most of a start-up on a CPU machine); any

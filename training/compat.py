@@ -23,6 +23,7 @@ against the real package code path.
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -145,6 +146,11 @@ def _tensorflow_stand_in() -> types.ModuleType:
     tf = types.ModuleType("tensorflow", "Stand-in for heareval's embedding runner (training.compat): "
                                         "TensorFlow is not installed, or not needed by a torch module.")
     tf._mamclap_stand_in = True
+    # A module in sys.modules whose __spec__ is None makes importlib.util.find_spec("tensorflow") raise
+    # ValueError; torch._dynamo calls it at import for its skip list (laion-clap's HTS-AT imports torchvision,
+    # which imports torch._dynamo), so the CLAP teacher's HEAR module failed in heareval on the GPU machines.
+    # A spec with no origin answers find_spec, and dynamo skips a module without a file.
+    tf.__spec__ = importlib.machinery.ModuleSpec("tensorflow", None)
 
     class Module:  # no torch model is an instance of it: heareval takes its torch branch
         """Stand-in for tf.Module."""
