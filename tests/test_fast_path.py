@@ -299,3 +299,13 @@ def test_a_distilling_run_with_mixing_hands_the_teacher_targets_to_the_mixer(cor
     assert seen == [True, True]
     logs = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert len(logs) == 2 and all(math.isfinite(v) for log in logs for k, v in log.items() if k == "loss")
+
+
+def test_floors_of_a_teacher_cache_include_the_distillation_floors(cache_dir, tmp_path):
+    from training import cli
+
+    out = tmp_path / "floors.json"
+    assert cli.main(["diagnose", "floors", "--cache", str(cache_dir), "--size", "tiny", "--out", str(out)]) == 0
+    floors = json.loads(out.read_text())
+    assert abs(floors["distill_zero"] - 1.0) < 0.01  # layer-normed targets
+    assert floors["distill_position_mean"] < floors["distill_zero"] and "recon_position_mean" in floors

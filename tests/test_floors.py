@@ -31,3 +31,18 @@ def test_noise_has_no_floor_below_one_and_priors_give_the_label_entropy():
     p = torch.tensor([0.25, 1e-7])
     expected = float(-(p * p.log() + (1 - p) * (1 - p).log()).mean())
     assert math.isclose(out["cls_prior"], expected, rel_tol=1e-4)
+
+
+def test_distill_floors_on_targets_built_to_show_them():
+    """Identical clips: the corpus mean per position predicts them exactly. Clips constant over positions: their
+    own mean does. Predicting 0 costs ~1 for layer-normed targets either way."""
+    from training.eval.floors import distill_floors
+
+    torch.manual_seed(2)
+    same = torch.randn(1, 12, 16).repeat(10, 1, 1)
+    out = distill_floors(lambda rows: same[rows], 10, chunk=3)  # chunks smaller than each half
+    assert out["distill_position_mean"] < 1e-6 and abs(out["distill_zero"] - 1.0) < 1e-4
+    assert out["distill_clip_mean"] > 0.5  # positions differ within a clip
+    flat = torch.randn(10, 1, 16).repeat(1, 12, 1)  # each clip one vector at every position
+    out = distill_floors(lambda rows: flat[rows], 10)
+    assert out["distill_clip_mean"] < 1e-6 and out["distill_position_mean"] > 0.5

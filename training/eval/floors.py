@@ -9,6 +9,15 @@ A loss curve means something only against these. From a feature cache (`mamclap 
     cls_prior           classification: predict each label's base rate (BCE of the priors, averaged over
                         labels as the training loss is)
 
+With teacher features in the cache (`mamclap precompute --teacher`), the distillation losses' floors too, on the
+targets as the loss makes them (each position's teacher vector layer-normed, squared error averaged over dims):
+
+    distill_zero           predict 0: ~1 (layer-normed targets have unit variance)
+    distill_position_mean  predict each position's mean target over the corpus (fitted on the first half of
+                           the items, scored on the second), the "batch-mean teacher target"
+    distill_clip_mean      a reference, not a floor: predict every position by its own clip's mean target
+                           (what a student that knows the clip but nothing about where in it can do at best)
+
     mamclap diagnose floors --cache DIR --size small [--max-items 4000] --out floors.json
 """
 from __future__ import annotations
@@ -18,6 +27,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from hear_mamclap import atomic
 from hear_mamclap.model import ENCODER_PRESETS, EncoderConfig, patchify
@@ -51,6 +61,33 @@ def floors(mel: torch.Tensor, labels: torch.Tensor | None, cfg: EncoderConfig) -
     return out
 
 
+def distill_floors(read, n_items: int, chunk: int = 128) -> dict[str, float]:
+    """The distillation floors over items 0..n_items-1; read(indices) -> (B, N, D) teacher targets. Chunked,
+    so the targets of a large cache never sit in memory at once; the position means are fitted on the first
+    half of the items and scored on the second."""
+    half = max(1, n_items // 2)
+    fit = range(0, half)
+    score = range(half, n_items) if n_items > 1 else range(0, 1)
+
+    def chunks(items):
+        for i in range(items.start, items.stop, chunk):
+            t = read(list(range(i, min(i + chunk, items.stop)))).float()
+            yield F.layer_norm(t, t.shape[-1:])
+
+    total, count = None, 0
+    for t in chunks(fit):
+        total = t.sum(0) if total is None else total + t.sum(0)
+        count += t.shape[0]
+    position_mean = total / count  # (N, D)
+    sums, n = {"distill_zero": 0.0, "distill_position_mean": 0.0, "distill_clip_mean": 0.0}, 0
+    for t in chunks(score):
+        sums["distill_zero"] += float(t.pow(2).mean(-1).sum(0).mean())
+        sums["distill_position_mean"] += float((t - position_mean).pow(2).mean(-1).sum(0).mean())
+        sums["distill_clip_mean"] += float((t - t.mean(1, keepdim=True)).pow(2).mean(-1).sum(0).mean())
+        n += t.shape[0]
+    return {k: v / n for k, v in sums.items()}
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("diagnose", help="diagnostics of pretraining (trivial loss floors)")
     sub = p.add_subparsers(dest="what", required=True)
@@ -70,6 +107,8 @@ def _run(args) -> int:
     mel, _, labels, _ = cache.batch(index, teacher=False)
     result = {"cache": str(args.cache), "size": args.size,
               **floors(mel, labels, EncoderConfig.preset(args.size))}
+    if cache.has_teacher:  # the same evenly spaced items, read in chunks
+        result.update(distill_floors(lambda rows: cache.targets([index[r] for r in rows]), len(index)))
     text = json.dumps(result, indent=1)
     if args.out:
         atomic.write_text(args.out, text)

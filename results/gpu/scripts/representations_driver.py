@@ -8,6 +8,7 @@ Job graph (jobgraph.py runs it in a daemon across calls, with done-markers):
     build_kit        mamclap data build --size medium (--corpus-clips CORPUS_CLIPS)
     precompute       the corpus's log-mel and labels once, held on the GPU by every run (`mamclap precompute`)
     floors           the losses' trivial floors on that cache (`mamclap diagnose floors`)
+    floors_teacher   with CLAP runs, the same on the teacher's cache, distillation floors included
     captions         the corpus's caption embeddings (MiniLM, `mamclap teacher embed-captions`), unless CAPTIONS
     teacher          a CLAP teacher on the corpus's captions (`mamclap teacher train`), unless TEACHER
     precompute_teacher  the log-mel and that teacher's features once, for the CLAP runs (`mamclap precompute --teacher`)
@@ -291,6 +292,10 @@ def jobs() -> list[Job]:
                                             "--seed", str(seed), "--export-every", str(max(1, SNAPSHOT_EVERY)),
                                             *(CLAP_RECIPE if clap else RECIPE), "--out-dir", str(W / "runs" / name)],
                        ["precompute_teacher" if clap else "precompute"], units=1, gpu=True))
+    if CLAP_RUNS:  # the distillation losses' floors on the teacher's cached targets (and its log-mel's)
+        out.append(Job("floors_teacher", [*M, "diagnose", "floors", "--cache", str(cache_teacher), "--size", SIZE,
+                                          "--max-items", "2000", "--out", str(RES / "floors_teacher.json")],
+                       ["precompute_teacher"]))
     if not SKIP_MODELS.fullmatch(RELEASE_NAME):
         out.append(Job("import_release", [PY, str(Path(__file__).resolve()), "import-release"], units=0))
     # Priority (the graph starts jobs in list order as cores free up): every model's readout and probe first,
