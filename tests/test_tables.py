@@ -519,3 +519,19 @@ def test_scores_csv_numbers_by_hand(tmp_path):
     check("logmel", "speech mean", 0.75, wilson, 1)
     check("logmel", "overall", (0.35 + 0.50 + 0.75) / 3, math.sqrt(env_half ** 2 + 0.07 ** 2 + wilson ** 2) / 3, 1)
     assert not got, got  # no other row (logmel has no SUPERB score)
+
+
+def test_a_release_export_of_a_run_is_that_run_in_the_ablation(tmp_path):
+    """The release's bf16 export adds "exported" and "release" to its provenance; its SUPERB files and the
+    run's own HEAR files are one run (call sets 5-8 showed SupMAM as 4 runs of 3 seeds)."""
+    data = tmp_path / "in"
+    data.mkdir()
+    hear_tasks = {"mini_esc": ("environmental", "top1_acc", 0.5, 100, 0.05)}
+    superb = {"speech_commands": ("speech", "top1_acc", 0.6, 500, None)}
+    (data / "mam-s0.hear.json").write_text(json.dumps(synthetic_doc("mam-s0", "hear", hear_tasks, 0)))
+    shipped = synthetic_doc("mam-s0", "superb", superb, 0)
+    shipped["pretraining"].update(exported={"commit": "abc", "from": "/tmp/x"}, release={"name": "r"})
+    (data / "mam-s0.superb.json").write_text(json.dumps(shipped))
+    docs, _ = tables_module.find_results([data])
+    _, runs = tables_module.collect_runs(docs)
+    assert len(runs) == 1 and len(runs[0].scores) == 2

@@ -291,7 +291,7 @@ def collect_runs(docs: list[tuple[dict, str]]) -> tuple[dict[Column, ColumnInfo]
                 for r in merged_task["runs"]:
                     doc, path = chosen[r["source"]]
                     provenance = doc.get("pretraining", {})
-                    key = (model, r["seed"], json.dumps(provenance, sort_keys=True))
+                    key = (model, r["seed"], json.dumps(_training_provenance(provenance), sort_keys=True))
                     run = runs.setdefault(key, Run(model, r["seed"], provenance))
                     run.sources.add(path)
                     run.baseline_module |= is_baseline_module(doc)
@@ -301,6 +301,15 @@ def collect_runs(docs: list[tuple[dict, str]]) -> tuple[dict[Column, ColumnInfo]
                     else:
                         run.errors.setdefault(col, []).append(r["error"])
     return _ordered(columns), list(runs.values())
+
+
+# Provenance fields that describe how a run's weights were packaged, not how they were trained: the release's
+# bf16 export adds both, so its SUPERB files and the same run's earlier HEAR files are one run, not two.
+PACKAGING_FIELDS = ("exported", "release")
+
+
+def _training_provenance(provenance: dict) -> dict:
+    return {k: v for k, v in provenance.items() if k not in PACKAGING_FIELDS}
 
 
 def _run_half_width(run: dict, metric: str) -> float | None:
