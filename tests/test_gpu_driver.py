@@ -361,3 +361,9 @@ def test_the_release_is_chosen_over_the_tasks_every_candidate_has_scored(tmp_pat
     assert abs(choice["mean_validation_score"] - 0.80) < 1e-9 and abs(choice["candidates"]["supmam-s0"] - 0.75) < 1e-9
     write("supmam_clap-s0", {"a": 0.0})  # now all three: 0.533 against 0.667
     assert choose()["run"] == "supmam-s0"
+    write("supmam_clap-s0", {"a": 0.9})  # pack chooses before it packs: its tarball holds this call's choice
+    import tarfile
+    subprocess.run([sys.executable, str(DRIVER), "pack"], check=True, cwd=REPO, capture_output=True,
+                   env={**env, "OUT": str(tmp_path / "out")})
+    with tarfile.open(tmp_path / "out" / "representations.tar.gz") as tar:
+        assert json.load(tar.extractfile("results/release_choice.json"))["run"] == "supmam_clap-s0"

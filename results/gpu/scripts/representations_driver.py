@@ -504,6 +504,9 @@ def pack() -> None:
                   "reused results files belong to another suite", file=sys.stderr)
     listed = json.loads((W / "reused.json").read_text()) if (W / "reused.json").exists() else {}
     skip = {str(Path(j.out).resolve()) for j in jobs() if j.name in listed and j.out}
+    # The choice first, so that the tarball's release_choice.json is the one whose weights this call ships
+    # (call set 9's last tarball held the previous call's choice, made over 3 tasks).
+    choice = release()
     with tarfile.open(out / "representations.tar.gz", "w:gz") as tar:
         pack_common(tar, W, RES, skip=skip)
         if listed:
@@ -528,7 +531,7 @@ def pack() -> None:
     # release choice first, then the runs in order; shipped.json remembers what earlier calls took.
     shipped_path = W / "shipped.json"
     shipped = json.loads(shipped_path.read_text()) if shipped_path.exists() else []
-    order = [r for r in [release()] if r is not None and r != RELEASE_NAME] + list(RUNS)
+    order = [r for r in [choice] if r is not None and r != RELEASE_NAME] + list(RUNS)
     files: list[Path] = []
     for run in dict.fromkeys(order):
         export = W / "runs" / run / "encoder"
