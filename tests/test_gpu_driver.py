@@ -367,3 +367,29 @@ def test_the_release_is_chosen_over_the_tasks_every_candidate_has_scored(tmp_pat
                    env={**env, "OUT": str(tmp_path / "out")})
     with tarfile.open(tmp_path / "out" / "representations.tar.gz") as tar:
         assert json.load(tar.extractfile("results/release_choice.json"))["run"] == "supmam_clap-s0"
+
+
+def test_import_release_is_marked_done_when_every_job_that_needs_the_release_is_reused(tmp_path):
+    """Call set 9 reused every file of the release (supmam-s0) and carried no release: import_release waited 25
+    minutes and failed. Now it is marked done when nothing left to run needs the weights, and only then."""
+    earlier = tmp_path / "cs7"
+    names = ["readout/supmam-s0.json", "probe/supmam-s0.json", "hear/supmam-s0.mini_esc.json"]
+    for name in names:
+        (earlier / name).parent.mkdir(parents=True, exist_ok=True)
+        (earlier / name).write_text("{}")
+    code = ("import sys; sys.argv = ['x']; sys.path.insert(0, %r); import representations_driver as d; "
+            "d.adopt_reused(d.jobs())" % str(DRIVER.parent))
+
+    def adopt(work, superb_file: bool):
+        if superb_file:
+            (earlier / "superb").mkdir(exist_ok=True)
+            (earlier / "superb" / "supmam-s0.speech_commands.json").write_text("{}")
+        env = {**os.environ, "EXP_WORK": str(work), "MAMCLAP_DATA": str(tmp_path / "data"), "REUSE": str(earlier),
+               "RELEASE_AS": "supmam-s0", "SUPMAM_SEEDS": "", "MAM_SEEDS": "", "HEAR_TASKS": "mini_esc",
+               "SUPERB_TASKS": "speech_commands", "SKIP_MODELS": "logmel.*|random_init.*"}
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=env, capture_output=True)
+        return work / "done" / "import_release"
+
+    assert not adopt(tmp_path / "w1", superb_file=False).exists()  # its SUPERB job still needs the weights
+    marker = adopt(tmp_path / "w2", superb_file=True)
+    assert "reused" in json.loads(marker.read_text())["skipped"]

@@ -407,6 +407,13 @@ def adopt_reused(jobs: list[Job]) -> None:
     if listing:
         (W / "reused.json").write_text(json.dumps(listing, indent=1))
         GRAPH.log(f"reused: {len(listing)} results files of earlier call sets ({', '.join(map(str, REUSE))})")
+    # The release's weights are needed only by its jobs that no earlier file stands for: when there are none
+    # (call set 9), import_release would wait 25 minutes for a release no call carries, then fail.
+    needing = [j.name for j in jobs if "import_release" in j.deps and j.name not in listing]
+    marker = GRAPH.marker("import_release")
+    if "import_release" in by_name and not needing and not marker.exists():
+        marker.write_text(json.dumps({"skipped": "every job that needs the release is reused"}))
+        GRAPH.log("import_release: not needed (every job that needs the release is reused)")
 
 
 def suite_digest() -> str | None:
