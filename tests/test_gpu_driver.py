@@ -393,3 +393,29 @@ def test_import_release_is_marked_done_when_every_job_that_needs_the_release_is_
     assert not adopt(tmp_path / "w1", superb_file=False).exists()  # its SUPERB job still needs the weights
     marker = adopt(tmp_path / "w2", superb_file=True)
     assert "reused" in json.loads(marker.read_text())["skipped"]
+
+
+def test_the_distillation_position_ablation_trains_mam_clap_on_visible_or_masked_patches_only(tmp_path):
+    """VISIBLE_ONLY_SEEDS / MASKED_ONLY_SEEDS: MAM-CLAP with one distillation term off, on the teacher's cache,
+    named so that `mamclap tables` pools their seeds; the loss weights that file them under ablation (2) are the
+    ones `mamclap pretrain` resolves from these commands."""
+    (tmp_path / "bank").mkdir()
+    (tmp_path / "captions.pt").write_bytes(b"")
+    env = {**os.environ, "EXP_WORK": str(tmp_path / "work"), "MAMCLAP_DATA": str(tmp_path / "data"),
+           "CORPUS_BANK": str(tmp_path / "bank"), "SUPMAM_SEEDS": "", "MAM_SEEDS": "", "VISIBLE_ONLY_SEEDS": "0",
+           "MASKED_ONLY_SEEDS": "1 2", "CAPTIONS": str(tmp_path / "captions.pt"), "SKIP_MODELS": "logmel.*"}
+    out = subprocess.run([sys.executable, str(DRIVER), "plan"], capture_output=True, text=True, check=True, cwd=REPO,
+                         env=env).stdout
+    commands = dict(re.findall(r"^(pretrain_\S+)  \[[^\]]*after: precompute_teacher\]\n\s+(.*)$", out, re.M))
+    assert set(commands) == {"pretrain_mam_clap_visible-s0", "pretrain_mam_clap_masked-s1",
+                             "pretrain_mam_clap_masked-s2"}, out
+    assert "teacher  [" in out and "hear_mam_clap_masked-s2_mini_esc" in out
+    from training.pretrain.train import TrainConfig, override
+    for name, cmd in commands.items():
+        args = cmd.split()
+        assert args[args.index("--variant") + 1] == "mam_clap" and "--teacher" in args
+        sets = tuple(override(args[i + 1]) for i, a in enumerate(args) if a == "--set")
+        cfg = TrainConfig(variant="mam_clap", size="small", overrides=sets).pretrain_config()
+        expected = (True, False) if "visible" in name else (False, True)
+        assert (cfg.distill_visible_weight > 0, cfg.distill_masked_weight > 0) == expected, name
+        assert cfg.lambda_cls == 0 and cfg.recon_weight > 0

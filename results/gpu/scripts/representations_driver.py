@@ -37,7 +37,8 @@ corpus is mixed from it, every seed trained, the release scored as "release"). L
 on a CPU machine (tiny kit, tiny encoder, a few steps).
 
 The CLAP variants (none by default): MAMCLAP_SEEDS and SUPMAMCLAP_SEEDS ("": the runs mam_clap-s<seed> and
-supmam_clap-s<seed>, named as `mamclap tables` pools seeds), TEACHER (an existing LAION-layout CLAP checkpoint;
+supmam_clap-s<seed>, named as `mamclap tables` pools seeds), and the distillation-position ablation's
+VISIBLE_ONLY_SEEDS and MASKED_ONLY_SEEDS (MAM-CLAP distilling on visible or masked patches only), TEACHER (an existing LAION-layout CLAP checkpoint;
 unset: the `teacher` job trains one on the corpus's captions, as soon as the corpus exists, never waiting for the
 kit's bank), TEACHER_STEPS (1000) and TEACHER_BATCH (128) for that job (HTSAT-tiny, lr 1e-4), CAPTIONS (the
 corpus's caption embeddings from `mamclap teacher embed-captions`; unset: the `captions` job makes them with MiniLM,
@@ -123,15 +124,27 @@ SUPMAM_SEEDS = seeds("SUPMAM_SEEDS", "0 1 2")
 # The CLAP variants (training/pretrain/mam.py's mam_clap and supmam_clap), none by default.
 MAMCLAP_SEEDS = seeds("MAMCLAP_SEEDS", "")
 SUPMAMCLAP_SEEDS = seeds("SUPMAMCLAP_SEEDS", "")
+# The distillation-position ablation (the paper's: MAM-CLAP distilling on visible patches only or masked only;
+# "both" is MAM-CLAP itself): VISIBLE_ONLY_SEEDS and MASKED_ONLY_SEEDS, runs mam_clap_visible-s<seed> and
+# mam_clap_masked-s<seed>. `mamclap tables` files them under ablation (2) by their recorded loss weights.
+VISIBLE_ONLY_SEEDS = seeds("VISIBLE_ONLY_SEEDS", "")
+MASKED_ONLY_SEEDS = seeds("MASKED_ONLY_SEEDS", "")
+# Each run kind: the `mamclap pretrain --variant` it trains and the --set overrides it adds.
+KINDS = {"supmam": ("supmam", []), "mam": ("mam", []), "supmam_clap": ("supmam_clap", []),
+         "mam_clap": ("mam_clap", []),
+         "mam_clap_visible": ("mam_clap", ["--set", "distill_masked_weight=0"]),
+         "mam_clap_masked": ("mam_clap", ["--set", "distill_visible_weight=0"])}
 # SKIP_MODELS: a regular expression; models whose whole name matches it are not evaluated here (for a call set
 # that reuses an earlier one's baseline files: same suite, same protocol), e.g. "logmel.*|random_init-s.|release".
 SKIP_MODELS = re.compile(os.environ.get("SKIP_MODELS", "") or r"(?!)")
 # With a corpus bank every seed is trained on the new corpus and the release (trained on the bank's corpus)
 # is scored beside them as "release".
 RUNS = {f"{v}-s{s}": (v, s) for v, seeds_ in (("supmam", SUPMAM_SEEDS), ("mam", MAM_SEEDS),
-                                                ("supmam_clap", SUPMAMCLAP_SEEDS), ("mam_clap", MAMCLAP_SEEDS))
+                                                ("supmam_clap", SUPMAMCLAP_SEEDS), ("mam_clap", MAMCLAP_SEEDS),
+                                                ("mam_clap_visible", VISIBLE_ONLY_SEEDS),
+                                                ("mam_clap_masked", MASKED_ONLY_SEEDS))
         for s in seeds_ if f"{v}-s{s}" != RELEASE_RUN or CORPUS_BANK}
-CLAP_RUNS = [name for name, (variant, _) in RUNS.items() if variant.endswith("_clap")]
+CLAP_RUNS = [name for name, (kind, _) in RUNS.items() if KINDS[kind][0].endswith("_clap")]
 # The CLAP teacher: TEACHER (an existing LAION-layout checkpoint, e.g. another call set's clap.pt), or, when it is
 # unset and a CLAP run is planned, one trained here on the corpus's captions (HTSAT-tiny, LAION's lr 1e-4, no
 # weight decay): TEACHER_STEPS x TEACHER_BATCH clips (by default 1000 x 128, about 18 epochs of the 8000-clip
@@ -283,9 +296,10 @@ def jobs() -> list[Job]:
                                               "--size", SIZE, "--teacher", str(TEACHER_PATH), "--out", str(cache_teacher),
                                               "--workers", str(units), "--batch-size", "64"],
                        teacher_dep, units=units, gpu=True))
-    for name, (variant, seed) in RUNS.items():
+    for name, (kind, seed) in RUNS.items():
         clap = name in CLAP_RUNS
-        out.append(Job(f"pretrain_{name}", [*M, "pretrain", "--variant", variant, "--size", SIZE, "--data",
+        variant, overrides = KINDS[kind]
+        out.append(Job(f"pretrain_{name}", [*M, "pretrain", "--variant", variant, *overrides, "--size", SIZE, "--data",
                                             str(KIT / "corpus"), "--cache", str(cache_teacher if clap else cache),
                                             *(["--teacher", str(TEACHER_PATH)] if clap else []),
                                             "--steps", str(PRE_STEPS),
