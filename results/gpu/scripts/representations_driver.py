@@ -129,11 +129,16 @@ SUPMAMCLAP_SEEDS = seeds("SUPMAMCLAP_SEEDS", "")
 # mam_clap_masked-s<seed>. `mamclap tables` files them under ablation (2) by their recorded loss weights.
 VISIBLE_ONLY_SEEDS = seeds("VISIBLE_ONLY_SEEDS", "")
 MASKED_ONLY_SEEDS = seeds("MASKED_ONLY_SEEDS", "")
-# Each run kind: the `mamclap pretrain --variant` it trains and the --set overrides it adds.
-KINDS = {"supmam": ("supmam", []), "mam": ("mam", []), "supmam_clap": ("supmam_clap", []),
-         "mam_clap": ("mam_clap", []),
-         "mam_clap_visible": ("mam_clap", ["--set", "distill_masked_weight=0"]),
-         "mam_clap_masked": ("mam_clap", ["--set", "distill_visible_weight=0"])}
+# The ablation's run kinds: the `mamclap pretrain --variant` each trains and the --set overrides it adds (every
+# other kind is a variant as it is).
+ABLATIONS = {"mam_clap_visible": ("mam_clap", ["--set", "distill_masked_weight=0"]),
+             "mam_clap_masked": ("mam_clap", ["--set", "distill_visible_weight=0"])}
+
+
+def pretrain_variant(kind: str) -> tuple[str, list[str]]:
+    return ABLATIONS.get(kind, (kind, []))
+
+
 # SKIP_MODELS: a regular expression; models whose whole name matches it are not evaluated here (for a call set
 # that reuses an earlier one's baseline files: same suite, same protocol), e.g. "logmel.*|random_init-s.|release".
 SKIP_MODELS = re.compile(os.environ.get("SKIP_MODELS", "") or r"(?!)")
@@ -144,7 +149,7 @@ RUNS = {f"{v}-s{s}": (v, s) for v, seeds_ in (("supmam", SUPMAM_SEEDS), ("mam", 
                                                 ("mam_clap_visible", VISIBLE_ONLY_SEEDS),
                                                 ("mam_clap_masked", MASKED_ONLY_SEEDS))
         for s in seeds_ if f"{v}-s{s}" != RELEASE_RUN or CORPUS_BANK}
-CLAP_RUNS = [name for name, (kind, _) in RUNS.items() if KINDS[kind][0].endswith("_clap")]
+CLAP_RUNS = [name for name, (kind, _) in RUNS.items() if pretrain_variant(kind)[0].endswith("_clap")]
 # The CLAP teacher: TEACHER (an existing LAION-layout checkpoint, e.g. another call set's clap.pt), or, when it is
 # unset and a CLAP run is planned, one trained here on the corpus's captions (HTSAT-tiny, LAION's lr 1e-4, no
 # weight decay): TEACHER_STEPS x TEACHER_BATCH clips (by default 1000 x 128, about 18 epochs of the 8000-clip
@@ -298,7 +303,7 @@ def jobs() -> list[Job]:
                        teacher_dep, units=units, gpu=True))
     for name, (kind, seed) in RUNS.items():
         clap = name in CLAP_RUNS
-        variant, overrides = KINDS[kind]
+        variant, overrides = pretrain_variant(kind)
         out.append(Job(f"pretrain_{name}", [*M, "pretrain", "--variant", variant, *overrides, "--size", SIZE, "--data",
                                             str(KIT / "corpus"), "--cache", str(cache_teacher if clap else cache),
                                             *(["--teacher", str(TEACHER_PATH)] if clap else []),
@@ -421,13 +426,20 @@ def adopt_reused(jobs: list[Job]) -> None:
     if listing:
         (W / "reused.json").write_text(json.dumps(listing, indent=1))
         GRAPH.log(f"reused: {len(listing)} results files of earlier call sets ({', '.join(map(str, REUSE))})")
-    # The release's weights are needed only by its jobs that no earlier file stands for: when there are none
-    # (call set 9), import_release would wait 25 minutes for a release no call carries, then fail.
-    needing = [j.name for j in jobs if "import_release" in j.deps and j.name not in listing]
-    marker = GRAPH.marker("import_release")
-    if "import_release" in by_name and not needing and not marker.exists():
-        marker.write_text(json.dumps({"skipped": "every job that needs the release is reused"}))
-        GRAPH.log("import_release: not needed (every job that needs the release is reused)")
+    # A job that writes no results file exists for the jobs after it: when an earlier file stands for every one
+    # of them, it is not needed (call set 9: import_release waited 25 minutes for a release no call carried,
+    # then failed; the random-init exports ran for SUPERB jobs that were all reused).
+    dependents: dict[str, list[str]] = {}
+    for job in jobs:
+        for dep in job.deps:
+            dependents.setdefault(dep, []).append(job.name)
+    unneeded = [j.name for j in jobs if j.out is None and dependents.get(j.name)
+                and all(n in listing for n in dependents[j.name])
+                and not GRAPH.marker(j.name).exists() and not GRAPH.marker(j.name, failed=True).exists()]
+    for name in unneeded:
+        GRAPH.marker(name).write_text(json.dumps({"skipped": "every job that needs it is reused"}))
+    if unneeded:
+        GRAPH.log(f"not needed (every job after them is reused): {', '.join(unneeded)}")
 
 
 def suite_digest() -> str | None:
