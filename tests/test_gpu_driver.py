@@ -166,6 +166,9 @@ def test_the_finetune_plan_has_every_kind_task_and_seed_and_each_command_parses(
     assert names[0] == "build_kit" and len(names) == 1 + 3 * 3 * 3
     rows = [re.fullmatch(r"ft_(.+)_(esc50|spcv2|as20k)_s([012])", n) for n in names[1:]]
     assert all(rows) and {r[1] for r in rows} == {"release-finetune", "release-frozen", "random_init-scratch"}
+    # The release's jobs wait for its files (they may come in a later call than the bank); scratch jobs do not.
+    for row, head in zip(rows, lines[2::2]):
+        assert ("encoder.json" in head) == row[1].startswith("release"), head
     results = set()
     for row, line in zip(rows, lines[3::2]):  # the fine-tuning jobs' commands
         argv = shlex.split(line)

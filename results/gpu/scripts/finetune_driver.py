@@ -15,7 +15,7 @@ Job graph (jobgraph.py runs it in a daemon across calls, with done-markers):
     python results/gpu/scripts/finetune_driver.py plan | start | wait SECONDS | pack | daemon
 
 Environment: EXP_WORK (default $TMPDIR/mamclap-finetune), MAMCLAP_DATA, OUT, RELEASE (the release encoder's
-folder), SEEDS ("0 1 2"), TASKS ("esc50 spcv2 as20k"), KINDS ("finetune frozen scratch"), EPOCHS (unset: the
+folder; its jobs wait until RELEASE/encoder.json exists, so it may be copied there in a later call), SEEDS ("0 1 2"), TASKS ("esc50 spcv2 as20k"), KINDS ("finetune frozen scratch"), EPOCHS (unset: the
 recipe's), CORPUS_CLIPS (200). LOCAL=1 plans the tiny kit, a tiny encoder and one epoch (a dry run on a CPU).
 """
 from __future__ import annotations
@@ -79,7 +79,10 @@ def jobs() -> list[Job]:
                        "--seed", str(seed), "--out-dir", str(W / "runs" / run), "--results", str(result),
                        "--workers", "2", *(["--epochs", EPOCHS] if EPOCHS else []),
                        *(["--device", "cpu", "--batch-size", "8"] if LOCAL else [])]
-                out.append(Job(f"ft_{run}", cmd, kit_dep, units=2, gpu=True, out=str(result)))
+                # A job of the release waits for its files: the release may come in a later call than the bank
+                # (the two together pass the 64 MiB a call carries), while the from-scratch jobs start.
+                wait = [str(RELEASE / "encoder.json")] if kind != "scratch" else []
+                out.append(Job(f"ft_{run}", cmd, kit_dep, units=2, gpu=True, out=str(result), files=wait))
     return out
 
 

@@ -172,6 +172,6 @@ def pack_common(tar: tarfile.TarFile, work: Path, results: Path, skip: set[str] 
 def print_plan(jobs: list[Job]) -> None:
     """`plan`: each job with its units, GPU use and dependencies, and its command."""
     for job in jobs:
-        files = f"; files of {job.producer}: {', '.join(job.files)}" if job.files else ""
+        files = (f"; files of {job.producer or 'a later call'}: {', '.join(job.files)}" if job.files else "")
         print(f"{job.name}  [units={job.units} gpu={job.gpu}; after: {', '.join(job.deps) or '-'}{files}]\n"
               f"    {shlex.join(map(str, job.cmd))}")
