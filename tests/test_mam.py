@@ -1,6 +1,9 @@
 """Pretraining wrapper contracts: presets, masking invariants, gradients everywhere, loss falls, checkpoints."""
 from __future__ import annotations
 
+import argparse
+import json
+
 import pytest
 import torch
 
@@ -192,3 +195,84 @@ def test_full_checkpoint_round_trip(tmp_path) -> None:
     ckpt["model"] = {"module." + k: v for k, v in ckpt["model"].items()}
     torch.save(ckpt, tmp_path / "ddp.pt")
     assert torch.equal(load_encoder(tmp_path / "ddp.pt")(x).frames, model.encoder(x).frames)
+
+
+# ---- the local (windowed) decoder ----
+
+@pytest.mark.parametrize("window", [(4, 4), (2, 2), (2, 1)])
+@pytest.mark.parametrize("depth", [2, 3])
+def test_the_local_decoder_equals_dense_attention_under_the_window_mask(window, depth):
+    """Windowed blocks, one gather per block, against the same blocks in patch order with a dense mask written
+    from the definition: unshifted blocks join patches of the same window; shifted ones (every second block)
+    windows offset by half a window in time, the offset's first rows a window of their own (floor division
+    instead of the cyclic shift and its mask)."""
+    from training.pretrain.mam import MAMPretrainer, PretrainConfig
+
+    torch.manual_seed(0)
+    cfg = PretrainConfig.preset("mam", size="tiny", decoder_attention="local", decoder_window=window,
+                                decoder_depth=depth)
+    model = MAMPretrainer(cfg).eval()
+    gt, gf = cfg.encoder.grid
+    (wt, wf), shift = window, window[0] // 2
+    t = torch.arange(gt).repeat_interleave(gf)
+    f = torch.arange(gf).repeat(gt)
+
+    def dense(s: int) -> torch.Tensor:
+        group = torch.div(t - s, wt, rounding_mode="floor") * gf + f // wf
+        return group[:, None] == group[None, :]
+
+    x = torch.randn(3, gt * gf, cfg.decoder_width)
+    ref = x
+    for i, block in enumerate(model.decoder_blocks):
+        ref = block(ref, dense(shift if i % 2 else 0))
+    got = model._local_blocks(x)
+    assert torch.allclose(got, ref, atol=1e-5), (got - ref).abs().max()
+    if shift:  # the shifted blocks do reach across the unshifted windows' borders
+        assert (dense(shift) & ~dense(0)).any()
+
+
+def test_the_local_decoder_trains_on_shorter_inputs_and_refuses_windows_that_do_not_tile_the_grid():
+    from training.pretrain.mam import MAMPretrainer, PretrainConfig
+
+    cfg = PretrainConfig.preset("mam_clap", size="tiny", decoder_attention="local")
+    model = MAMPretrainer(cfg)
+    assert not any("_local" in k for k in model.state_dict())  # the layouts are derived, never saved
+    for frames in (128, 64):  # the full grid (buffers) and a shorter one (made on the fly)
+        n = frames // 16 * cfg.encoder.grid[1]
+        out = model(torch.randn(2, frames, 64), teacher=torch.randn(2, n, cfg.teacher_dim))
+        out["loss"].backward()
+        assert torch.isfinite(out["loss"])
+    assert all(p.grad is not None for p in model.parameters())
+    with pytest.raises(ValueError, match="must tile the patch grid"):
+        PretrainConfig.preset("mam", size="tiny", decoder_attention="local", decoder_window=(3, 4))
+    with pytest.raises(ValueError, match="decoder_attention must be"):
+        PretrainConfig.preset("mam", size="tiny", decoder_attention="swin")
+    again = PretrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg and again.decoder_window == (4, 4)
+
+
+def test_set_takes_the_local_decoder_and_the_flops_formula_counts_its_windows():
+    from training.bench.pretrain import train_flops_per_sample
+    from training.pretrain.mam import PretrainConfig
+    from training.pretrain.train import TrainConfig, override
+
+    assert override("decoder_window=[2, 2]") == ("decoder_window", "[2, 2]")
+    with pytest.raises(argparse.ArgumentTypeError, match="decoder_window expects"):
+        override("decoder_window=[2, 2, 2]")
+    run = TrainConfig(variant="mam", size="small", overrides=(("decoder_attention", "local"),
+                                                               ("decoder_window", "[4, 2]")))
+    local = run.pretrain_config()
+    assert (local.decoder_attention, local.decoder_window) == ("local", (4, 2))
+    glob = PretrainConfig.preset("mam", size="small")
+    n, dd, depth = glob.encoder.n_patches, glob.decoder_width, glob.decoder_depth
+    cls = int(glob.encoder.cls_token)
+    per_token = 2 * (4 + 2 * glob.encoder.mlp_ratio) * dd * dd
+    # global: n + cls tokens attend to all; local: n tokens attend to the 8 of their window
+    expected = 3 * depth * (cls * per_token + 4 * dd * ((n + cls) ** 2 - n * 8))
+    assert train_flops_per_sample(glob) - train_flops_per_sample(local) == pytest.approx(expected)
+    # the benchmark's --run takes PretrainConfig fields as --set does
+    from training.bench.pretrain import run_config
+    bench = run_config(TrainConfig(variant="mam"), {"source": "fixed", "decoder_attention": "local"}, "c", "o")
+    assert bench.pretrain_config().decoder_attention == "local" and bench.fixed_batch
+    with pytest.raises(argparse.ArgumentTypeError, match="decoder_attention expects"):
+        run_config(TrainConfig(variant="mam"), {"decoder_attention": "swin"}, "c", "o")

@@ -11,7 +11,8 @@ time is reported, not counted in any rate), then each --run NAME:FIELD=VALUE,...
 trainer (training.pretrain.train), fields over the common flags. A run's `source` says where its inputs
 come from: online (loader, front end and teacher in the step), teacher_cache (loader and front end, cached
 teacher targets), cache (everything from the GPU-resident cache), fixed (the first cached batch over and
-over: the step's rate with no data path). Other fields are TrainConfig's (variant, size, batch_size, ...; `preset` is the old name of variant).
+over: the step's rate with no data path). Other fields are TrainConfig's (variant, size, batch_size, ...; `preset` is
+the old name of variant) or PretrainConfig's, as `--set` takes them (decoder_attention=local; values without commas).
 
 Per run: samples/s over the second half of the run (after warm-up and compilation, from the trainer's
 log), its ratio to the yardstick's eager and compiled rates, peak GPU memory, and MFU: the student's model
@@ -34,7 +35,7 @@ from pathlib import Path
 import torch
 
 from training.pretrain.mam import VARIANTS, PretrainConfig
-from training.pretrain.train import TrainConfig, train
+from training.pretrain.train import TrainConfig, _override_fields, override, train
 
 SOURCES = ("online", "teacher_cache", "cache", "fixed")
 
@@ -53,8 +54,11 @@ def train_flops_per_sample(cfg: PretrainConfig) -> float:
     fwd = enc.depth * (keep * per_token(d) + 4 * keep * keep * d)
     fwd += 2 * kept * pt * pf * d  # patch embedding of the kept patches
     if cfg.uses_decoder:
-        tokens = n + cls
-        fwd += cfg.decoder_depth * (tokens * per_token(dd) + 4 * tokens * tokens * dd)
+        if cfg.decoder_attention == "local":  # no CLS; each patch attends to the W patches of its window
+            tokens, span = n, cfg.decoder_window[0] * cfg.decoder_window[1]
+        else:
+            tokens = span = n + cls
+        fwd += cfg.decoder_depth * (tokens * per_token(dd) + 4 * tokens * span * dd)
         fwd += 2 * keep * d * dd  # decoder embedding
         heads = (pt * pf if cfg.recon_weight > 0 else 0) + cfg.teacher_dim * (
             (cfg.distill_visible_weight > 0) + (cfg.distill_masked_weight > 0))
@@ -113,14 +117,19 @@ def run_config(base: TrainConfig, fields: dict[str, str], cache: str, out_dir: s
     source = fields.pop("source", "cache")
     known = {f.name: f for f in dataclasses.fields(TrainConfig)}
     values = {}
+    overrides = dict(base.overrides)
+    pretrain_fields = _override_fields()
     for key, text in fields.items():
         key = "variant" if key == "preset" else key  # the old name
+        if key in pretrain_fields and key not in known:  # a PretrainConfig field: as `--set KEY=VALUE`
+            overrides[key] = override(f"{key}={text}")[1]
+            continue
         if key not in known or key == "overrides":
-            raise SystemExit(f"unknown run field {key!r}; expected source or a TrainConfig field")
+            raise SystemExit(f"unknown run field {key!r}; expected source, a TrainConfig or a PretrainConfig field")
         default = getattr(base, key)
         values[key] = text.lower() in ("1", "true", "yes") if isinstance(default, bool) else type(default)(text)
     values.update(cache=cache if source != "online" else "", cache_mel=source in ("cache", "fixed"),
-                  fixed_batch=source == "fixed", out_dir=out_dir)
+                  fixed_batch=source == "fixed", out_dir=out_dir, overrides=tuple(overrides.items()))
     return dataclasses.replace(base, **values)
 
 
@@ -206,7 +215,8 @@ def main(argv: list[str] | None = None) -> None:
         run = summarise(Path(cfg.out_dir), cfg.batch_size * cfg.accum, train_flops_per_sample(pcfg), peak)
         run.update(wall_s=wall, source=fields.get("source", "cache"), variant=cfg.variant, size=cfg.size,
                    batch_size=cfg.batch_size, steps=cfg.steps, compile=cfg.compile, workers=cfg.workers,
-                   compile_mode=cfg.compile_mode, attention=cfg.attention)
+                   compile_mode=cfg.compile_mode, attention=cfg.attention,
+                   decoder_attention=pcfg.decoder_attention, decoder_window=list(pcfg.decoder_window))
         ref = result.get("reference", {})
         for kind in ("eager", "compiled"):
             if f"train_samples_per_s_{kind}" in ref:
@@ -223,7 +233,8 @@ def main(argv: list[str] | None = None) -> None:
         if cuda:
             torch.cuda.empty_cache()
     # The data path against no data path: each run from the cache over the fixed-batch run of its setting.
-    same = lambda r: tuple(r.get(k) for k in ("variant", "size", "batch_size", "compile", "compile_mode", "attention"))
+    same = lambda r: tuple(r.get(k) for k in ("variant", "size", "batch_size", "compile", "compile_mode", "attention",
+                                             "decoder_attention"))
     fixed = {same(r): r["samples_per_s"] for r in result["runs"].values() if r.get("source") == "fixed"}
     for r in result["runs"].values():
         if r.get("source") in ("cache", "teacher_cache", "online") and same(r) in fixed:

@@ -46,8 +46,14 @@ class PretrainConfig:
     encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig.preset("base"))
     mask_ratio: float = 0.8                # share of patches hidden from the encoder (AudioMAE)
     decoder_width: int = 512
-    decoder_depth: int = 8                 # global attention throughout (MAE's default)
+    decoder_depth: int = 8
     decoder_heads: int = 16
+    # "global": every decoder block attends over all patches (MAE's default). "local": within windows of
+    # decoder_window (time, frequency) patches, every second block's windows shifted by half a window in time
+    # (AudioMAE's local decoder, whose 16 Swin blocks use (4, 4) and a (2, 0) shift; here the depth stays
+    # decoder_depth and there is no relative position bias). The decoder then has no CLS token.
+    decoder_attention: Literal["global", "local"] = "global"
+    decoder_window: tuple[int, int] = (4, 4)
     norm_pix_loss: bool = True             # reconstruct per-patch normalised log-mel
     recon_weight: float = 1.0              # 0 removes the reconstruction head
     teacher_dim: int = 768                 # teacher feature size (LAION-CLAP HTS-AT: 768)
@@ -68,6 +74,11 @@ class PretrainConfig:
             raise ValueError(f"cls_pooling must be 'mean' or 'cls', got {self.cls_pooling!r}")
         if self.cls_pooling == "cls" and self.lambda_cls > 0 and not self.encoder.cls_token:
             raise ValueError("cls_pooling='cls' needs an encoder with cls_token=True")
+        object.__setattr__(self, "decoder_window", tuple(self.decoder_window))  # JSON gives a list
+        if self.decoder_attention not in ("global", "local"):
+            raise ValueError(f"decoder_attention must be 'global' or 'local', got {self.decoder_attention!r}")
+        if self.decoder_attention == "local":
+            window_layouts(self.encoder.grid, self.decoder_window)  # raises unless the windows tile the grid
         if self.decoder_width % self.decoder_heads or self.decoder_width % 4:
             raise ValueError(f"decoder_width {self.decoder_width} must be divisible by decoder_heads "
                              f"{self.decoder_heads} and by 4")
@@ -137,6 +148,30 @@ def random_masking(batch: int, n_patches: int, mask_ratio: float, device: torch.
     return ids_keep, ids_restore, torch.gather(mask, 1, ids_restore)  # mask in patch order
 
 
+def window_layouts(grid: tuple[int, int], window: tuple[int, int]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """The local decoder's two layouts of a (time, frequency) patch grid: unshifted windows, and windows shifted
+    by half a window in time (Swin's cyclic shift: the patches it wraps round share a window with the last
+    ones but do not attend to them). Each layout is (order (N,): the patch index at each place when the
+    patches are laid out window by window, attend (windows, W, W) bool or None when every pair may attend)."""
+    (gt, gf), (wt, wf) = grid, tuple(window)
+    if len(window) != 2 or min(wt, wf) < 1 or gt % wt or gf % wf:
+        raise ValueError(f"decoder_window {tuple(window)} must tile the patch grid {tuple(grid)} (time, frequency)")
+    t = torch.arange(gt).repeat_interleave(gf)  # (N,) time-major patch order
+    f = torch.arange(gf).repeat(gt)
+    layouts = []
+    for shift in (0, wt // 2):
+        ts = (t - shift) % gt  # time after the cyclic shift
+        place = ((ts // wt) * (gf // wf) + f // wf) * (wt * wf) + (ts % wt) * wf + f % wf  # (N,)
+        order = torch.empty_like(place)
+        order[place] = torch.arange(gt * gf)
+        attend = None
+        if shift:
+            wrapped = (t < shift)[order].view(-1, wt * wf)  # (windows, W)
+            attend = wrapped[:, :, None] == wrapped[:, None, :]  # (windows, W, W)
+        layouts.append((order, attend))
+    return layouts
+
+
 def _masked_mean(per_patch: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Mean of per_patch (B, N) over positions with weight 1."""
     return (per_patch * weights).sum() / weights.sum().clamp_min(1.0)
@@ -159,6 +194,9 @@ class MAMPretrainer(nn.Module):
             self.decoder_blocks = nn.ModuleList(Block(cfg.decoder_width, cfg.decoder_heads, enc.mlp_ratio, enc.norm_eps)
                                                 for _ in range(cfg.decoder_depth))
             self.decoder_norm = nn.LayerNorm(cfg.decoder_width, eps=enc.norm_eps)
+            if cfg.decoder_attention == "local":  # the pretraining grid's layouts; buffers stay out of the state dict
+                for name, value in zip(("_local0", "_local1"), self._local_indices(enc.grid, "cpu")):
+                    self.register_buffer(name, value, persistent=False)
         # Heads exist only for losses that are on, so every parameter always receives a gradient.
         self.recon_head = nn.Linear(cfg.decoder_width, pt * pf) if cfg.recon_weight > 0 else None
         self.visible_head = nn.Linear(cfg.decoder_width, cfg.teacher_dim) if cfg.distill_visible_weight > 0 else None
@@ -172,17 +210,48 @@ class MAMPretrainer(nn.Module):
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """Encoder tokens (B, [1 +] L, D) of the kept patches -> decoder output (B, N, decoder_width) in patch
-        order (CLS, if any, takes part in attention and is then dropped)."""
+        order (with global attention CLS, if any, takes part and is then dropped; the local decoder drops it)."""
         x = self.decoder_embed(latent)  # (B, [1 +] L, Dd)
         skip = 1 if self.encoder.cls_token is not None else 0
         cls, kept = x[:, :skip], x[:, skip:]
         B, N = ids_restore.shape
         x = torch.cat([kept, self.mask_token.expand(B, N - kept.shape[1], -1)], dim=1)  # (B, N, Dd) shuffled
         x = torch.gather(x, 1, ids_restore[..., None].expand(-1, -1, x.shape[2]))  # (B, N, Dd) patch order
-        x = torch.cat([cls, x + self.decoder_pos_embed[:N]], dim=1)  # (B, [1 +] N, Dd)
+        x = x + self.decoder_pos_embed[:N]
+        if self.cfg.decoder_attention == "local":
+            return self.decoder_norm(self._local_blocks(x))
+        x = torch.cat([cls, x], dim=1)  # (B, [1 +] N, Dd)
         for block in self.decoder_blocks:
             x = block(x)
         return self.decoder_norm(x)[:, skip:]  # (B, N, Dd)
+
+    def _local_indices(self, grid: tuple[int, int], device) -> tuple[torch.Tensor, torch.Tensor]:
+        """For window_layouts(grid): (gather indices (5, N): patch order into layout 0, layout 0 into 1, 1 into
+        0, layout 0 back to patch order, 1 back to patch order; the shifted layout's attend mask (windows, W, W))."""
+        (o0, _), (o1, a1) = window_layouts(grid, self.cfg.decoder_window)
+        i0, i1 = o0.argsort(), o1.argsort()  # patch index -> place in the layout
+        W = self.cfg.decoder_window[0] * self.cfg.decoder_window[1]
+        attend = a1 if a1 is not None else torch.ones(len(o0) // W, W, W, dtype=torch.bool)  # no shift: all pairs
+        return torch.stack([o0, i0[o1], i1[o0], i0, i1]).to(device), attend.to(device)
+
+    def _local_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """The decoder blocks with windowed attention on (B, N, Dd) in patch order. The tokens move from one
+        layout to the next with one gather per block (the index composes leaving one layout and entering the
+        next) and back to patch order at the end."""
+        B, N, Dd = x.shape
+        gf = self.cfg.encoder.grid[1]
+        moves, attend = ((self._local0, self._local1) if N == self.cfg.encoder.n_patches
+                         else self._local_indices((N // gf, gf), x.device))  # a shorter input: made here
+        W = self.cfg.decoder_window[0] * self.cfg.decoder_window[1]
+        nw = N // W
+        mask = attend.expand(B, nw, W, W).reshape(B * nw, 1, W, W)  # (B * windows, 1, W, W), batch-major
+        x = x[:, moves[0]]  # layout 0
+        for i, block in enumerate(self.decoder_blocks):
+            shifted = i % 2 == 1
+            x = block(x.reshape(B * nw, W, Dd), mask if shifted else None).reshape(B, N, Dd)
+            if i + 1 < len(self.decoder_blocks):
+                x = x[:, moves[2] if shifted else moves[1]]  # into the other layout
+        return x[:, moves[4] if len(self.decoder_blocks) % 2 == 0 else moves[3]]  # back to patch order
 
     def reconstruction_loss(self, mel: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """MSE between predicted and true patches (B, N, pt * pf), on masked patches."""

@@ -180,6 +180,9 @@ def _fits(value, kind) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if kind is int:
         return isinstance(value, int) and not isinstance(value, bool)
+    if typing.get_origin(kind) is tuple:  # a JSON list of the tuple's length, each item of its type
+        items = typing.get_args(kind)
+        return isinstance(value, (list, tuple)) and len(value) == len(items) and all(map(_fits, value, items))
     return isinstance(value, kind)
 
 
